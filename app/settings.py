@@ -1,0 +1,83 @@
+"""All service configuration, read once from ``CHURN_*`` environment variables (or a .env file if present)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_RISK_BANDS = {"low": 0.0, "medium": 0.3, "high": 0.6}
+DEFAULT_PLAYBOOK = {
+    "low": ["No action needed; include in regular loyalty communications"],
+    "medium": [
+        "Send a personalised engagement email highlighting unused services",
+        "Offer a contract upgrade discount at next billing cycle",
+    ],
+    "high": [
+        "Route to the retention team for a call within 48 hours",
+        "Offer a retention discount or a longer contract at a lower rate",
+        "Review recent support tickets and resolve open issues",
+    ],
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHURN_", env_file=".env", extra="ignore")
+
+    # Where bundles live; ``current`` inside names the one to serve.
+    model_dir: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "info"
+
+    # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
+    api_key: SecretStr | None = None
+
+    # Risk bands: name -> lower bound of churn probability; the highest bound not above the score wins.
+    risk_bands: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RISK_BANDS))
+    playbook: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PLAYBOOK.items()})
+    top_reasons: int = Field(default=3, ge=0, le=20)
+
+    max_batch_size: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    # Monitoring. Off removes metrics, drift and the prediction log from the request path.
+    monitoring_enabled: bool = True
+    database_url: str = "sqlite:///predictions.sqlite3"
+    prediction_log_retention_days: int = Field(default=90, ge=1)
+    prediction_log_batch_size: int = Field(default=500, ge=1)
+    prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
+    prediction_log_queue_size: int = Field(default=100_000, ge=1)
+    drift_window_seconds: int = Field(default=3600, ge=10)
+    drift_slot_seconds: int = Field(default=60, ge=1)
+    drift_min_count: int = Field(default=200, ge=1)
+    drift_psi_threshold: float = Field(default=0.2, gt=0)
+    drift_update_seconds: float = Field(default=5.0, gt=0)
+    performance_window_days: int = Field(default=30, ge=1)
+    performance_update_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("risk_bands")
+    @classmethod
+    def _bands_cover_zero(cls, bands: dict[str, float]) -> dict[str, float]:
+        if not bands:
+            raise ValueError("at least one risk band is required")
+        if any(not 0.0 <= bound <= 1.0 for bound in bands.values()):
+            raise ValueError("risk band bounds must lie in [0, 1]")
+        if min(bands.values()) != 0.0:
+            raise ValueError("one risk band must start at 0.0 so every score has a band")
+        return dict(sorted(bands.items(), key=lambda item: item[1]))
+
+    @model_validator(mode="after")
+    def _playbook_names_known_bands(self) -> Settings:
+        unknown = set(self.playbook) - set(self.risk_bands)
+        if unknown:
+            raise ValueError(f"playbook names bands that are not defined in risk_bands: {sorted(unknown)}")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

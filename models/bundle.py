@@ -1,0 +1,304 @@
+"""The model bundle: layout, manifest, checksums, atomic publishing and verified loading.
+
+A bundle is a directory ``<models_dir>/<version>/`` holding the model artifact (joblib for
+scikit-learn, XGBoost and LightGBM; TorchScript for the MLP), optional extras (report, plots)
+and ``manifest.json``: the feature schema (which is also the fitted preprocessing), threshold,
+calibration, metrics, leaderboard, drift reference, library versions and the SHA-256 of every
+other file. ``<models_dir>/current`` names the bundle to serve.
+
+Publishing writes into a hidden staging directory, fsyncs, renames it into place and only then
+replaces ``current`` atomically, so a crash at any point leaves the previous bundle current and
+intact. Loading verifies every checksum before anything is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.drift_reference import DriftReference
+from models.features import FeatureSchema
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CURRENT = "current"
+STAGING_PREFIX = ".staging-"
+MODEL_FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp")
+ARTIFACT_FORMATS = ("joblib", "torchscript")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message says exactly why."""
+
+
+@dataclass
+class Calibration:
+    """Maps raw model scores to calibrated probabilities. Plain data, applied with numpy."""
+
+    method: str = "none"  # "none" | "platt" | "isotonic"
+    platt_a: float = 1.0  # p = sigmoid(a * logit(raw) + b)
+    platt_b: float = 0.0
+    isotonic_x: list[float] = field(default_factory=list)
+    isotonic_y: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Manifest:
+    version: str
+    created_at: str
+    model_family: str  # one of MODEL_FAMILIES
+    artifact: str  # file name inside the bundle
+    artifact_format: str  # one of ARTIFACT_FORMATS
+    schema: FeatureSchema
+    drift_reference: DriftReference
+    threshold: float
+    calibration: Calibration = field(default_factory=Calibration)
+    threshold_strategy: str = "max_f1"
+    metrics: dict[str, Any] = field(default_factory=dict)  # held-out test metrics of the winner
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)  # data source, fingerprint, rows, seed, params, timings
+    libraries: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def framework(self) -> str:
+        return {
+            "logistic_regression": "scikit-learn",
+            "random_forest": "scikit-learn",
+            "xgboost": "xgboost",
+            "lightgbm": "lightgbm",
+            "mlp": "pytorch",
+        }.get(self.model_family, self.model_family)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "version": self.version,
+            "created_at": self.created_at,
+            "model": {
+                "family": self.model_family,
+                "framework": self.framework,
+                "artifact": self.artifact,
+                "artifact_format": self.artifact_format,
+            },
+            "threshold": self.threshold,
+            "threshold_strategy": self.threshold_strategy,
+            "calibration": self.calibration.to_dict(),
+            "metrics": self.metrics,
+            "leaderboard": self.leaderboard,
+            "training": self.training,
+            "libraries": self.libraries,
+            "schema": self.schema.to_dict(),
+            "drift_reference": self.drift_reference.to_dict(),
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise BundleError(
+                    f"manifest format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
+                )
+            model = data["model"]
+            if model["family"] not in MODEL_FAMILIES:
+                raise BundleError(f"unknown model family {model['family']!r}")
+            if model["artifact_format"] not in ARTIFACT_FORMATS:
+                raise BundleError(f"unknown artifact format {model['artifact_format']!r}")
+            return cls(
+                version=data["version"],
+                created_at=data["created_at"],
+                model_family=model["family"],
+                artifact=model["artifact"],
+                artifact_format=model["artifact_format"],
+                schema=FeatureSchema.from_dict(data["schema"]),
+                drift_reference=DriftReference.from_dict(data["drift_reference"]),
+                threshold=float(data["threshold"]),
+                threshold_strategy=data.get("threshold_strategy", "max_f1"),
+                calibration=Calibration(**data.get("calibration", {})),
+                metrics=data.get("metrics", {}),
+                leaderboard=data.get("leaderboard", []),
+                training=data.get("training", {}),
+                libraries=data.get("libraries", {}),
+                files=data["files"],
+                format_version=data["format_version"],
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what produced the bundle (python and the ML libraries that are installed)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "pandas", "scikit-learn", "xgboost-cpu", "xgboost", "lightgbm", "torch", "joblib"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def new_version(now: datetime | None = None) -> str:
+    """Sortable, unique bundle version such as ``20261123T125501Z-3fa2c1``."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ---- publishing ----------------------------------------------------------------------------
+def staging_dir(models_dir: Path, version: str) -> Path:
+    """A fresh hidden directory to build a bundle in; invisible to loaders until published."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=models_dir))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(staged: Path, manifest: Manifest, models_dir: Path, make_current: bool = True) -> Path:
+    """Checksum the staged files, write the manifest, move the bundle into place, point ``current`` at it.
+
+    Each step is atomic on a POSIX filesystem; until the final ``os.replace`` of ``current``
+    the previous bundle stays the one that is served.
+    """
+    manifest.files = {
+        str(path.relative_to(staged)): sha256_file(path)
+        for path in sorted(staged.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+    manifest_path = staged / MANIFEST
+    manifest_path.write_text(json.dumps(manifest.to_dict(), indent=2, default=_json_default))
+    for path in staged.rglob("*"):
+        if path.is_file():
+            _fsync_path(path)
+    final = models_dir / manifest.version
+    if final.exists():
+        raise BundleError(f"bundle {final} already exists")
+    os.replace(staged, final)
+    _fsync_path(models_dir)
+    if make_current:
+        set_current(models_dir, manifest.version)
+    return final
+
+
+def set_current(models_dir: Path, version: str) -> None:
+    """Atomically point ``current`` at an existing bundle."""
+    if not (models_dir / version / MANIFEST).is_file():
+        raise BundleError(f"cannot make {version!r} current: {models_dir / version / MANIFEST} does not exist")
+    pointer = models_dir / CURRENT
+    tmp = models_dir / f".{CURRENT}.{uuid.uuid4().hex}.tmp"
+    with tmp.open("w") as handle:
+        handle.write(version + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, pointer)
+    _fsync_path(models_dir)
+
+
+def discard_staging(models_dir: Path) -> list[Path]:
+    """Remove staging directories left by crashed runs (never touches published bundles)."""
+    removed = []
+    if models_dir.is_dir():
+        for path in models_dir.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---- loading --------------------------------------------------------------------------------
+def current_bundle_dir(models_dir: Path) -> Path:
+    """The directory ``current`` names; BundleError with the reason if there is none."""
+    pointer = models_dir / CURRENT
+    if not models_dir.is_dir():
+        raise BundleError(f"model directory {models_dir} does not exist: train a model first (python -m training)")
+    if not pointer.is_file():
+        raise BundleError(f"no current bundle: {pointer} does not exist: train a model first (python -m training)")
+    version = pointer.read_text().strip()
+    if not version or "/" in version or version.startswith("."):
+        raise BundleError(f"{pointer} does not name a bundle (content {version!r})")
+    bundle = models_dir / version
+    if not bundle.is_dir():
+        raise BundleError(f"{pointer} names {version!r} but {bundle} does not exist")
+    return bundle
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    path = bundle_dir / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} is not a JSON object")
+    return Manifest.from_dict(data)
+
+
+def verify_bundle(bundle_dir: Path) -> Manifest:
+    """Read the manifest and check every listed file's SHA-256 before anything is deserialised."""
+    manifest = read_manifest(bundle_dir)
+    if manifest.artifact not in manifest.files:
+        raise BundleError(f"manifest does not list a checksum for the model artifact {manifest.artifact!r}")
+    for relative, expected in manifest.files.items():
+        path = (bundle_dir / relative).resolve()
+        if bundle_dir.resolve() not in path.parents:
+            raise BundleError(f"manifest lists a file outside the bundle: {relative!r}")
+        if not path.is_file():
+            raise BundleError(f"{relative} is listed in the manifest but missing from {bundle_dir}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(f"checksum mismatch for {relative}: expected {expected[:12]}..., found {actual[:12]}...")
+    return manifest
+
+
+def list_bundles(models_dir: Path) -> list[str]:
+    """Published bundle versions, oldest first."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
