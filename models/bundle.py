@@ -110,9 +110,8 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         try:
             if data.get("format_version") != FORMAT_VERSION:
-                raise BundleError(
-                    f"manifest format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})"
-                )
+                found = data.get("format_version")
+                raise BundleError(f"manifest format_version {found!r} is not supported (expected {FORMAT_VERSION})")
             model = data["model"]
             if model["family"] not in MODEL_FAMILIES:
                 raise BundleError(f"unknown model family {model['family']!r}")

@@ -8,11 +8,14 @@ an "unseen" bin and a missing bin. The score histogram covers the model's traini
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from models.features import clean_category
 
 UNSEEN_BIN = "__unseen__"
 MISSING_BIN = "__missing__"
@@ -38,7 +41,7 @@ class FeatureReference:
             return [*self.categories, UNSEEN_BIN, MISSING_BIN]
         edges = self.edges
         labels = [f"< {edges[0]:g}"] if edges else ["all"]
-        labels += [f"[{lo:g}, {hi:g})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+        labels += [f"[{lo:g}, {hi:g})" for lo, hi in itertools.pairwise(edges)]
         if edges:
             labels.append(f">= {edges[-1]:g}")
         labels.append(MISSING_BIN)
@@ -50,7 +53,12 @@ class FeatureReference:
             lookup = {value: i for i, value in enumerate(self.categories)}
             unseen, missing = len(self.categories), len(self.categories) + 1
             return np.fromiter(
-                (missing if v is None else lookup.get(v, unseen) for v in values), dtype=np.int64, count=len(values)
+                (
+                    missing if v is None else lookup.get(v if isinstance(v, str) else clean_category(v), unseen)
+                    for v in values
+                ),
+                dtype=np.int64,
+                count=len(values),
             )
         numbers = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         index = np.searchsorted(np.asarray(self.edges, dtype=np.float64), numbers, side="right")
@@ -75,14 +83,15 @@ def numeric_reference(name: str, values: np.ndarray, n_bins: int = 10, kind: str
 
 def categorical_reference(name: str, values: Sequence[Any], max_categories: int = 50) -> FeatureReference:
     """Frequencies of the most common categories; the rest of training counts toward "unseen"."""
-    present = [v for v in values if v is not None]
+    # Booleans and numbers are binned by their canonical category text, exactly as serving bins them.
+    present = [v if isinstance(v, str) else clean_category(v) for v in values if v is not None]
     unique, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True)
     order = np.argsort(-counts, kind="stable")[:max_categories]
     categories = [str(unique[i]) for i in order]
     reference = FeatureReference(
         name=name, kind="categorical", edges=[], categories=categories, proportions=[], count=len(values)
     )
-    index = reference.bin_index([None if v is None else str(v) for v in values])
+    index = reference.bin_index(list(values))
     reference.proportions = (np.bincount(index, minlength=reference.n_bins) / max(len(values), 1)).tolist()
     return reference
 

@@ -142,7 +142,7 @@ class FeatureSpec:
             label = self.true_label if self.impute else self.false_label
             return label if label is not None else bool(self.impute)
         if self.kind == "numeric" and self.integer and self.impute is not None:
-            return int(round(self.impute))
+            return round(self.impute)
         return self.impute
 
 
@@ -355,7 +355,7 @@ def fit_feature(
     spec = FeatureSpec(name=name, kind=kind, missing_rate=missing / n if n else 0.0, required=missing == 0)
     present = [v for v in values if v is not None]
     if kind == "numeric":
-        _fit_numeric(spec, np.asarray(present, dtype=np.float64), cap_outliers)
+        _fit_numeric(spec, np.asarray(present, dtype=np.float64), missing, cap_outliers)
     elif kind == "boolean":
         spec.impute = bool(sum(bool(v) for v in present) * 2 >= len(present)) if present else False
         spec.true_label, spec.false_label = true_label, false_label
@@ -364,7 +364,7 @@ def fit_feature(
     return spec
 
 
-def _fit_numeric(spec: FeatureSpec, present: np.ndarray, cap_outliers: bool) -> None:
+def _fit_numeric(spec: FeatureSpec, present: np.ndarray, n_missing: int, cap_outliers: bool) -> None:
     if present.size == 0:
         present = np.zeros(1)
     spec.integer = bool(np.all(np.mod(present, 1) == 0))
@@ -383,8 +383,9 @@ def _fit_numeric(spec: FeatureSpec, present: np.ndarray, cap_outliers: bool) -> 
     if spec.minimum >= 0 and capped.size > 2 and _skewness(capped) > 1.0:
         spec.log_transform = True
         capped = np.log1p(capped)
-    spec.missing_indicator = spec.missing_rate > 0
-    filled = np.concatenate([capped, np.full(int(round(spec.missing_rate * len(present))), np.median(capped))])
+    spec.missing_indicator = n_missing > 0
+    # Scale what encode() will actually produce: missing rows carry the (capped, transformed) median.
+    filled = np.concatenate([capped, np.full(n_missing, np.median(capped))])
     spec.mean = float(filled.mean())
     spec.std = float(filled.std()) or 1.0
 
