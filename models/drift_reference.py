@@ -34,7 +34,9 @@ class FeatureReference:
 
     @property
     def n_bins(self) -> int:
-        return len(self.proportions)
+        if self.kind == "categorical":
+            return len(self.categories) + 2  # + unseen + missing
+        return len(self.edges) + 2  # interior ranges + the upper overflow + missing (edges[0] opens the lowest)
 
     def bin_labels(self) -> list[str]:
         if self.kind == "categorical":

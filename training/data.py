@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,6 @@ def detect_delimiter(text: str) -> str:
 def read_csv(path: Path) -> pd.DataFrame:
     text, _ = decode_text(read_file_bytes(path))
     delimiter = detect_delimiter(text)
-    import io
-
     try:
         # Everything as text and no NA guessing: cleaning applies the shared missing-value rules.
         return pd.read_csv(io.StringIO(text), sep=delimiter, dtype=object, keep_default_na=False, skipinitialspace=False)
@@ -149,9 +148,7 @@ def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.Data
             if table:
                 if not sqlalchemy.inspect(connection).has_table(table):
                     raise TrainingDataError(f"table {table!r} does not exist in {safe_url}")
-                statement = sqlalchemy.select(sqlalchemy.table(table, *[]).alias()).with_only_columns(
-                    sqlalchemy.text("*")
-                )
+                statement = sqlalchemy.select(sqlalchemy.text("*")).select_from(sqlalchemy.table(table))
                 frame = pd.read_sql(statement, connection)
             else:
                 frame = pd.read_sql(sqlalchemy.text(query), connection)

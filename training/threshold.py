@@ -49,8 +49,6 @@ def flag_counts(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 def cut_thresholds(scores: np.ndarray) -> np.ndarray:
     """The threshold for each candidate cut (index 0 flags nobody), midway between distinct scores."""
-    if scores.size == 0:
-        return np.array([0.5])
     lower_neighbours = np.r_[scores[1:], scores[-1]]
     midpoints = (scores + lower_neighbours) / 2.0
     # Flagging nobody needs a threshold above the highest score: halfway to 1, or just above 1.0.
@@ -111,6 +109,8 @@ def choose_threshold(
     validate_profit_inputs(strategy, offer_cost, saved_value, acceptance_rate)
     y = as_labels(y_val)
     p = as_probabilities(p_val, y.size)
+    if y.size == 0:
+        raise ValueError("cannot choose a threshold without validation data")
     scores, tp, fp = flag_counts(y, p)
     positives = float(y.sum())
     f1 = f1_scores(tp, fp, positives)
@@ -128,7 +128,7 @@ def choose_threshold(
         "f1": float(f1[chosen]),
         "precision": float(tp[chosen] / flagged) if flagged else 0.0,
         "recall": float(tp[chosen] / positives) if positives else 0.0,
-        "flagged_rate": float(flagged / y.size) if y.size else 0.0,
+        "flagged_rate": float(flagged / y.size),
         "n_validation": int(y.size),
         "offer_cost": None if offer_cost is None else float(offer_cost),
         "saved_value": None if saved_value is None else float(saved_value),
@@ -136,17 +136,16 @@ def choose_threshold(
     }
     if profit is not None:
         result["expected_profit"] = float(profit[chosen])
-        result["expected_profit_per_customer"] = float(profit[chosen] / y.size) if y.size else 0.0
+        result["expected_profit_per_customer"] = float(profit[chosen] / y.size)
     result["note"] = explain_choice(result, y, p)
     return result
 
 
 def explain_choice(result: dict[str, Any], y: np.ndarray, p: np.ndarray) -> str:
     """One sentence on how the threshold was chosen, naming degenerate cases plainly."""
-    if y.size == 0:
-        return "no validation data: the threshold is the neutral 0.5"
     if y.min() == y.max():
-        return f"the validation set holds only {'churners' if y[0] else 'non-churners'}: the threshold is a fallback"
+        kind = "churners" if y[0] else "non-churners"
+        return f"the validation set holds only {kind}, so it cannot tell a good threshold from a bad one"
     if p.min() == p.max():
         return "every validation score is the same: the model cannot separate customers at any threshold"
     if result["strategy"] == "max_profit":

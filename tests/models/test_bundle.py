@@ -1,0 +1,137 @@
+"""Bundle publishing and verified loading: checksums, the current pointer, crash safety."""
+
+import json
+import os
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from models import bundle as bundle_module
+from models.bundle import (
+    BundleError,
+    Manifest,
+    current_bundle_dir,
+    discard_staging,
+    list_bundles,
+    new_version,
+    publish,
+    read_manifest,
+    staging_dir,
+    utc_now_iso,
+    verify_bundle,
+)
+from models.drift_reference import DriftReference, numeric_reference
+from models.features import FeatureSchema, fit_feature
+from models.scoring import Scorer, load_raw_model
+
+
+def _publish_tiny_bundle(models_dir: Path, seed: int = 0, make_current: bool = True) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=200)
+    y = (x + rng.normal(scale=0.5, size=200) > 0).astype(int)
+    schema = FeatureSchema([fit_feature("x", "numeric", list(x))], target="Churn", positive_label=1)
+    matrix = schema.encode({"x": list(x)}, 200).matrix
+    staged = staging_dir(models_dir, "v")
+    joblib.dump(LogisticRegression().fit(matrix, y), staged / "model.joblib")
+    (staged / "report").mkdir()
+    (staged / "report" / "report.md").write_text("# report\n")
+    manifest = Manifest(
+        version=new_version(),
+        created_at=utc_now_iso(),
+        model_family="logistic_regression",
+        artifact="model.joblib",
+        artifact_format="joblib",
+        schema=schema,
+        drift_reference=DriftReference(
+            features=[numeric_reference("x", x)], score=numeric_reference("score", rng.random(200), kind="score")
+        ),
+        threshold=0.5,
+    )
+    return publish(staged, manifest, models_dir, make_current=make_current)
+
+
+def test_published_bundle_verifies_and_predicts(tmp_path):
+    published = _publish_tiny_bundle(tmp_path)
+    assert current_bundle_dir(tmp_path) == published
+    manifest = verify_bundle(published)
+    assert set(manifest.files) == {"model.joblib", "report/report.md"}
+    scorer = Scorer(load_raw_model(published, manifest), manifest.calibration)
+    proba = scorer.predict_proba(manifest.schema.encode({"x": [-2.0, 2.0]}, 2).matrix)
+    assert proba[0] < 0.5 < proba[1]
+
+
+def test_tampered_file_fails_verification_before_loading(tmp_path):
+    published = _publish_tiny_bundle(tmp_path)
+    with (published / "model.joblib").open("ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(BundleError, match=r"checksum mismatch for model\.joblib"):
+        verify_bundle(published)
+
+
+def test_missing_listed_file_is_reported(tmp_path):
+    published = _publish_tiny_bundle(tmp_path)
+    (published / "report" / "report.md").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        verify_bundle(published)
+
+
+def test_malformed_manifest_is_reported(tmp_path):
+    published = _publish_tiny_bundle(tmp_path)
+    (published / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        read_manifest(published)
+    (published / "manifest.json").write_text(json.dumps({"format_version": 1, "model": {}}))
+    with pytest.raises(BundleError, match="malformed"):
+        read_manifest(published)
+
+
+def test_no_current_bundle_says_how_to_get_one(tmp_path):
+    with pytest.raises(BundleError, match="train a model first"):
+        current_bundle_dir(tmp_path)
+    (tmp_path / "current").write_text("../etc\n")
+    with pytest.raises(BundleError, match="does not name a bundle"):
+        current_bundle_dir(tmp_path)
+    (tmp_path / "current").write_text("20260101T000000Z-abcdef\n")
+    with pytest.raises(BundleError, match="does not exist"):
+        current_bundle_dir(tmp_path)
+
+
+def test_crash_before_pointer_swap_keeps_previous_bundle_current(tmp_path, monkeypatch):
+    first = _publish_tiny_bundle(tmp_path, seed=1)
+    real_replace = os.replace
+
+    def crash_on_pointer(src, dst):
+        if Path(dst).name == "current":
+            raise KeyboardInterrupt("killed while switching")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_module.os, "replace", crash_on_pointer)
+    with pytest.raises(KeyboardInterrupt):
+        _publish_tiny_bundle(tmp_path, seed=2)
+    monkeypatch.undo()
+    assert current_bundle_dir(tmp_path) == first
+    verify_bundle(first)
+    assert len(list_bundles(tmp_path)) == 2  # the new one is complete but not current
+
+
+def test_crash_while_staging_leaves_nothing_visible(tmp_path, monkeypatch):
+    first = _publish_tiny_bundle(tmp_path, seed=1)
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path: (_ for _ in ()).throw(OSError("disk died")))
+    with pytest.raises(OSError):
+        _publish_tiny_bundle(tmp_path, seed=2)
+    monkeypatch.undo()
+    assert current_bundle_dir(tmp_path) == first
+    assert list_bundles(tmp_path) == [first.name]
+    assert discard_staging(tmp_path)  # the half-built staging directory is cleaned up later
+    assert list_bundles(tmp_path) == [first.name]
+
+
+def test_older_bundles_stay_after_a_new_publish(tmp_path):
+    first = _publish_tiny_bundle(tmp_path, seed=1)
+    second = _publish_tiny_bundle(tmp_path, seed=2)
+    assert current_bundle_dir(tmp_path) == second
+    verify_bundle(first)
+    assert list_bundles(tmp_path) == sorted([first.name, second.name])

@@ -1,0 +1,236 @@
+"""The candidate model families: build, tune, refit, predict and save each one.
+
+Every family is tuned by :mod:`training.tuning` (cross-validated ROC-AUC on the training split,
+the untuned default first), refitted on the whole training split with the chosen parameters and
+scored on the validation split. Raw probabilities are computed through the same code serving
+uses (``models.scoring``), so what the pipeline calibrates and evaluates is exactly what the
+service will return.
+
+Class imbalance: logistic regression and random forest may choose class weights, the boosted
+trees may choose ``scale_pos_weight`` = negatives / positives, and the MLP always weights
+positives by negatives / positives. Weighting shifts raw probabilities; calibration on the
+validation split corrects that afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from lightgbm import LGBMClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from xgboost import XGBClassifier
+
+from models.scoring import wrap_estimator
+from training import mlp
+from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, tune
+
+FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp")
+TRAINING_THREADS = 2  # the training machine's cores; serving runs one thread per worker
+
+# How a total tuning time is shared: logistic regression converges in a few cheap trials, the
+# boosted trees have the largest search spaces, the forest and the MLP are slow per trial.
+BUDGET_SHARES = {"logistic_regression": 0.06, "random_forest": 0.17, "xgboost": 0.28, "lightgbm": 0.28, "mlp": 0.21}
+DEFAULT_TOTAL_SECONDS = 90.0
+# With no budget given, a family also stops after this many trials (beyond them TPE rarely gains on this data size).
+DEFAULT_TRIAL_CAPS = {"logistic_regression": 25, "random_forest": 25, "xgboost": 60, "lightgbm": 60, "mlp": 12}
+
+
+@dataclass
+class Budget:
+    """Tuning budget for one family: stop after ``trials`` trials or ``seconds`` seconds, whichever comes first."""
+
+    trials: int | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class CandidateResult:
+    """One tuned and refitted family.
+
+    ``cv_roc_auc`` is the mean stratified k-fold ROC-AUC of the chosen parameters on the training
+    split, for every family including the MLP (whose folds each hold out a slice of their own
+    training rows for early stopping).
+    """
+
+    family: str
+    estimator: Any
+    params: dict[str, Any]
+    cv_roc_auc: float
+    cv_roc_auc_std: float
+    val_raw: np.ndarray
+    fit_seconds: float
+    trials: int
+
+
+def default_budget(total_seconds: float | None, trials: int | None) -> dict[str, Budget]:
+    """Share a total tuning time across the families; ``trials`` caps each family's trial count.
+
+    With neither given, the default is ``DEFAULT_TOTAL_SECONDS`` in all plus per-family trial caps.
+    """
+    if total_seconds is None and trials is None:
+        return {
+            family: Budget(trials=DEFAULT_TRIAL_CAPS[family], seconds=DEFAULT_TOTAL_SECONDS * BUDGET_SHARES[family])
+            for family in FAMILIES
+        }
+    return {
+        family: Budget(trials=trials, seconds=None if total_seconds is None else total_seconds * BUDGET_SHARES[family])
+        for family in FAMILIES
+    }
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+
+def _imbalance_ratio(y: np.ndarray) -> float:
+    positives = int(np.sum(y == 1))
+    return (len(y) - positives) / positives if positives else 1.0
+
+
+def _logistic_regression(params: dict[str, Any], seed: int) -> LogisticRegression:
+    l1 = float(params["l1_ratio"]) > 0
+    return LogisticRegression(
+        C=float(params["C"]),
+        l1_ratio=float(params["l1_ratio"]),
+        solver="liblinear" if l1 else "lbfgs",  # lbfgs cannot fit an l1 penalty
+        class_weight=params["class_weight"],
+        max_iter=2000,
+        random_state=seed,
+        n_jobs=1,
+    )
+
+
+def _random_forest(params: dict[str, Any], seed: int) -> RandomForestClassifier:
+    return RandomForestClassifier(
+        n_estimators=int(params["n_estimators"]),
+        max_depth=int(params["max_depth"]) or None,
+        min_samples_leaf=int(params["min_samples_leaf"]),
+        max_features=float(params["max_features"]),
+        class_weight=params["class_weight"],
+        random_state=seed,
+        n_jobs=TRAINING_THREADS,
+    )
+
+
+def _xgboost(params: dict[str, Any], y: np.ndarray, seed: int) -> XGBClassifier:
+    return XGBClassifier(
+        tree_method="hist",
+        n_estimators=int(params["n_estimators"]),
+        learning_rate=float(params["learning_rate"]),
+        max_depth=int(params["max_depth"]),
+        min_child_weight=float(params["min_child_weight"]),
+        subsample=float(params["subsample"]),
+        colsample_bytree=float(params["colsample_bytree"]),
+        reg_lambda=float(params["reg_lambda"]),
+        scale_pos_weight=_imbalance_ratio(y) if params["balance_classes"] else 1.0,
+        eval_metric="logloss",
+        random_state=seed,
+        n_jobs=TRAINING_THREADS,
+    )
+
+
+def _lightgbm(params: dict[str, Any], y: np.ndarray, seed: int) -> LGBMClassifier:
+    return LGBMClassifier(
+        n_estimators=int(params["n_estimators"]),
+        learning_rate=float(params["learning_rate"]),
+        num_leaves=int(params["num_leaves"]),
+        min_child_samples=int(params["min_child_samples"]),
+        colsample_bytree=float(params["colsample_bytree"]),
+        subsample=float(params["subsample"]),
+        subsample_freq=1,  # bagging is only active with a frequency
+        reg_lambda=float(params["reg_lambda"]),
+        scale_pos_weight=_imbalance_ratio(y) if params["balance_classes"] else 1.0,
+        random_state=seed,
+        deterministic=True,
+        force_row_wise=True,  # deterministic results need a fixed histogram layout
+        n_jobs=TRAINING_THREADS,
+        verbose=-1,
+    )
+
+
+def fit_with_params(family: str, params: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray, *, seed: int) -> Any:
+    """Fit one configuration from scratch on ``(X_train, y_train)``; missing parameters take the family default."""
+    _check_family(family)
+    full = {**DEFAULT_PARAMS[family], **params}
+    if family == "mlp":
+        return mlp.fit_mlp(X_train, y_train, full, seed=seed)
+    if family == "logistic_regression":
+        estimator = _logistic_regression(full, seed)
+    elif family == "random_forest":
+        estimator = _random_forest(full, seed)
+    elif family == "xgboost":
+        estimator = _xgboost(full, y_train, seed)
+    else:
+        estimator = _lightgbm(full, y_train, seed)
+    return estimator.fit(X_train, y_train)
+
+
+def predict_raw(family: str, estimator: Any, X: np.ndarray) -> np.ndarray:
+    """Raw positive-class probabilities, through the same code path serving uses for this family."""
+    _check_family(family)
+    if family == "mlp":
+        return mlp.predict_mlp(estimator, X)
+    return wrap_estimator(family, estimator).raw_proba(np.asarray(X, dtype=np.float64))
+
+
+def save_artifact(family: str, estimator: Any, directory: Path) -> tuple[str, str]:
+    """Write the model file serving loads; returns ``(file name, artifact format)``."""
+    _check_family(family)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if family == "mlp":
+        mlp.export_torchscript(estimator, directory / "model.pt")
+        return "model.pt", "torchscript"
+    joblib.dump(estimator, directory / "model.joblib")
+    return "model.joblib", "joblib"
+
+
+def train_candidate(
+    family: str,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    budget: Budget,
+    seed: int,
+    progress: bool = True,
+    n_folds: int = DEFAULT_FOLDS,
+) -> CandidateResult:
+    """Tune ``family`` on the training split within ``budget``, refit with the best parameters, score validation.
+
+    ``y_val`` is not used to choose anything; it is accepted so every family shares one signature.
+    """
+    _check_family(family)
+    started = time.perf_counter()
+    y_train = np.asarray(y_train, dtype=np.int64)
+    tuned = tune(
+        family,
+        X_train,
+        y_train,
+        fit=lambda params, X, y: fit_with_params(family, params, X, y, seed=seed),
+        predict=lambda model, X: predict_raw(family, model, X),
+        trials=budget.trials,
+        seconds=budget.seconds,
+        seed=seed,
+        n_folds=n_folds,
+        progress=progress,
+    )
+    estimator = fit_with_params(family, tuned.params, X_train, y_train, seed=seed)
+    return CandidateResult(
+        family=family,
+        estimator=estimator,
+        params=tuned.params,
+        cv_roc_auc=tuned.cv_roc_auc,
+        cv_roc_auc_std=tuned.cv_roc_auc_std,
+        val_raw=predict_raw(family, estimator, X_val),
+        fit_seconds=time.perf_counter() - started,
+        trials=tuned.trials,
+    )
