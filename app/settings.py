@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+    # One line per request costs about as much as a prediction; on for debugging only.
+    access_log: bool = False
+    # Where worker processes share Prometheus metrics; wiped at every start. Default: a fresh temp dir.
+    metrics_multiproc_dir: Path | None = None
 
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
     api_key: SecretStr | None = None

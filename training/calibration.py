@@ -4,9 +4,10 @@ Three candidates, from simplest to most flexible: ``none`` (raw model scores), `
 (a logistic curve on the logit of the score) and ``isotonic`` (a monotone step curve, stored as
 knots and interpolated). They are compared honestly: each calibrator is cross-fitted inside the
 validation set (fitted on k-1 folds, scored on the held-out fold), so a flexible calibrator
-that merely memorises the validation set does not win. A more flexible candidate is chosen
-only when its cross-fitted log loss beats every simpler one by a clear margin; the chosen
-calibrator is then refitted on the whole validation set.
+that merely memorises the validation set does not win. The calibrator with the lowest
+cross-fitted log loss is chosen, but only if it beats the raw scores by more than chance
+explains (a paired comparison over the validation customers); otherwise the raw scores are
+kept. The chosen calibrator is then refitted on the whole validation set.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ from models.scoring import _logit as score_logit
 from models.scoring import apply_calibration
 from training.evaluation import as_labels, as_probabilities, binary_log_loss, expected_calibration_error
 
-METHODS = ("none", "platt", "isotonic")  # simplest first: ties go to the simpler method
+METHODS = ("none", "platt", "isotonic")  # simplest first: an exact tie goes to the simpler method
 MAX_FOLDS = 5
-# A more flexible calibrator must lower the cross-fitted log loss by at least this fraction; smaller
-# gains are within the noise of a validation set and not worth the extra moving part.
-MIN_RELATIVE_IMPROVEMENT = 0.002
+# A calibrator must lower the cross-fitted log loss of the raw scores by more than this many standard
+# errors of the paired per-customer difference. Chance gains shrink with the validation size, so a
+# fixed margin would be too strict on large sets and too lenient on small ones; a paired test is neither.
+MIN_IMPROVEMENT_STANDARD_ERRORS = 2.0
 # Isotonic outputs are kept this far from 0 and 1: an empty bin of churners in validation must not
 # become a promise that a customer will certainly stay (or leave).
 ISOTONIC_MARGIN = 1e-3
+# Per-customer log loss clips probabilities like the reported log loss does.
+LOSS_EPS = 1e-15
 
 
 # ---- the calibrators -----------------------------------------------------------------------------
@@ -87,24 +91,44 @@ def fold_count(y: np.ndarray) -> int:
     return min(MAX_FOLDS, minority)
 
 
-def cross_fitted_log_loss(raw: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, float]:
-    """Out-of-fold log loss of each method: every score is calibrated by a calibrator that never saw it."""
+def customer_log_losses(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Each customer's log loss; their mean is the usual log loss."""
+    p = np.clip(p, LOSS_EPS, 1 - LOSS_EPS)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def cross_fitted_losses(raw: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, np.ndarray]:
+    """Per-customer out-of-fold log loss of each method: every score is calibrated by a calibrator that never saw it."""
     folds = StratifiedKFold(n_splits=fold_count(y), shuffle=True, random_state=seed)
     out_of_fold = {method: np.empty_like(raw) for method in METHODS}
     for fit_index, held_out in folds.split(raw.reshape(-1, 1), y):
         for method in METHODS:
             calibration = fit_method(method, raw[fit_index], y[fit_index])
             out_of_fold[method][held_out] = calibrate(calibration, raw[held_out])
-    return {method: binary_log_loss(y, predictions) for method, predictions in out_of_fold.items()}
+    return {method: customer_log_losses(y, predictions) for method, predictions in out_of_fold.items()}
 
 
-def select_method(scores: dict[str, float]) -> str:
-    """The simplest method that no more flexible one beats by the required margin."""
-    chosen = METHODS[0]
-    for method in METHODS[1:]:
-        if scores[method] < scores[chosen] * (1 - MIN_RELATIVE_IMPROVEMENT):
-            chosen = method
-    return chosen
+def cross_fitted_log_loss(raw: np.ndarray, y: np.ndarray, *, seed: int) -> dict[str, float]:
+    """Mean out-of-fold log loss of each method (what the choice is based on)."""
+    return {method: float(losses.mean()) for method, losses in cross_fitted_losses(raw, y, seed=seed).items()}
+
+
+def improvement_in_standard_errors(candidate: np.ndarray, incumbent: np.ndarray) -> float:
+    """Mean per-customer log-loss gain of the candidate over the incumbent, in standard errors of that mean."""
+    difference = incumbent - candidate
+    if difference.size < 2:
+        return 0.0
+    standard_error = difference.std(ddof=1) / np.sqrt(difference.size)
+    if standard_error == 0:
+        return 0.0 if difference.mean() == 0 else float(np.sign(difference.mean()) * np.inf)
+    return float(difference.mean() / standard_error)
+
+
+def select_method(losses: dict[str, np.ndarray]) -> str:
+    """The calibrator with the lowest cross-fitted log loss, if it beats the raw scores by more than chance explains."""
+    best = min(METHODS[1:], key=lambda method: (float(losses[method].mean()), METHODS.index(method)))
+    gain = improvement_in_standard_errors(losses[best], losses["none"])
+    return best if gain > MIN_IMPROVEMENT_STANDARD_ERRORS else "none"
 
 
 def can_cross_fit(y: np.ndarray) -> bool:
@@ -121,11 +145,13 @@ def fit_calibration(raw_val: Any, y_val: Any, *, seed: int) -> Calibration:
     raw = as_probabilities(raw_val, y.size)
     if not can_cross_fit(y):
         return Calibration(method="none")
-    method = select_method(cross_fitted_log_loss(raw, y, seed=seed))
+    method = select_method(cross_fitted_losses(raw, y, seed=seed))
     return fit_method(method, raw, y)
 
 
-def calibration_summary(raw_val: Any, y_val: Any, calibration: Calibration, *, seed: int | None = None) -> dict[str, Any]:
+def calibration_summary(
+    raw_val: Any, y_val: Any, calibration: Calibration, *, seed: int | None = None
+) -> dict[str, Any]:
     """Log loss, Brier score and ECE on validation before and after ``calibration``.
 
     The "after" figures are measured on the data the calibrator was fitted on, so they flatter
@@ -144,13 +170,17 @@ def calibration_summary(raw_val: Any, y_val: Any, calibration: Calibration, *, s
         "brier_after": float(np.mean((after - y) ** 2)),
         "ece_before": expected_calibration_error(y, raw),
         "ece_after": expected_calibration_error(y, after),
-        "min_relative_improvement": MIN_RELATIVE_IMPROVEMENT,
+        "min_improvement_standard_errors": MIN_IMPROVEMENT_STANDARD_ERRORS,
     }
     if calibration.method == "platt":
         summary["platt_a"], summary["platt_b"] = calibration.platt_a, calibration.platt_b
     if calibration.method == "isotonic":
         summary["isotonic_knots"] = len(calibration.isotonic_x)
     if seed is not None and can_cross_fit(y):
-        summary["cross_fitted_log_loss"] = cross_fitted_log_loss(raw, y, seed=seed)
+        losses = cross_fitted_losses(raw, y, seed=seed)
+        summary["cross_fitted_log_loss"] = {method: float(values.mean()) for method, values in losses.items()}
+        summary["improvement_standard_errors"] = {
+            method: improvement_in_standard_errors(losses[method], losses["none"]) for method in METHODS[1:]
+        }
         summary["folds"] = fold_count(y)
     return summary

@@ -24,6 +24,7 @@ import numpy as np
 from lightgbm import LGBMClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from models.scoring import wrap_estimator
@@ -31,7 +32,12 @@ from training import mlp
 from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, tune
 
 FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp")
-TRAINING_THREADS = 2  # the training machine's cores; serving runs one thread per worker
+# Serving runs one thread per worker whatever is set here. The forest parallelises over trees with
+# plain threads, which degrade gracefully when the machine is busy. The boosted trees use OpenMP,
+# whose spin-waiting threads collapse on a shared two-core machine (LightGBM measured 0.5 s with one
+# thread and 18.7 s with two while other jobs ran), so they train single-threaded.
+FOREST_THREADS = 2
+BOOSTING_THREADS = 1
 
 # How a total tuning time is shared: logistic regression converges in a few cheap trials, the
 # boosted trees have the largest search spaces, the forest and the MLP are slow per trial.
@@ -103,7 +109,6 @@ def _logistic_regression(params: dict[str, Any], seed: int) -> LogisticRegressio
         class_weight=params["class_weight"],
         max_iter=2000,
         random_state=seed,
-        n_jobs=1,
     )
 
 
@@ -115,7 +120,7 @@ def _random_forest(params: dict[str, Any], seed: int) -> RandomForestClassifier:
         max_features=float(params["max_features"]),
         class_weight=params["class_weight"],
         random_state=seed,
-        n_jobs=TRAINING_THREADS,
+        n_jobs=FOREST_THREADS,
     )
 
 
@@ -132,7 +137,7 @@ def _xgboost(params: dict[str, Any], y: np.ndarray, seed: int) -> XGBClassifier:
         scale_pos_weight=_imbalance_ratio(y) if params["balance_classes"] else 1.0,
         eval_metric="logloss",
         random_state=seed,
-        n_jobs=TRAINING_THREADS,
+        n_jobs=BOOSTING_THREADS,
     )
 
 
@@ -150,7 +155,7 @@ def _lightgbm(params: dict[str, Any], y: np.ndarray, seed: int) -> LGBMClassifie
         random_state=seed,
         deterministic=True,
         force_row_wise=True,  # deterministic results need a fixed histogram layout
-        n_jobs=TRAINING_THREADS,
+        n_jobs=BOOSTING_THREADS,
         verbose=-1,
     )
 
@@ -169,6 +174,10 @@ def fit_with_params(family: str, params: dict[str, Any], X_train: np.ndarray, y_
         estimator = _xgboost(full, y_train, seed)
     else:
         estimator = _lightgbm(full, y_train, seed)
+    if family == "logistic_regression":
+        # A multi-threaded BLAS makes this small solve several times slower on a busy two-core machine.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return estimator.fit(X_train, y_train)
     return estimator.fit(X_train, y_train)
 
 

@@ -154,7 +154,7 @@ def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.Data
                 frame = pd.read_sql(sqlalchemy.text(query), connection)
     except TrainingDataError:
         raise
-    except sa_exc.SQLAlchemyError as exc:
+    except (sa_exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
         raise TrainingDataError(f"database error for {description}: {condense(exc)}") from None
     finally:
         engine.dispose()
@@ -163,9 +163,11 @@ def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.Data
 
 def condense(exc: BaseException) -> str:
     """The first meaningful line of a library's error message, without SQLAlchemy's boilerplate."""
-    original = getattr(exc, "orig", None)
+    original = getattr(exc, "orig", None) or exc.__cause__
     message = str(original if original is not None else exc).strip() or type(exc).__name__
     first = message.splitlines()[0].strip()
+    # pandas wraps driver errors as "Execution failed on sql '...': <driver message>".
+    first = re.sub(r"^Execution failed on sql .*?: (?=[^:]+$)", "", first)
     first = re.sub(r"\s*\(Background on this error at: .*\)$", "", first)
     return first[:300]
 

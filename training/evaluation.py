@@ -163,4 +163,8 @@ def evaluate(y_true: Any, proba: Any, threshold: float) -> dict[str, Any]:
 
 def is_number(value: Any) -> bool:
     """True for a real, finite number (not a bool); used to skip undefined metrics when formatting."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )

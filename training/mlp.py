@@ -24,7 +24,9 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-TRAINING_THREADS = 2
+# Intra-op parallelism gains little on matrices this small, and torch's OpenMP threads spin-wait badly
+# when the cores are shared with other jobs.
+TRAINING_THREADS = 1
 BATCH_SIZE = 128
 MAX_EPOCHS = 80
 PATIENCE = 8  # epochs without a better held-out loss before training stops
@@ -76,7 +78,7 @@ class MLPFit:
 
 @contextmanager
 def training_environment(seed: int) -> Iterator[torch.Generator]:
-    """Seeded, deterministic, at most two threads; the caller's torch settings are restored after."""
+    """Seeded, deterministic, single-threaded; the caller's torch settings are restored after."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(min(threads, TRAINING_THREADS))
@@ -130,10 +132,14 @@ def train_mlp(
 ) -> MLPFit:
     """Train with early stopping on ``(X_val, y_val)`` loss and return the best epoch's network."""
     with training_environment(seed) as generator:
-        model = ChurnMLP(X_train.shape[1], int(params["hidden_size"]), int(params["n_layers"]), float(params["dropout"]))
+        model = ChurnMLP(
+            X_train.shape[1], int(params["hidden_size"]), int(params["n_layers"]), float(params["dropout"])
+        )
         # One weighting for both losses, so the early-stopping criterion matches what is optimised.
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=positive_weight(y_train))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"])
+        )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=PLATEAU_PATIENCE)
         loader = batch_loader(MatrixDataset(X_train, y_train), generator)
         held_out = MatrixDataset(X_val, y_val)

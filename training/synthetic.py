@@ -266,8 +266,10 @@ def _subscription(n: int, rng: np.random.Generator, drift: float) -> pd.DataFram
         }
     ).astype(object)
     # Exports of this kind repeat a few rows and pad some text with spaces.
-    repeats = frame.sample(n=max(1, n // 200), random_state=int(rng.integers(0, 2**31 - 1)))
-    frame = pd.concat([frame, repeats], ignore_index=True).iloc[:n] if n > 1 else frame
+    if n >= 200:
+        kept = frame.iloc[: n - n // 200]
+        repeats = kept.iloc[rng.choice(len(kept), size=n // 200, replace=False)]
+        frame = pd.concat([kept, repeats], ignore_index=True).iloc[rng.permutation(n)]
     padded = rng.random(len(frame)) < 0.03
     frame.loc[padded, "plan"] = [f" {value} " for value in frame.loc[padded, "plan"]]
     return frame.reset_index(drop=True)

@@ -32,6 +32,7 @@ FitFunction = Callable[[dict[str, Any], np.ndarray, np.ndarray], Any]
 PredictFunction = Callable[[Any, np.ndarray], np.ndarray]
 
 DEFAULT_FOLDS = 3
+DEFAULT_TRIALS = 20  # used when a budget gives neither trials nor seconds
 
 # The untuned starting point of each family: sensible settings for small tabular data, chosen to
 # keep serving cheap (moderate tree counts and depths). Keys are exactly the searched parameters.
@@ -192,7 +193,10 @@ def tune(
     n_folds: int = DEFAULT_FOLDS,
     progress: bool = False,
 ) -> TuningResult:
-    """Search ``family``'s hyperparameters under the budget; the default configuration is trial 0."""
+    """Search ``family``'s hyperparameters under the budget; the default configuration is trial 0.
+
+    With neither ``trials`` nor ``seconds`` the search runs ``DEFAULT_TRIALS`` trials.
+    """
     if trials is not None and trials < 1:
         raise ValueError("a tuning budget needs at least one trial")
     started = time.perf_counter()
@@ -208,9 +212,14 @@ def tune(
         trial.set_user_attr("std", std)
         return mean
 
+    if trials is None and seconds is None:
+        trials = DEFAULT_TRIALS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study.optimize(objective, n_trials=trials, timeout=deadline.remaining(), catch=())
+        study.optimize(objective, n_trials=1)  # the default, whatever the time budget says
+        remaining_trials = None if trials is None else trials - 1
+        if remaining_trials != 0 and not deadline.passed():
+            study.optimize(objective, n_trials=remaining_trials, timeout=deadline.remaining())
     return _summarise(study, family, started, len(folds), progress)
 
 
@@ -218,10 +227,10 @@ def _summarise(study: optuna.Study, family: str, started: float, n_folds: int, p
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(completed, key=lambda t: (t.value, -t.number))  # ties go to the earlier (default-first) trial
     result = TuningResult(
-        params=_full_params(study.trials[0].params, best.params, family),
+        params=_plain_params(best.params, family),
         cv_roc_auc=float(best.value),
         cv_roc_auc_std=float(best.user_attrs["std"]),
-        default_cv_roc_auc=float(completed[0].value) if completed[0].number == 0 else float("nan"),
+        default_cv_roc_auc=float(study.trials[0].value),
         trials=len(completed),
         seconds=time.perf_counter() - started,
         folds=n_folds,
@@ -236,7 +245,7 @@ def _summarise(study: optuna.Study, family: str, started: float, n_folds: int, p
     return result
 
 
-def _full_params(default: dict[str, Any], best: dict[str, Any], family: str) -> dict[str, Any]:
-    """The best trial's parameters in the family's key order, as plain JSON-serialisable values."""
-    ordered = {key: best.get(key, default.get(key, DEFAULT_PARAMS[family][key])) for key in DEFAULT_PARAMS[family]}
+def _plain_params(params: dict[str, Any], family: str) -> dict[str, Any]:
+    """The trial's parameters in the family's key order, as plain JSON-serialisable values."""
+    ordered = {key: params[key] for key in DEFAULT_PARAMS[family]}
     return {key: value.item() if isinstance(value, np.generic) else value for key, value in ordered.items()}

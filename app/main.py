@@ -1,0 +1,109 @@
+"""The application factory and its lifespan.
+
+Startup loads the ``current`` bundle once (checksums verified before anything is unpickled, then
+a warm-up prediction). A missing or corrupt bundle never stops the process: it stays up, not
+ready, and ``/ready`` and the log say exactly what is wrong until ``POST /admin/reload`` succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+
+from app import request_schema
+from app.errors import install_error_handlers
+from app.monitoring import create_monitor
+from app.predictor import build_predictor
+from app.routes import api_router
+from app.settings import Settings, get_settings
+from models.bundle import BundleError
+
+logger = logging.getLogger("app")
+
+DESCRIPTION = (
+    "How likely is this customer to leave, why, and what should we do. The request schema below is "
+    "generated from the loaded model bundle's feature schema; GET /metadata describes it too."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    monitor = create_monitor(settings)
+    app = FastAPI(title="Churn prediction service", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.monitor = monitor
+    app.state.predictor = None
+    app.state.model_error = "the model is still loading"
+    app.state.reload_lock = asyncio.Lock()
+    install_error_handlers(app)
+    app.include_router(api_router())
+    app.include_router(monitor.router)
+    # A pure ASGI middleware (not BaseHTTPMiddleware, which costs a task and a stream per request).
+    app.add_middleware(monitor.middleware_class, monitor=monitor)
+    app.openapi = lambda: bundle_openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    monitor = app.state.monitor
+    await monitor.start()
+    await load_at_startup(app, settings)
+    try:
+        yield
+    finally:
+        await monitor.stop()
+
+
+async def load_at_startup(app: FastAPI, settings: Settings) -> None:
+    try:
+        predictor = await run_in_threadpool(build_predictor, settings)
+    except BundleError as exc:
+        app.state.model_error = str(exc)
+        app.state.monitor.model_unavailable(str(exc))
+        logger.error("not ready: no usable model bundle in %s: %s", settings.model_dir, exc)
+        return
+    app.state.predictor = predictor
+    app.state.model_error = None
+    app.state.monitor.model_loaded(predictor.manifest)
+    logger.info(
+        "ready: model %s (%s) from %s loaded, verified and warm in %.2f s",
+        predictor.version,
+        predictor.manifest.model_family,
+        predictor.bundle_dir,
+        predictor.load_seconds,
+    )
+
+
+def bundle_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with request bodies generated from the loaded bundle's feature schema.
+
+    Cached until a reload swaps the model (the reload clears ``app.openapi_schema``).
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    predictor = app.state.predictor
+    schema = predictor.schema if predictor is not None else None
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    bodies = {
+        "single": request_schema.single_request_body(schema),
+        "batch": request_schema.batch_request_body(schema, app.state.settings.max_batch_size),
+    }
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            kind = operation.pop("x-request-body", None) if isinstance(operation, dict) else None
+            if kind in bodies:
+                operation["requestBody"] = bodies[kind]
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components[request_schema.RECORD_COMPONENT] = request_schema.record_component(schema)
+    if predictor is not None:
+        app.openapi_schema = document
+    return document

@@ -1,0 +1,407 @@
+"""Data and score drift against the bundle's frozen reference bins, shared by all workers.
+
+Request path (microseconds): each record's values are binned with the reference edges and the
+bins are counted in this worker's *slot table*, a small memory-mapped ``int64`` array file with
+one row per time slot (``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot
+number the row currently counts, the other columns the bin counts of every feature, then the
+score, then the decision (no churn / churn). A row whose slot number is not the current one is
+zeroed before reuse, so memory and disk stay fixed whatever the traffic.
+
+Background (every ``drift_update_seconds``): any worker sums the rows of *all* workers' tables
+whose slot lies inside the window (``drift_window_seconds``) and computes PSI and the
+Jensen-Shannon distance per feature and for the score. Every worker sees the same shared counts,
+so every worker exports the same figures. A new model version starts new tables (the file name
+carries a key of the version and its reference), which resets the window to the new reference.
+
+Why the threshold moves with the window: with no drift at all, ``n * PSI`` over ``k`` bins is
+approximately chi-square with ``k - 1`` degrees of freedom (inflated by the reference's own
+sampling noise, hence ``1/n + 1/N_ref``), so PSI itself is about ``(k-1)/n``. A fixed 0.2
+threshold would fire on small windows for no reason; the threshold in force is the larger of
+``drift_psi_threshold`` and the chi-square 99.9% null quantile scaled to the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import uuid
+from bisect import bisect_right
+from dataclasses import asdict, dataclass
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import chi2
+
+from models.drift_reference import DriftReference, FeatureReference
+
+logger = logging.getLogger(__name__)
+
+PSI_EPSILON = 1e-4  # floor for empty bins on either side, so PSI stays finite
+NULL_QUANTILE = 0.999  # how unlikely a no-drift window must be to cross the window-size threshold
+SLOT_COLUMN = 0
+EMPTY_SLOT = -1
+
+
+# ---- binning ------------------------------------------------------------------------------------
+class FeatureBinner:
+    """Bins values exactly as :meth:`FeatureReference.bin_index` does, fast for one value or many."""
+
+    def __init__(self, reference: FeatureReference, offset: int) -> None:
+        self.reference = reference
+        self.name = reference.name
+        self.offset = offset  # first column of this feature's bins in the slot table (after the slot column)
+        self.n_bins = reference.n_bins
+        self.categorical = reference.kind == "categorical"
+        self._edges = [float(edge) for edge in reference.edges]
+        self._edges_array = np.asarray(self._edges, dtype=np.float64)
+        self._missing = self.n_bins - 1
+        self._unseen = len(reference.categories)
+        self._lookup: dict[Any, int] = {value: i for i, value in enumerate(reference.categories)}
+        if self.categorical:
+            self._lookup.setdefault(None, self._missing)
+            # Cleaned booleans arrive as True/False while references store their text.
+            for flag in (True, False):
+                if str(flag) in self._lookup and flag not in self._lookup:
+                    self._lookup[flag] = self._lookup[str(flag)]
+
+    def bin_one(self, value: Any) -> int:
+        if self.categorical:
+            return self._lookup.get(value, self._unseen) if value is not None else self._missing
+        if value is None or value != value:  # None or NaN
+            return self._missing
+        return bisect_right(self._edges, value)
+
+    def bin_many(self, values: list[Any]) -> np.ndarray:
+        if self.categorical:
+            return np.fromiter(map(self._lookup.get, values, repeat(self._unseen)), dtype=np.intp, count=len(values))
+        try:
+            numbers = np.asarray(values, dtype=np.float64)  # None becomes NaN
+        except (TypeError, ValueError):
+            return np.fromiter((self.bin_one(v) for v in values), dtype=np.intp, count=len(values))
+        return self.bin_numbers(numbers)
+
+    def bin_numbers(self, numbers: np.ndarray) -> np.ndarray:
+        index = np.searchsorted(self._edges_array, numbers, side="right")
+        index[np.isnan(numbers)] = self._missing
+        return index
+
+
+@dataclass(frozen=True)
+class DriftLayout:
+    """Where each feature's bins, the score's bins and the decision counts sit in a slot-table row."""
+
+    model_version: str
+    features: list[FeatureBinner]
+    score: FeatureBinner
+    decision_offset: int  # two columns: predicted no churn, predicted churn
+    width: int  # columns including the slot column
+    key: str  # names this version's tables; a different model or reference gets new tables
+
+    @classmethod
+    def from_reference(cls, model_version: str, reference: DriftReference) -> DriftLayout:
+        offset = 1  # column 0 is the slot number
+        features = []
+        for feature in reference.features:
+            features.append(FeatureBinner(feature, offset))
+            offset += feature.n_bins
+        score = FeatureBinner(reference.score, offset)
+        offset += reference.score.n_bins
+        signature = json.dumps([model_version, reference.to_dict()], sort_keys=True, default=str)
+        key = hashlib.sha256(signature.encode()).hexdigest()[:16]
+        return cls(model_version, features, score, offset, offset + 2, key)
+
+
+# ---- per-worker slot table ----------------------------------------------------------------------
+class SlotTable:
+    """This worker's memory-mapped ring of per-slot bin counts (fixed size, shared through a file)."""
+
+    def __init__(self, directory: Path, layout: DriftLayout, slot_seconds: int, window_seconds: int) -> None:
+        self.layout = layout
+        self.slot_seconds = slot_seconds
+        self.window_slots = max(1, math.ceil(window_seconds / slot_seconds))
+        self.n_slots = self.window_slots + 1  # one spare row: the slot being filled never evicts a slot in the window
+        self.path = directory / f"{layout.key}.{os.getpid()}.npy"
+        self._lock = threading.Lock()
+        self._counts = self._create()
+
+    def _create(self) -> np.memmap:
+        # Built under a temporary name and renamed, so readers never see a half-written file.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        counts = np.lib.format.open_memmap(staging, mode="w+", dtype=np.int64, shape=(self.n_slots, self.layout.width))
+        counts[:, SLOT_COLUMN] = EMPTY_SLOT
+        counts.flush()
+        os.replace(staging, self.path)
+        return counts
+
+    def _row_for(self, timestamp: float) -> int:
+        slot = int(timestamp // self.slot_seconds)
+        row = slot % self.n_slots
+        counts = self._counts
+        if counts[row, SLOT_COLUMN] != slot:
+            counts[row, 1:] = 0
+            counts[row, SLOT_COLUMN] = slot
+        return row
+
+    def add_columns(self, timestamp: float, columns: list[int]) -> None:
+        """Count one record whose bins are ``columns`` (distinct table columns)."""
+        with self._lock:
+            row = self._row_for(timestamp)
+            self._counts[row, columns] += 1
+
+    def add_counts(self, timestamp: float, counts: np.ndarray) -> None:
+        """Add a whole batch's bin counts (length ``width - 1``) to the slot of ``timestamp``."""
+        with self._lock:
+            row = self._row_for(timestamp)
+            self._counts[row, 1:] += counts
+
+    def close(self, remove: bool = False) -> None:
+        with self._lock:
+            self._counts.flush()
+            del self._counts
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+# ---- window aggregation across workers ----------------------------------------------------------
+def _table_owner(path: Path) -> int | None:
+    try:
+        return int(path.name.split(".")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def window_counts(
+    directory: Path, layout: DriftLayout, now: float, slot_seconds: int, window_seconds: int
+) -> np.ndarray:
+    """Bin counts of every worker's table for this layout, over the slots inside the window."""
+    window_slots = max(1, math.ceil(window_seconds / slot_seconds))
+    current = int(now // slot_seconds)
+    total = np.zeros(layout.width - 1, dtype=np.int64)
+    for path in sorted(directory.glob(f"{layout.key}.*.npy")):
+        try:
+            table = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:  # vanished or being replaced: the next update reads it
+            logger.debug("skipping drift table %s: %s", path, exc)
+            continue
+        if table.ndim != 2 or table.shape[1] != layout.width:
+            continue
+        slots = np.asarray(table[:, SLOT_COLUMN])
+        inside = (slots > current - window_slots) & (slots <= current)
+        if inside.any():
+            total += np.asarray(table[inside, 1:]).sum(axis=0)
+    return total
+
+
+def remove_stale_tables(directory: Path, now: float, slot_seconds: int, window_seconds: int, keep: Path | None) -> int:
+    """Delete tables of exited workers that hold nothing inside the window (keeps the directory bounded)."""
+    window_slots = max(1, math.ceil(window_seconds / slot_seconds))
+    oldest = int(now // slot_seconds) - window_slots
+    removed = 0
+    for path in directory.glob("*.npy"):
+        owner = _table_owner(path)
+        if path == keep or owner is None or _process_alive(owner):
+            continue
+        try:
+            table = np.load(path, mmap_mode="r")
+            newest = int(np.max(table[:, SLOT_COLUMN])) if table.size else EMPTY_SLOT
+        except (OSError, ValueError):
+            newest = EMPTY_SLOT
+        if newest <= oldest:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+# ---- statistics -----------------------------------------------------------------------------------
+def population_stability_index(live_counts: np.ndarray, reference: np.ndarray) -> float:
+    """PSI = sum((p - q) * ln(p / q)) with both shares floored at PSI_EPSILON (empty bins stay finite)."""
+    n = live_counts.sum()
+    if n <= 0:
+        return math.nan
+    p = np.maximum(live_counts / n, PSI_EPSILON)
+    q = np.maximum(np.asarray(reference, dtype=np.float64), PSI_EPSILON)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def jensen_shannon_distance(live_counts: np.ndarray, reference: np.ndarray) -> float:
+    """Jensen-Shannon distance with base-2 logarithms: 0 for identical, 1 for disjoint distributions."""
+    n = live_counts.sum()
+    if n <= 0:
+        return math.nan
+    distance = jensenshannon(live_counts / n, np.asarray(reference, dtype=np.float64), base=2)
+    return float(min(max(distance, 0.0), 1.0))
+
+
+def psi_threshold(base: float, n: int, reference: FeatureReference) -> float:
+    """The PSI a no-drift window of ``n`` records exceeds only with probability 1 - NULL_QUANTILE, or ``base``.
+
+    ``n * PSI`` ~ chi-square(k - 1) under no drift, scaled by ``1 + n / N_ref`` for the reference's
+    own sampling noise; ``k`` counts the bins the reference actually populates.
+    """
+    if n <= 0:
+        return base
+    populated = sum(1 for share in reference.proportions if share > 0)
+    degrees = max(populated - 1, 1)
+    noise = 1.0 / n + (1.0 / reference.count if reference.count > 0 else 0.0)
+    return float(max(base, chi2.ppf(NULL_QUANTILE, degrees) * noise))
+
+
+@dataclass
+class FeatureDrift:
+    feature: str
+    kind: str
+    count: int
+    psi: float
+    js: float
+    threshold: float
+    drifting: bool
+
+
+@dataclass
+class DriftSnapshot:
+    """The figures of one background update (also what the daily report shows)."""
+
+    computed_at: float
+    model_version: str
+    window_seconds: int
+    window_predictions: int
+    predicted_churn_rate: float
+    features: list[FeatureDrift]
+    score: FeatureDrift
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return _nan_to_none(data)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(item) for item in value]
+    return value
+
+
+def feature_drift(binner: FeatureBinner, counts: np.ndarray, base: float, min_count: int) -> FeatureDrift:
+    live = counts[binner.offset - 1 : binner.offset - 1 + binner.n_bins].astype(np.float64)
+    reference = binner.reference
+    n = int(live.sum())
+    psi = population_stability_index(live, reference.proportions)
+    threshold = psi_threshold(base, n, reference)
+    return FeatureDrift(
+        feature=binner.name,
+        kind=reference.kind,
+        count=n,
+        psi=psi,
+        js=jensen_shannon_distance(live, reference.proportions),
+        threshold=threshold,
+        drifting=bool(n >= min_count and psi > threshold),
+    )
+
+
+def compute_snapshot(
+    layout: DriftLayout, counts: np.ndarray, now: float, window_seconds: int, base: float, min_count: int
+) -> DriftSnapshot:
+    decisions = counts[layout.decision_offset - 1 : layout.decision_offset + 1]
+    window = int(decisions.sum())
+    return DriftSnapshot(
+        computed_at=now,
+        model_version=layout.model_version,
+        window_seconds=window_seconds,
+        window_predictions=window,
+        predicted_churn_rate=float(decisions[1] / window) if window else math.nan,
+        features=[feature_drift(binner, counts, base, min_count) for binner in layout.features],
+        score=feature_drift(layout.score, counts, base, min_count),
+    )
+
+
+# ---- the per-worker drift tracker -----------------------------------------------------------------
+class DriftTracker:
+    """One model version's drift state in this worker: counting on the request path, figures in the background."""
+
+    def __init__(
+        self,
+        directory: Path,
+        model_version: str,
+        reference: DriftReference,
+        *,
+        slot_seconds: int,
+        window_seconds: int,
+        psi_threshold: float,
+        min_count: int,
+    ) -> None:
+        self.directory = directory
+        self.layout = DriftLayout.from_reference(model_version, reference)
+        self.slot_seconds = slot_seconds
+        self.window_seconds = window_seconds
+        self.base_threshold = psi_threshold
+        self.min_count = min_count
+        self.table = SlotTable(directory, self.layout, slot_seconds, window_seconds)
+        self._n_columns = self.layout.width - 1
+
+    def count(self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> None:
+        """Count a scored batch: one record by plain Python, many records with numpy."""
+        n = len(scores)
+        if n == 1:
+            self._count_one(timestamp, columns, float(scores[0]), bool(decisions[0]))
+        elif n > 1:
+            self._count_many(timestamp, columns, scores, decisions)
+
+    def _count_one(self, timestamp: float, columns: dict[str, list[Any]], score: float, decision: bool) -> None:
+        layout = self.layout
+        indices = [
+            binner.offset + binner.bin_one(values[0])
+            for binner in layout.features
+            if (values := columns.get(binner.name)) is not None
+        ]
+        indices.append(layout.score.offset + layout.score.bin_one(score))
+        indices.append(layout.decision_offset + int(decision))
+        self.table.add_columns(timestamp, indices)
+
+    def _count_many(
+        self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray
+    ) -> None:
+        layout = self.layout
+        parts = [
+            binner.bin_many(values) + (binner.offset - 1)
+            for binner in layout.features
+            if (values := columns.get(binner.name)) is not None
+        ]
+        parts.append(layout.score.bin_numbers(np.asarray(scores, dtype=np.float64)) + (layout.score.offset - 1))
+        parts.append(np.asarray(decisions, dtype=np.intp) + (layout.decision_offset - 1))
+        counts = np.bincount(np.concatenate(parts), minlength=self._n_columns)
+        self.table.add_counts(timestamp, counts)
+
+    def snapshot(self, now: float) -> DriftSnapshot:
+        counts = window_counts(self.directory, self.layout, now, self.slot_seconds, self.window_seconds)
+        return compute_snapshot(self.layout, counts, now, self.window_seconds, self.base_threshold, self.min_count)
+
+    def remove_stale(self, now: float) -> int:
+        return remove_stale_tables(self.directory, now, self.slot_seconds, self.window_seconds, self.table.path)
+
+    def close(self) -> None:
+        """Stop counting (reload or shutdown). The table stays for other workers until it leaves the window."""
+        self.table.close()

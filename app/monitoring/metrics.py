@@ -1,0 +1,243 @@
+"""Every Prometheus metric the service exports, created once per :class:`~app.monitoring.monitor.Monitor`.
+
+Two modes:
+
+* **multiprocess** (``PROMETHEUS_MULTIPROC_DIR`` set before ``prometheus_client`` was imported, as
+  ``python -m app`` does for several workers): values live in per-process memory-mapped files in
+  that directory, a scrape merges every worker's files, and every gauge declares how workers'
+  values combine. Metrics are not registered anywhere; :meth:`Metrics.exposition` builds a fresh
+  registry with a ``MultiProcessCollector`` per scrape.
+* **single process** (tests, ``python -m uvicorn`` with one worker): a private registry per instance,
+  so several apps in one process never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Sub-millisecond resolution: the service answers single predictions in well under a millisecond of CPU.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+PREDICTION_STAGES = ("validation", "features", "inference", "explanation")
+
+
+def multiprocess_directory() -> str | None:
+    """The shared metrics directory when multiprocess mode is really active, else None.
+
+    The client picks its value storage when it is first imported; a directory set later cannot
+    be honoured, so that case is logged and the private registry is used instead.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return None
+    if values.ValueClass is values.MutexValue:
+        logger.warning(
+            "%s is set but prometheus_client was imported before it was; metrics stay per process", MULTIPROC_ENV
+        )
+        return None
+    return directory
+
+
+class Metrics:
+    """The metric objects, plus cached label children for the request path."""
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.registry: CollectorRegistry | None = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
+        self._build_http()
+        self._build_predictions()
+        self._build_model()
+        self._build_drift()
+        self._build_prediction_log()
+        self._build_performance()
+        self._build_process()
+        self._initialise_known_series()
+
+    # ---- construction ------------------------------------------------------------------------
+    def _counter(self, name: str, documentation: str, labels: Iterable[str] = ()) -> Counter:
+        return Counter(name, documentation, labelnames=tuple(labels), registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, mode: str, labels: Iterable[str] = ()) -> Gauge:
+        return Gauge(name, documentation, labelnames=tuple(labels), registry=self.registry, multiprocess_mode=mode)
+
+    def _histogram(self, name: str, documentation: str, buckets: Iterable[float], labels: Iterable[str] = ()):
+        return Histogram(name, documentation, labelnames=tuple(labels), buckets=tuple(buckets), registry=self.registry)
+
+    def _build_http(self) -> None:
+        self.http_requests = self._counter(
+            "churn_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ("route", "method", "status"),
+        )
+        self.http_duration = self._histogram(
+            "churn_http_request_duration_seconds", "HTTP request duration", LATENCY_BUCKETS, ("route", "method")
+        )
+        self.http_in_flight = self._gauge(
+            "churn_http_requests_in_flight", "HTTP requests being served, all workers together", "livesum"
+        )
+
+    def _build_predictions(self) -> None:
+        self.predictions = self._counter(
+            "churn_predictions_total", "Scored records by risk band and model version", ("risk_band", "model_version")
+        )
+        self.predicted_churn = self._counter(
+            "churn_predicted_churn_total", "Scored records whose decision is churn", ("model_version",)
+        )
+        self.stage_duration = self._histogram(
+            "churn_prediction_stage_duration_seconds", "Time per prediction stage", LATENCY_BUCKETS, ("stage",)
+        )
+        self.score = self._histogram("churn_prediction_score", "Calibrated churn probability", SCORE_BUCKETS)
+        self.feature_warnings = self._counter(
+            "churn_feature_warnings_total", "Values imputed or categories unseen in training", ("feature", "kind")
+        )
+        self.monitoring_errors = self._counter(
+            "churn_monitoring_errors_total",
+            "Monitoring failures that were contained (never fail a request)",
+            ("where",),
+        )
+
+    def _build_model(self) -> None:
+        # livemax: a version is served while any live worker serves it.
+        self.model_info = self._gauge(
+            "churn_model_info",
+            "The served model (value 1)",
+            "livemax",
+            ("version", "family", "framework", "trained_at"),
+        )
+        # livemin: the service is ready only when every live worker has a model.
+        self.model_ready = self._gauge("churn_model_ready", "1 when a model is loaded and serving", "livemin")
+        self.model_reloads = self._counter("churn_model_reloads_total", "Model reload attempts", ("outcome",))
+
+    def _build_drift(self) -> None:
+        # Every worker computes these from the same shared bin counts: the most recent value is the answer.
+        recent = "mostrecent"
+        self.drift_psi = self._gauge("churn_feature_drift_psi", "PSI of live vs reference bins", recent, ("feature",))
+        self.drift_js = self._gauge(
+            "churn_feature_drift_js", "Jensen-Shannon distance (base 2) of live vs reference bins", recent, ("feature",)
+        )
+        self.drift_threshold = self._gauge(
+            "churn_feature_drift_threshold", "PSI threshold in force for the current window size", recent, ("feature",)
+        )
+        self.drifting = self._gauge(
+            "churn_feature_drifting", "1 when the feature's PSI exceeds its threshold", recent, ("feature",)
+        )
+        self.score_psi = self._gauge("churn_score_drift_psi", "PSI of the live score distribution", recent)
+        self.score_js = self._gauge("churn_score_drift_js", "Jensen-Shannon distance of the score distribution", recent)
+        self.score_drifting = self._gauge("churn_score_drifting", "1 when the score PSI exceeds its threshold", recent)
+        self.drift_window = self._gauge(
+            "churn_drift_window_predictions", "Records in the drift window behind the drift figures", recent
+        )
+        self.predicted_churn_rate = self._gauge(
+            "churn_predicted_churn_rate", "Share of records in the drift window predicted to churn", recent
+        )
+        self.reference_churn_rate = self._gauge(
+            "churn_reference_predicted_churn_rate", "Share predicted to churn on the held-out training data", recent
+        )
+
+    def _build_prediction_log(self) -> None:
+        self.log_written = self._counter("churn_prediction_log_written_total", "Predictions written to the log")
+        self.log_dropped = self._counter(
+            "churn_prediction_log_dropped_total", "Predictions not logged, by reason", ("reason",)
+        )
+        self.log_errors = self._counter(
+            "churn_prediction_log_errors_total", "Failed prediction-log database operations"
+        )
+        self.log_queue = self._gauge(
+            "churn_prediction_log_queue_size", "Predictions waiting to be written, all workers", "livesum"
+        )
+
+    def _build_performance(self) -> None:
+        recent = "mostrecent"
+        self.feedback = self._counter("churn_feedback_outcomes_total", "Outcomes received by match status", ("status",))
+        self.realized_auc = self._gauge("churn_realized_roc_auc", "ROC-AUC on predictions with known outcomes", recent)
+        self.realized_precision = self._gauge("churn_realized_precision", "Precision on labelled predictions", recent)
+        self.realized_recall = self._gauge("churn_realized_recall", "Recall on labelled predictions", recent)
+        self.realized_f1 = self._gauge("churn_realized_f1", "F1 on labelled predictions", recent)
+        self.realized_count = self._gauge(
+            "churn_realized_labelled_predictions", "Labelled predictions behind the realized metrics", recent
+        )
+
+    def _build_process(self) -> None:
+        # In multiprocess mode "liveall" adds the pid label itself; a single process adds its own.
+        if self.multiprocess_dir:
+            self.memory = self._gauge("churn_worker_resident_memory_bytes", "Resident memory per worker", "liveall")
+            self._memory_child = self.memory
+        else:
+            self.memory = self._gauge(
+                "churn_worker_resident_memory_bytes", "Resident memory per worker", "liveall", ("pid",)
+            )
+            self._memory_child = self.memory.labels(pid=str(os.getpid()))
+
+    def _initialise_known_series(self) -> None:
+        # Series that exist from the start read 0 instead of being absent, so rate() and alerts work at once.
+        for reason in ("queue_full", "write_error", "invalid"):
+            self.log_dropped.labels(reason=reason)
+        for status in ("matched", "unknown", "duplicate"):
+            self.feedback.labels(status=status)
+        for outcome in ("success", "failure"):
+            self.model_reloads.labels(outcome=outcome)
+
+    # ---- operations ----------------------------------------------------------------------------
+    def set_memory(self, resident_bytes: float) -> None:
+        self._memory_child.set(resident_bytes)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything, merged across workers in multiprocess mode."""
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
+        assert self.registry is not None
+        return generate_latest(self.registry)
+
+    def mark_dead(self) -> None:
+        """Drop this worker's live gauges (in-flight, memory, readiness) from future scrapes."""
+        if self.multiprocess_dir:
+            mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+    def retire_series(self, gauge: Gauge, labels: tuple[str, ...]) -> None:
+        """Stop exporting one labelled gauge series.
+
+        A single process simply forgets it. Worker files cannot forget a series, so it is set to
+        NaN there (for info-style gauges the caller sets 0 first where 0 is meaningful).
+        """
+        if self.multiprocess_dir:
+            gauge.labels(*labels).set(float("nan"))
+            return
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            return
+
+
+def observe_many(histogram: Any, amounts: np.ndarray) -> None:
+    """Observe many values with one increment per bucket instead of one call per value.
+
+    Equivalent to ``for a in amounts: histogram.observe(a)`` (prometheus_client keeps
+    non-cumulative bucket values and a sum), but costs microseconds for ten thousand values.
+    """
+    amounts = np.asarray(amounts, dtype=np.float64)
+    if amounts.size == 0:
+        return
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if buckets is None or bounds is None:  # a client version without these internals: the slow, sure way
+        for amount in amounts.tolist():
+            histogram.observe(amount)
+        return
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), amounts, side="left")
+    np.minimum(index, len(bounds) - 1, out=index)  # NaN sorts past +Inf
+    counts = np.bincount(index, minlength=len(bounds))
+    histogram._sum.inc(float(np.nansum(amounts)))
+    for position in np.flatnonzero(counts).tolist():
+        buckets[position].inc(int(counts[position]))

@@ -1,0 +1,403 @@
+"""The monitor the service talks to: metrics, drift, prediction log and realized performance in one object.
+
+The request path calls :meth:`Monitor.record` (and the middleware); both only bin, count and
+enqueue. Everything that reads files or databases runs in background threads started by
+:meth:`Monitor.start`: drift figures every ``drift_update_seconds``, realized performance every
+``performance_update_seconds`` (and right after feedback), the memory gauge, and the prediction
+log writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter
+
+from app.monitoring.drift import DriftSnapshot, DriftTracker
+from app.monitoring.events import PredictionEvent
+from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
+from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
+from app.monitoring.performance import (
+    FeedbackResult,
+    OutcomeIn,
+    RealizedPerformance,
+    apply_outcomes,
+    labelled_predictions,
+    realized_performance,
+    status_counts,
+)
+from app.monitoring.prediction_log import SECONDS_PER_DAY, PredictionLog
+from app.monitoring.report import daily_report
+from app.monitoring.routes import build_disabled_router, build_router
+from app.settings import Settings
+from models.bundle import Manifest
+
+logger = logging.getLogger(__name__)
+
+MEMORY_UPDATE_SECONDS = 10.0
+STALE_TABLE_CHECK_SECONDS = 60.0
+ERROR_LOG_INTERVAL_S = 60.0
+
+
+def resident_memory_bytes() -> float:
+    """This process's resident set size (Linux /proc; peak RSS elsewhere as the best available)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return float(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+class Monitor:
+    """Monitoring of one service process (one per worker)."""
+
+    middleware_class = MonitoringMiddleware
+    enabled = True
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.multiprocess_dir = multiprocess_directory()
+        self.metrics = Metrics(self.multiprocess_dir)
+        self.log = PredictionLog(
+            settings.database_url,
+            self.metrics,
+            batch_size=settings.prediction_log_batch_size,
+            flush_seconds=settings.prediction_log_flush_seconds,
+            queue_size=settings.prediction_log_queue_size,
+            retention_days=settings.prediction_log_retention_days,
+            clock=clock,
+        )
+        self.router: APIRouter = build_router(self)
+        self.drift: DriftTracker | None = None
+        self.latest_drift: DriftSnapshot | None = None
+        self.latest_performance: RealizedPerformance | None = None
+        self._drift_dir = self._choose_drift_directory()
+        self._model_lock = threading.Lock()
+        self._model_labels: tuple[str, str, str, str] | None = None
+        self._drift_features: set[str] = set()
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._stopping = threading.Event()
+        self._performance_due = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_error_logged = 0.0
+        self.metrics.model_ready.set(0)
+
+    def _choose_drift_directory(self) -> Path:
+        # Shared with the other workers through the multiprocess directory; private otherwise.
+        if self.multiprocess_dir:
+            directory = Path(self.multiprocess_dir) / "drift"
+            directory.mkdir(parents=True, exist_ok=True)
+            self._owns_drift_dir = False
+            return directory
+        self._owns_drift_dir = True
+        return Path(tempfile.mkdtemp(prefix="churn-drift-"))
+
+    # ---- lifespan -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._stopping.clear()
+        self.log.start()
+        self.metrics.set_memory(resident_memory_bytes())
+        self._start_thread("monitor-drift", self._drift_loop)
+        self._start_thread("monitor-performance", self._performance_loop)
+
+    async def stop(self) -> None:
+        """Stop background work, write every queued prediction, retire this worker's live gauges."""
+        self._stopping.set()
+        self._performance_due.set()
+        await asyncio.to_thread(self._stop_blocking)
+
+    def _stop_blocking(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        self.log.stop()
+        with self._model_lock:
+            if self.drift is not None:
+                self.drift.close()
+        self.metrics.mark_dead()
+        if self._owns_drift_dir:
+            shutil.rmtree(self._drift_dir, ignore_errors=True)
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # ---- model lifecycle -------------------------------------------------------------------------------
+    def model_loaded(self, manifest: Manifest) -> None:
+        """A model is serving (startup or successful reload): info gauge, ready, drift against its reference."""
+        labels = (manifest.version, manifest.model_family, manifest.framework, manifest.created_at)
+        with self._model_lock:
+            self._set_model_info(labels)
+            self._set_reference_rate(manifest)
+            self._switch_drift(manifest)
+            self._initialise_warning_series(manifest)
+        self.metrics.model_ready.set(1)
+        self.update_drift()
+
+    def _set_model_info(self, labels: tuple[str, str, str, str]) -> None:
+        previous = self._model_labels
+        if previous is not None and previous != labels:
+            self.metrics.model_info.labels(*previous).set(0)
+            if not self.multiprocess_dir:
+                self.metrics.retire_series(self.metrics.model_info, previous)
+        self.metrics.model_info.labels(*labels).set(1)
+        self._model_labels = labels
+
+    def _initialise_warning_series(self, manifest: Manifest) -> None:
+        for spec in manifest.schema.features:
+            self._child(self.metrics.feature_warnings, spec.name, "imputed")
+            if spec.kind == "categorical":
+                self._child(self.metrics.feature_warnings, spec.name, "unseen_category")
+
+    def _set_reference_rate(self, manifest: Manifest) -> None:
+        # The share flagged at the threshold on held-out training data, when training recorded it.
+        rate = manifest.metrics.get("positive_rate") if isinstance(manifest.metrics, dict) else None
+        self.metrics.reference_churn_rate.set(float(rate) if isinstance(rate, int | float) else math.nan)
+
+    def _switch_drift(self, manifest: Manifest) -> None:
+        current = self.drift
+        tracker = DriftTracker(
+            self._drift_dir,
+            manifest.version,
+            manifest.drift_reference,
+            slot_seconds=self.settings.drift_slot_seconds,
+            window_seconds=self.settings.drift_window_seconds,
+            psi_threshold=self.settings.drift_psi_threshold,
+            min_count=self.settings.drift_min_count,
+        )
+        if current is not None and current.layout.key == tracker.layout.key:
+            tracker.close()  # the same bundle again: keep counting in the same window
+            return
+        self.drift = tracker
+        if current is not None:
+            current.table.close(remove=True)  # this worker never writes that version again
+        new_features = {binner.name for binner in tracker.layout.features}
+        for feature in self._drift_features - new_features:
+            for gauge in (
+                self.metrics.drift_psi,
+                self.metrics.drift_js,
+                self.metrics.drift_threshold,
+                self.metrics.drifting,
+            ):
+                self.metrics.retire_series(gauge, (feature,))
+        self._drift_features = new_features
+
+    def model_unavailable(self, reason: str) -> None:
+        logger.warning("model unavailable: %s", reason)
+        self.metrics.model_ready.set(0)
+
+    def reload_attempted(self, ok: bool) -> None:
+        self.metrics.model_reloads.labels(outcome="success" if ok else "failure").inc()
+
+    # ---- request path ------------------------------------------------------------------------------------
+    def record(self, event: PredictionEvent) -> None:
+        """Count a scored batch and queue it for the log. Microseconds; never raises."""
+        try:
+            self._record(event)
+        except Exception as exc:
+            self._contained_failure("record", exc)
+
+    def _record(self, event: PredictionEvent) -> None:
+        n = len(event.prediction_ids)
+        if n == 0:
+            return
+        version = event.model_version
+        if n == 1:
+            self._child(self.metrics.predictions, event.risk_bands[0], version).inc()
+            if event.decisions[0]:
+                self._child(self.metrics.predicted_churn, version).inc()
+            self.metrics.score.observe(float(event.scores[0]))
+        else:
+            for band, count in Counter(event.risk_bands).items():
+                self._child(self.metrics.predictions, band, version).inc(count)
+            positives = int(np.count_nonzero(event.decisions))
+            if positives:
+                self._child(self.metrics.predicted_churn, version).inc(positives)
+            observe_many(self.metrics.score, event.scores)
+        for stage, seconds in event.stage_seconds.items():
+            self._child(self.metrics.stage_duration, stage).observe(seconds)
+        if event.imputed or event.unseen:
+            self._count_warnings(event)
+        drift = self.drift
+        if drift is not None and drift.layout.model_version == version:
+            drift.count(event.timestamp, event.columns, event.scores, event.decisions)
+        started = request_started_at.get()
+        self.log.enqueue(event, max(event.timestamp - started, 0.0) if started is not None else None)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() costs a lock and a tuple build; a dict hit is a fraction of that.
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def _count_warnings(self, event: PredictionEvent) -> None:
+        counts = Counter((name, "imputed") for _, name in event.imputed)
+        counts.update((name, "unseen_category") for _, name in event.unseen)
+        for (feature, kind), count in counts.items():
+            self._child(self.metrics.feature_warnings, feature, kind).inc(count)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """A stage timing that is not part of a recorded event (events carry their own stage_seconds)."""
+        try:
+            self._child(self.metrics.stage_duration, stage).observe(seconds)
+        except Exception as exc:
+            self._contained_failure("observe_stage", exc)
+
+    # ---- drift -----------------------------------------------------------------------------------------
+    def update_drift(self, now: float | None = None) -> DriftSnapshot | None:
+        """Recompute the window's drift figures from all workers' counts and export them."""
+        drift = self.drift
+        if drift is None:
+            return None
+        snapshot = drift.snapshot(self.clock() if now is None else now)
+        self._publish_drift(snapshot)
+        self.latest_drift = snapshot
+        return snapshot
+
+    def _publish_drift(self, snapshot: DriftSnapshot) -> None:
+        m = self.metrics
+        for figures in snapshot.features:
+            labels = (figures.feature,)
+            m.drift_psi.labels(*labels).set(figures.psi)
+            m.drift_js.labels(*labels).set(figures.js)
+            m.drift_threshold.labels(*labels).set(figures.threshold)
+            m.drifting.labels(*labels).set(1 if figures.drifting else 0)
+        m.score_psi.set(snapshot.score.psi)
+        m.score_js.set(snapshot.score.js)
+        m.score_drifting.set(1 if snapshot.score.drifting else 0)
+        m.drift_window.set(snapshot.window_predictions)
+        m.predicted_churn_rate.set(snapshot.predicted_churn_rate)
+
+    def _drift_loop(self) -> None:
+        last_cleanup = last_memory = 0.0
+        while not self._stopping.wait(self.settings.drift_update_seconds):
+            now = self.clock()
+            try:
+                self.update_drift(now)
+                if now - last_cleanup >= STALE_TABLE_CHECK_SECONDS and self.drift is not None:
+                    last_cleanup = now
+                    self.drift.remove_stale(now)
+            except Exception as exc:
+                self._contained_failure("drift", exc)
+            if now - last_memory >= MEMORY_UPDATE_SECONDS:
+                last_memory = now
+                self.metrics.set_memory(resident_memory_bytes())
+
+    # ---- feedback and realized performance ---------------------------------------------------------------
+    def apply_feedback(self, outcomes: list[OutcomeIn]) -> FeedbackResult:
+        """Join outcomes to logged predictions (after writing this worker's queued ones) and refresh metrics.
+
+        Raises SQLAlchemyError when the database is unavailable (the route answers 503).
+        """
+        self.log.flush()
+        result = apply_outcomes(self.log.connection, outcomes, self.clock())
+        for status, count in status_counts(result).items():
+            if count:
+                self.metrics.feedback.labels(status=status).inc(count)
+        result.performance = self.refresh_performance()
+        return result
+
+    def refresh_performance(self) -> RealizedPerformance:
+        now = self.clock()
+        start = now - self.settings.performance_window_days * SECONDS_PER_DAY
+        with self.log.connection() as connection:
+            data = labelled_predictions(connection, start, now + 1.0)
+        performance = realized_performance(data, start, now)
+        self._publish_performance(performance)
+        self.latest_performance = performance
+        return performance
+
+    def _publish_performance(self, performance: RealizedPerformance) -> None:
+        m = self.metrics
+
+        def gauge_value(value: float | None) -> float:
+            return math.nan if value is None else value
+
+        m.realized_auc.set(gauge_value(performance.roc_auc))
+        m.realized_precision.set(gauge_value(performance.precision))
+        m.realized_recall.set(gauge_value(performance.recall))
+        m.realized_f1.set(gauge_value(performance.f1))
+        m.realized_count.set(performance.labelled_predictions)
+
+    def _performance_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.refresh_performance()
+            except Exception as exc:  # database down: counted, tried again next period
+                self.metrics.log_errors.inc()
+                self._contained_failure("performance", exc)
+            self._performance_due.wait(self.settings.performance_update_seconds)
+            self._performance_due.clear()
+
+    # ---- report ------------------------------------------------------------------------------------------
+    def daily_report(self, day: date | None = None) -> dict[str, Any]:
+        now = self.clock()
+        day = day or datetime.fromtimestamp(now, UTC).date()
+        self.log.flush()
+        with self.log.connection() as connection:
+            return daily_report(connection, day, self.latest_drift, self.latest_performance, now)
+
+    # ---- failures ----------------------------------------------------------------------------------------
+    def _contained_failure(self, where: str, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            self.metrics.monitoring_errors.labels(where=where).inc()
+        now = time.monotonic()
+        if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
+            self._last_error_logged = now
+            logger.error("monitoring %s failed (the request is unaffected): %s", where, exc, exc_info=exc)
+
+
+class NullMonitor:
+    """Monitoring switched off: the same interface, doing nothing; its routes answer 404 with the reason."""
+
+    middleware_class = PassThroughMiddleware
+    enabled = False
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+        self.router: APIRouter = build_disabled_router()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def model_loaded(self, manifest: Manifest) -> None:
+        return None
+
+    def model_unavailable(self, reason: str) -> None:
+        return None
+
+    def reload_attempted(self, ok: bool) -> None:
+        return None
+
+    def record(self, event: PredictionEvent) -> None:
+        return None
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        return None
+
+
+def create_monitor(settings: Settings) -> Monitor | NullMonitor:
+    return Monitor(settings) if settings.monitoring_enabled else NullMonitor(settings)

@@ -1,0 +1,326 @@
+"""Durable log of every prediction, written off the request path.
+
+The request path only appends the scored event to a bounded in-memory queue (counted in
+records); a background thread turns events into rows and inserts them in batches of
+``prediction_log_batch_size`` at least every ``prediction_log_flush_seconds``. A full queue drops
+the event (counted by reason, logged) instead of blocking, and a database that is down, full or
+read-only is counted and logged, never raised: the prediction has already been answered.
+
+SQLite is the default (WAL journal and a busy timeout so several worker processes can write the
+same file); a ``postgresql://`` URL uses PostgreSQL through psycopg 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.monitoring.events import PredictionEvent
+from app.monitoring.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+POSTGRES_CONNECT_TIMEOUT_S = 5
+RETENTION_CHECK_SECONDS = 3600.0
+SECONDS_PER_DAY = 86_400
+ERROR_LOG_INTERVAL_S = 60.0  # a broken database is logged once a minute, not once per batch
+
+metadata = MetaData()
+
+predictions_table = Table(
+    "prediction_log",
+    metadata,
+    Column("prediction_id", String(64), primary_key=True),
+    Column("predicted_at", Float, nullable=False),  # UNIX seconds, UTC
+    Column("model_version", String(128), nullable=False),
+    Column("customer_id", String(256), nullable=True),
+    Column("inputs", Text, nullable=False),  # the record's cleaned feature values, JSON
+    Column("score", Float, nullable=False),
+    Column("predicted_churn", Boolean, nullable=False),
+    Column("risk_band", String(64), nullable=False),
+    Column("latency_seconds", Float, nullable=False),
+    Column("batch_size", Integer, nullable=False),
+    Index("ix_prediction_log_predicted_at", "predicted_at"),
+    Index("ix_prediction_log_customer", "customer_id", "predicted_at"),
+)
+
+outcomes_table = Table(
+    "prediction_outcome",
+    metadata,
+    Column("prediction_id", String(64), primary_key=True),
+    Column("churned", Boolean, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+def engine_url(database_url: str) -> str:
+    """The SQLAlchemy URL to use: plain ``postgresql://`` means the installed psycopg 3 driver."""
+    url = make_url(database_url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def make_engine(database_url: str) -> Engine:
+    url = engine_url(database_url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+    )
+
+
+def _configure_sqlite(connection: Any, _record: Any) -> None:
+    # WAL lets readers and one writer (of any process) proceed together; the busy timeout makes
+    # writers of other workers wait for the lock instead of failing at once.
+    cursor = connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the log tables if missing; another worker creating them at the same moment is fine."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except SQLAlchemyError:
+        time.sleep(0.2)  # most likely lost the race to a sibling worker: check again once
+        metadata.create_all(engine, checkfirst=True)
+
+
+def event_rows(event: PredictionEvent, request_latency: float | None) -> list[dict[str, Any]]:
+    """One row per record of a scored batch."""
+    latency = request_latency if request_latency is not None else float(sum(event.stage_seconds.values()))
+    size = len(event.prediction_ids)
+    scores = event.scores.tolist()
+    decisions = event.decisions.tolist()
+    return [
+        {
+            "prediction_id": event.prediction_ids[i],
+            "predicted_at": event.timestamp,
+            "model_version": event.model_version,
+            "customer_id": event.customer_ids[i],
+            "inputs": orjson.dumps(event.inputs[i], option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+            "score": float(scores[i]),
+            "predicted_churn": bool(decisions[i]),
+            "risk_band": event.risk_bands[i],
+            "latency_seconds": latency,
+            "batch_size": size,
+        }
+        for i in range(size)
+    ]
+
+
+class PredictionLog:
+    """Bounded queue + background batch writer + retention, around one database."""
+
+    def __init__(
+        self,
+        database_url: str,
+        metrics: Metrics,
+        *,
+        batch_size: int,
+        flush_seconds: float,
+        queue_size: int,
+        retention_days: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.database_url = database_url
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self.queue_size = queue_size
+        self.retention_days = retention_days
+        self.clock = clock
+        self.engine: Engine | None = None
+        self._pending: deque[tuple[PredictionEvent, float | None]] = deque()
+        self._pending_records = 0
+        self._queue_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._write_lock = threading.Lock()  # one writer at a time: the thread, or a flush for feedback
+        self._thread: threading.Thread | None = None
+        self._tables_ready = False
+        self._last_retention = 0.0
+        self._last_error_logged = 0.0
+
+    # ---- request path ----------------------------------------------------------------------------
+    def enqueue(self, event: PredictionEvent, request_latency: float | None) -> bool:
+        """Queue a scored batch for writing; False (and counted) when the queue is full. Never blocks."""
+        size = len(event.prediction_ids)
+        with self._queue_lock:
+            if self._pending_records + size > self.queue_size:
+                accepted = False
+            else:
+                self._pending.append((event, request_latency))
+                self._pending_records += size
+                accepted = True
+                queued = self._pending_records
+        if not accepted:
+            self.metrics.log_dropped.labels(reason="queue_full").inc(size)
+            self._log_failure("prediction log queue is full (%d records): dropped %d", self.queue_size, size)
+            return False
+        self.metrics.log_queue.set(queued)
+        if queued >= self.batch_size:
+            self._wake.set()
+        return True
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        # No database round trip here: a slow or absent database must not hold up the service start.
+        self.engine = make_engine(self.database_url)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the writer after it has written everything queued (or given up on a broken database)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.flush()
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def _run(self) -> None:
+        self._ensure_tables()
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+            self._maybe_enforce_retention()
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def _take(self) -> list[tuple[PredictionEvent, float | None]]:
+        with self._queue_lock:
+            taken = list(self._pending)
+            self._pending.clear()
+            self._pending_records = 0
+        self.metrics.log_queue.set(0)
+        return taken
+
+    def flush(self) -> int:
+        """Write everything queued so far; returns the number of rows written. Safe from any thread."""
+        with self._write_lock:
+            taken = self._take()
+            if not taken:
+                return 0
+            rows: list[dict[str, Any]] = []
+            for item_event, latency in taken:
+                try:
+                    rows.extend(event_rows(item_event, latency))
+                except Exception as exc:  # a malformed event must not block the others
+                    self.metrics.log_dropped.labels(reason="invalid").inc(len(item_event.prediction_ids))
+                    self._log_failure("cannot log a prediction event: %s", exc)
+            written = 0
+            for start in range(0, len(rows), self.batch_size):
+                written += self._write_batch(rows[start : start + self.batch_size])
+            return written
+
+    def _write_batch(self, rows: list[dict[str, Any]]) -> int:
+        try:
+            if not self._ensure_tables():
+                raise SQLAlchemyError("prediction log tables are not available")
+            assert self.engine is not None
+            with self.engine.begin() as connection:
+                connection.execute(predictions_table.insert(), rows)
+        except Exception as exc:  # down, full, read-only, dropped table: count and carry on
+            self.metrics.log_errors.inc()
+            self.metrics.log_dropped.labels(reason="write_error").inc(len(rows))
+            self._log_failure("prediction log write of %d rows failed: %s", len(rows), exc)
+            self._tables_ready = False  # a dropped table is recreated on the next write
+            return 0
+        self.metrics.log_written.inc(len(rows))
+        return len(rows)
+
+    def _ensure_tables(self) -> bool:
+        if self._tables_ready:
+            return True
+        if self.engine is None:
+            return False
+        try:
+            create_tables(self.engine)
+        except Exception as exc:
+            self.metrics.log_errors.inc()
+            self._log_failure("cannot create the prediction log tables: %s", exc)
+            return False
+        self._tables_ready = True
+        return True
+
+    def _log_failure(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
+            self._last_error_logged = now
+            logger.error(message, *args)
+
+    # ---- retention ---------------------------------------------------------------------------------
+    def _maybe_enforce_retention(self) -> None:
+        now = self.clock()
+        if now - self._last_retention >= RETENTION_CHECK_SECONDS:
+            self._last_retention = now
+            self.enforce_retention(now)
+
+    def enforce_retention(self, now: float | None = None) -> int:
+        """Delete predictions (and their outcomes) older than the retention period; returns rows deleted."""
+        now = self.clock() if now is None else now
+        cutoff = now - self.retention_days * SECONDS_PER_DAY
+        if self.engine is None or not self._ensure_tables():
+            return 0
+        expired = select(predictions_table.c.prediction_id).where(predictions_table.c.predicted_at < cutoff)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(delete(outcomes_table).where(outcomes_table.c.prediction_id.in_(expired)))
+                result = connection.execute(delete(predictions_table).where(predictions_table.c.predicted_at < cutoff))
+        except Exception as exc:
+            self.metrics.log_errors.inc()
+            self._log_failure("prediction log retention failed: %s", exc)
+            return 0
+        return int(result.rowcount or 0)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A transaction on the log database for readers (feedback, report); raises if it is unavailable."""
+        if self.engine is None:
+            raise SQLAlchemyError("the prediction log is not started")
+        if not self._ensure_tables():
+            raise SQLAlchemyError("the prediction log database is unavailable")
+        with self.engine.begin() as connection:
+            yield connection

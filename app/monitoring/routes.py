@@ -1,0 +1,67 @@
+"""Monitoring endpoints: GET /metrics, POST /feedback (API key), GET /monitoring/report."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.monitoring.performance import FeedbackBody, FeedbackResult, outcomes_of
+from app.security import ApiKeyRequired
+
+if TYPE_CHECKING:
+    from app.monitoring.monitor import Monitor
+
+logger = logging.getLogger(__name__)
+
+DISABLED_DETAIL = (
+    "monitoring is disabled on this server (CHURN_MONITORING_ENABLED=false): "
+    "no metrics, prediction log, feedback or report"
+)
+DATABASE_UNAVAILABLE = "the prediction log database is unavailable; try again later"
+ReportDate = Annotated[date | None, Query(alias="date", description="UTC day as YYYY-MM-DD; today (UTC) when omitted")]
+
+
+def build_router(monitor: Monitor) -> APIRouter:
+    router = APIRouter(tags=["monitoring"])
+
+    @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
+    def metrics() -> Response:
+        # Sync on purpose: merging worker files reads from disk, so it runs in the thread pool.
+        return Response(monitor.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.post("/feedback", response_model=FeedbackResult, summary="Record actual outcomes of earlier predictions")
+    async def feedback(body: Annotated[FeedbackBody, Body()], _: ApiKeyRequired) -> FeedbackResult:
+        try:
+            return await run_in_threadpool(monitor.apply_feedback, outcomes_of(body))
+        except SQLAlchemyError as exc:
+            logger.error("feedback could not be stored: %s", exc)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=DATABASE_UNAVAILABLE) from exc
+
+    @router.get("/monitoring/report", summary="Daily monitoring report (volume, latency, drift, realized performance)")
+    def report(day: ReportDate = None) -> dict[str, Any]:
+        try:
+            return monitor.daily_report(day)
+        except SQLAlchemyError as exc:
+            logger.error("monitoring report failed: %s", exc)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=DATABASE_UNAVAILABLE) from exc
+
+    return router
+
+
+def build_disabled_router() -> APIRouter:
+    """The same paths, each answering 404 with the reason, so clients learn why instead of guessing."""
+    router = APIRouter(tags=["monitoring"])
+
+    def disabled() -> None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=DISABLED_DETAIL)
+
+    router.add_api_route("/metrics", disabled, methods=["GET"], summary="Disabled: monitoring is off")
+    router.add_api_route("/feedback", disabled, methods=["POST"], summary="Disabled: monitoring is off")
+    router.add_api_route("/monitoring/report", disabled, methods=["GET"], summary="Disabled: monitoring is off")
+    return router

@@ -1,0 +1,349 @@
+"""The predictor: owns the verified bundle and turns raw customer records into explained predictions.
+
+It knows nothing of HTTP. Loading goes current bundle -> checksum verification (before anything is
+unpickled) -> model -> warm-up prediction; a failure at any step raises ``BundleError`` with the
+reason. Prediction cleans each field with the bundle's own ``FeatureSchema.clean_value`` (the rules
+training used), encodes with ``FeatureSchema.encode`` (one definition of the features), and scores
+and explains in a single model call on a prepared array: no DataFrame on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.explain import Explainer
+from app.monitoring.events import PredictionEvent
+from app.risk import RiskPolicy
+from app.settings import Settings
+from models.bundle import BundleError, Manifest, current_bundle_dir, verify_bundle
+from models.features import FeatureSchema, FeatureValueError
+from models.scoring import Scorer, apply_calibration, load_raw_model
+
+CUSTOMER_ID = "customer_id"
+# Distinct raw values remembered per feature: categories repeat, so cleaning a 10,000-record
+# batch becomes mostly dictionary hits; the cap keeps free-form numbers from growing it forever.
+_CLEAN_CACHE_SIZE = 4096
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class FieldError:
+    """One problem with one input field; ``loc`` is relative to the record."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str
+    input: Any = None
+
+    def to_dict(self, prefix: tuple[str | int, ...] = ()) -> dict[str, Any]:
+        return {"type": self.type, "loc": [*prefix, *self.loc], "msg": self.msg, "input": self.input}
+
+
+@dataclass(slots=True)
+class RecordError:
+    """A record that could not be scored, with every problem found in it."""
+
+    index: int
+    customer_id: str | None
+    errors: list[FieldError]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "customer_id": self.customer_id,
+            "errors": [error.to_dict((self.index,)) for error in self.errors],
+        }
+
+
+@dataclass(slots=True)
+class CleanRecord:
+    index: int
+    customer_id: str | None
+    values: dict[str, Any]  # feature -> cleaned value; absent or None means missing
+
+
+@dataclass(slots=True)
+class Prediction:
+    index: int
+    customer_id: str | None
+    prediction_id: str
+    churn_probability: float
+    predicted_churn: bool
+    risk_category: str
+    recommended_actions: list[str]
+    top_reasons: list[dict[str, Any]] | None
+    warnings: list[str]
+    model_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        result = {
+            "customer_id": self.customer_id,
+            "prediction_id": self.prediction_id,
+            "churn_probability": self.churn_probability,
+            "predicted_churn": self.predicted_churn,
+            "risk_category": self.risk_category,
+            "recommended_actions": self.recommended_actions,
+            "warnings": self.warnings,
+            "model_version": self.model_version,
+        }
+        if self.top_reasons is not None:
+            result["top_reasons"] = self.top_reasons
+        return result
+
+
+@dataclass(slots=True)
+class PredictionOutcome:
+    """Results in input order (a Prediction or a RecordError each) and the event for monitoring."""
+
+    results: list[Prediction | RecordError]
+    event: PredictionEvent | None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Invalid:
+    """A cached cleaning failure, so a repeated bad value is reported without re-parsing it."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def example_record(schema: FeatureSchema) -> dict[str, Any]:
+    """A typical customer as a client would send it: every feature at its training imputation value."""
+    return {spec.name: spec.example() for spec in schema.features}
+
+
+class RecordCleaner:
+    """Validates raw records field by field with the schema's cleaning rules.
+
+    Feature fields are cleaned by ``FeatureSchema.clean_value``; ``customer_id`` (or the training
+    table's id column) is echoed back; the target and the columns training deliberately dropped are
+    accepted and ignored, so a row copied from the training table is valid; anything else is an
+    unknown field. Required features (never missing in training) must have a value; the others may
+    be omitted or blank and are imputed like in training.
+    """
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.schema = schema
+        self.required = [spec.name for spec in schema.features if spec.required]
+        self.id_fields = frozenset({CUSTOMER_ID, *([schema.id_column] if schema.id_column else [])})
+        self.ignored = frozenset({schema.target, *schema.dropped_names}) - self.id_fields
+        self._caches: dict[str, dict[tuple[type, Any], Any]] = {name: {} for name in schema.names}
+
+    def clean(self, record: Any, index: int = 0) -> CleanRecord | RecordError:
+        if not isinstance(record, dict):
+            error = FieldError((), "Input should be an object of the customer's fields", "dict_type", record)
+            return RecordError(index, None, [error])
+        values: dict[str, Any] = {}
+        errors: list[FieldError] = []
+        customer_id: str | None = None
+        for key, raw in record.items():
+            cache = self._caches.get(key)
+            if cache is not None:
+                cleaned = self._clean_cached(cache, key, raw)
+                if cleaned.__class__ is _Invalid:
+                    errors.append(FieldError((key,), cleaned.message, "value_error", raw))
+                else:
+                    values[key] = cleaned
+            elif key in self.id_fields:
+                if raw is None:
+                    continue
+                if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+                    errors.append(FieldError((key,), "Input should be a string or an integer", "string_type", raw))
+                elif key == CUSTOMER_ID or customer_id is None:
+                    customer_id = str(raw)
+            elif key not in self.ignored:
+                errors.append(
+                    FieldError(
+                        (key,), "Unknown field: the model's fields are listed at GET /metadata", "extra_forbidden", raw
+                    )
+                )
+        for name in self.required:
+            if values.get(name) is None and name not in {error.loc[0] for error in errors if error.loc}:
+                if name in record:
+                    errors.append(
+                        FieldError(
+                            (name,), "A value is required (training data always had one)", "missing", record[name]
+                        )
+                    )
+                else:
+                    errors.append(FieldError((name,), "Field required", "missing", None))
+        if errors:
+            return RecordError(index, customer_id, errors)
+        return CleanRecord(index, customer_id, values)
+
+    def _clean_cached(self, cache: dict[tuple[type, Any], Any], name: str, raw: Any) -> Any:
+        # The type is part of the key because True == 1 == 1.0 in Python but they clean differently.
+        try:
+            key = (raw.__class__, raw)
+            cleaned = cache.get(key, _MISSING)
+        except TypeError:  # unhashable (a list or object): clean without remembering
+            return self._clean_uncached(name, raw)
+        if cleaned is _MISSING:
+            cleaned = self._clean_uncached(name, raw)
+            if len(cache) < _CLEAN_CACHE_SIZE:
+                cache[key] = cleaned
+        return cleaned
+
+    def _clean_uncached(self, name: str, raw: Any) -> Any:
+        try:
+            return self.schema.clean_value(name, raw)
+        except FeatureValueError as exc:
+            return _Invalid(str(exc))
+        except (OverflowError, ValueError, TypeError) as exc:  # e.g. an integer too large for a float
+            return _Invalid(f"cannot read this value: {exc}")
+
+
+class Predictor:
+    """A loaded, verified, warmed-up bundle. Immutable once built, so it can be swapped atomically."""
+
+    def __init__(
+        self, bundle_dir: Path, manifest: Manifest, scorer: Scorer, risk: RiskPolicy, top_reasons: int = 3
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.schema = manifest.schema
+        self.version = manifest.version
+        self.threshold = manifest.threshold
+        self.scorer = scorer
+        self.risk = risk
+        self.top_reasons = top_reasons
+        self.cleaner = RecordCleaner(self.schema)
+        self.explainer = Explainer(self.schema, scorer.model)
+        self.loaded_at = time.time()
+        self.load_seconds = 0.0
+
+    # ---- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: Path, risk: RiskPolicy, top_reasons: int = 3) -> Predictor:
+        """Load the bundle ``model_dir/current`` names; BundleError with the exact reason on any failure."""
+        started = time.perf_counter()
+        try:
+            bundle_dir = current_bundle_dir(model_dir)
+            manifest = verify_bundle(bundle_dir)  # every SHA-256 checked before anything is unpickled
+            scorer = Scorer(load_raw_model(bundle_dir, manifest), manifest.calibration)
+            predictor = cls(bundle_dir, manifest, scorer, risk, top_reasons)
+            predictor.warm_up()
+        except BundleError:
+            raise
+        except Exception as exc:  # an unusable bundle must never take the process down
+            raise BundleError(f"cannot load the bundle: {type(exc).__name__}: {exc}") from exc
+        predictor.load_seconds = time.perf_counter() - started
+        return predictor
+
+    def warm_up(self) -> None:
+        """Run both prediction paths once so the first real request pays no first-call costs."""
+        example = example_record(self.schema)
+        outcome = self.predict_records([example, example], explain=True)
+        self.predict_records([example], explain=False)
+        for result in outcome.results:
+            if isinstance(result, RecordError):
+                raise BundleError(f"warm-up prediction rejected the schema's own example: {result.errors[0].msg}")
+            if not math.isfinite(result.churn_probability) or not 0.0 <= result.churn_probability <= 1.0:
+                raise BundleError(f"warm-up prediction returned {result.churn_probability!r}, not a probability")
+
+    # ---- prediction -------------------------------------------------------------------------
+    def predict_records(self, records: Sequence[Any], explain: bool = True) -> PredictionOutcome:
+        """Clean, encode, score and explain ``records``; results keep the input order."""
+        started = time.perf_counter()
+        results: list[Prediction | RecordError] = []
+        valid: list[CleanRecord] = []
+        for index, record in enumerate(records):
+            outcome = self.cleaner.clean(record, index)
+            results.append(outcome)  # placeholders for valid records are replaced below
+            if isinstance(outcome, CleanRecord):
+                valid.append(outcome)
+        cleaned_at = time.perf_counter()
+        if not valid:
+            return PredictionOutcome(results, None, {"validation": cleaned_at - started})
+
+        names = self.schema.names
+        columns = {name: [record.values.get(name) for record in valid] for name in names}
+        encoded = self.schema.encode(columns, len(valid))
+        encoded_at = time.perf_counter()
+
+        if explain and self.top_reasons > 0:
+            raw, contributions = self.explainer.score_and_explain(encoded.matrix)
+        else:
+            raw, contributions = self.explainer.score(encoded.matrix), None
+        scores = np.clip(apply_calibration(self.scorer.calibration, raw), 0.0, 1.0)
+        scored_at = time.perf_counter()
+
+        decisions = scores >= self.threshold
+        bands: list[str] = []
+        for row, record in enumerate(valid):
+            probability = float(scores[row])
+            band = self.risk.band(probability)
+            bands.append(band)
+            reasons = None if contributions is None else self._reasons(contributions[row], record.values)
+            results[record.index] = Prediction(
+                index=record.index,
+                customer_id=record.customer_id,
+                prediction_id=uuid.uuid4().hex,
+                churn_probability=probability,
+                predicted_churn=bool(decisions[row]),
+                risk_category=band,
+                recommended_actions=self.risk.actions(band),
+                top_reasons=reasons,
+                warnings=encoded.warnings[row],
+                model_version=self.version,
+            )
+        finished = time.perf_counter()
+        stages = {
+            "validation": cleaned_at - started,
+            "features": encoded_at - cleaned_at,
+            "inference": scored_at - encoded_at,
+            "explanation": finished - scored_at,
+        }
+        event = PredictionEvent(
+            timestamp=time.time(),
+            model_version=self.version,
+            prediction_ids=[results[record.index].prediction_id for record in valid],
+            customer_ids=[record.customer_id for record in valid],
+            inputs=[{name: record.values.get(name) for name in names} for record in valid],
+            columns=columns,
+            scores=scores,
+            decisions=decisions,
+            risk_bands=bands,
+            imputed=encoded.imputed,
+            unseen=encoded.unseen,
+            stage_seconds=stages,
+        )
+        return PredictionOutcome(results, event, stages)
+
+    def _reasons(self, contributions: np.ndarray, values: dict[str, Any]) -> list[dict[str, Any]]:
+        names = self.explainer.feature_names
+        return [
+            {
+                "feature": names[position],
+                "value": self.display_value(names[position], values.get(names[position])),
+                "contribution": round(contribution, 6),
+            }
+            for position, contribution in self.explainer.top_features(contributions, self.top_reasons)
+        ]
+
+    def display_value(self, name: str, cleaned: Any) -> Any:
+        """A value as the customer table writes it: imputed values filled in, booleans as their labels."""
+        spec = self.schema[name]
+        if cleaned is None:
+            return spec.example()
+        if spec.kind == "boolean" and spec.true_label is not None:
+            return spec.true_label if cleaned else spec.false_label
+        if spec.integer and isinstance(cleaned, float) and cleaned.is_integer():
+            return int(cleaned)
+        return cleaned
+
+
+def build_predictor(settings: Settings) -> Predictor:
+    """The predictor for ``settings.model_dir/current`` with the configured bands, playbook and reasons."""
+    risk = RiskPolicy(settings.risk_bands, settings.playbook)
+    return Predictor.load(settings.model_dir, risk, settings.top_reasons)

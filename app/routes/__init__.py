@@ -1,0 +1,45 @@
+"""HTTP routes, one module per resource, and the dependencies they share (as Annotated aliases).
+
+Dependencies are ``async`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool,
+which would cost more than the whole prediction on the single-record hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from app.errors import ModelUnavailable
+from app.predictor import Predictor
+from app.settings import Settings
+
+
+async def app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def app_monitor(request: Request) -> Any:
+    return request.app.state.monitor
+
+
+async def loaded_predictor(request: Request) -> Predictor:
+    """The predictor serving now; the request keeps this reference even if a reload swaps it."""
+    predictor = request.app.state.predictor
+    if predictor is None:
+        raise ModelUnavailable(request.app.state.model_error or "the model is still loading")
+    return predictor
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+MonitorDep = Annotated[Any, Depends(app_monitor)]
+PredictorDep = Annotated[Predictor, Depends(loaded_predictor)]
+
+
+def api_router() -> APIRouter:
+    from app.routes import admin, health, metadata, predict
+
+    router = APIRouter()
+    for module in (health, predict, metadata, admin):
+        router.include_router(module.router)
+    return router

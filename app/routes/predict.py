@@ -1,0 +1,140 @@
+"""POST /predict (one customer) and POST /predict/batch (many, results in order).
+
+The body is read and parsed here (orjson, with a size limit) rather than by a pydantic model: the
+predictor validates every field with the bundle's own cleaning rules, and the OpenAPI request
+schema is generated from the same bundle (see ``app.request_schema``).
+
+Batch policy: partial success. Each record is scored or gets its own field-level errors, in input
+order, with HTTP 200; the whole request is rejected only when it cannot be a batch at all
+(malformed JSON, not a list, an empty list: 422; more records than the limit or a body over the
+size limit: 413).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import RequestProblem, field_problem, json_response
+from app.predictor import Predictor, RecordError
+from app.request_schema import BatchOut, MessageOut, PredictionOut, ValidationErrorOut
+from app.routes import MonitorDep, PredictorDep, SettingsDep
+
+router = APIRouter(tags=["prediction"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": MessageOut, "description": "Body or batch over the configured limit"},
+    422: {"model": ValidationErrorOut, "description": "Malformed JSON or invalid fields (field-level detail)"},
+    503: {"model": MessageOut, "description": "No verified model is loaded (the reason is given)"},
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise RequestProblem(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [field_problem(["body"], "Field required: the body is empty", "missing")],
+        )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        problem = field_problem(["body", exc.pos], f"JSON decode error: {exc.msg}", "json_invalid")
+        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem]) from None
+
+
+def _too_large(message: str) -> RequestProblem:
+    return RequestProblem(status.HTTP_413_CONTENT_TOO_LARGE, message)
+
+
+@router.post(
+    "/predict",
+    summary="Churn prediction for one customer",
+    responses={200: {"model": PredictionOut}, **_ERRORS},
+    openapi_extra={"x-request-body": "single"},
+)
+async def predict(request: Request, predictor: PredictorDep, monitor: MonitorDep, settings: SettingsDep) -> Response:
+    record = parse_json(await read_body(request, settings.max_body_bytes))
+    if not isinstance(record, dict):
+        problem = field_problem(["body"], "Input should be a JSON object of the customer's fields", "dict_type")
+        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
+    outcome = predictor.predict_records([record])
+    result = outcome.results[0]
+    if isinstance(result, RecordError):
+        errors = [error.to_dict(("body",)) for error in result.errors]
+        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
+    monitor.record(outcome.event)
+    return json_response(result.to_dict())
+
+
+@router.post(
+    "/predict/batch",
+    summary="Churn predictions for many customers, in input order",
+    responses={200: {"model": BatchOut}, **_ERRORS},
+    openapi_extra={"x-request-body": "batch"},
+)
+async def predict_batch(
+    request: Request,
+    predictor: PredictorDep,
+    monitor: MonitorDep,
+    settings: SettingsDep,
+    reasons: Annotated[
+        bool, Query(description="Include top_reasons per record (costs more for non-linear models)")
+    ] = False,
+) -> Response:
+    body = await read_body(request, settings.max_body_bytes)
+    # Off the event loop: a 10,000-record batch takes ~100 ms that /health and /predict should not wait for.
+    content, event = await run_in_threadpool(_score_batch, predictor, body, settings.max_batch_size, reasons)
+    if event is not None:
+        monitor.record(event)
+    return Response(content, media_type="application/json")
+
+
+def _score_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
+    records = parse_json(body)
+    if not isinstance(records, list):
+        problem = field_problem(["body"], "Input should be a JSON list of customer objects", "list_type")
+        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
+    if not records:
+        problem = field_problem(["body"], "List should have at least 1 item", "too_short")
+        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
+    if len(records) > max_batch_size:
+        raise _too_large(f"batch of {len(records)} records exceeds the maximum of {max_batch_size} per request")
+    outcome = predictor.predict_records(records, explain=reasons)
+    failed = sum(isinstance(result, RecordError) for result in outcome.results)
+    content = orjson.dumps(
+        {
+            "model_version": predictor.version,
+            "count": len(records),
+            "succeeded": len(records) - failed,
+            "failed": failed,
+            "results": [_result_dict(result) for result in outcome.results],
+        }
+    )
+    return content, outcome.event
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    if isinstance(result, RecordError):
+        error = result.to_dict()
+        error["errors"] = [problem.to_dict(("body", result.index)) for problem in result.errors]
+        return error
+    return result.to_dict()

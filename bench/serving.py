@@ -1,0 +1,952 @@
+"""End-to-end serving benchmark: our service against the plain reference API, on this machine, in one run.
+
+    python -m bench.serving                 # train a Telco bundle, then measure everything
+    python -m bench.serving --model-dir DIR # reuse a model directory that already has a current bundle
+    python -m bench.serving --quick         # short durations: checks the harness, figures are rough
+
+Steps, all on loopback, every process bounded in time and killed at the end:
+
+1. a Telco-trained bundle (``python -m training``), or the one in ``--model-dir``;
+2. the plain reference service (trained with its own ``train.py``) under uvicorn, one worker;
+3. our service (``python -m app``), one worker, monitoring on: process start -> ``/ready``;
+4. single-record ``/predict`` under wrk, same body and settings against both: requests/s, latency;
+5. the same load with monitoring off (what monitoring costs);
+6. ``/predict/batch`` with 10,000 Telco records: server time and records/s;
+7. resident memory per worker, and whether torch got loaded;
+8. our service with two workers under the same load.
+
+Results go to stdout and to ``bench/results/serving-<timestamp>.{json,md}``; every figure that has
+a target is shown beside it as PASS or FALL SHORT. Ratios measured in one run are what to compare:
+the machine is shared, so absolute figures move from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import (
+    LOOPBACK,
+    BenchmarkError,
+    ServiceProcess,
+    WrkResult,
+    descendants,
+    free_port,
+    http_request,
+    maps_mention,
+    merge_results,
+    read_status_kib,
+    run_wrk,
+    telco_records,
+    wait_idle,
+    worker_pids,
+    wrk_lua_script,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+DEFAULT_DATA = SHARED / "data" / "telco" / "WA_Fn-UseC_-Telco-Customer-Churn.csv"
+DEFAULT_REFERENCE = SHARED / "peers" / "plain_reference"
+DEFAULT_RESULTS = REPO / "bench" / "results"
+REFERENCE = "reference"
+OURS = "ours"
+OURS_OFF = "ours, monitoring off"
+OURS_TWO = "ours, 2 workers"
+
+# Targets: (comparison, bound). "<=" means the measured figure must not exceed the bound.
+TARGETS: dict[str, tuple[str, float]] = {
+    "start_to_ready_s": ("<=", 5.0),
+    "throughput_ratio_vs_reference": (">=", 20.0),
+    "p99_ms": ("<=", 10.0),
+    "monitoring_on_over_off": (">=", 0.85),
+    "batch_server_ms": ("<=", 150.0),
+    "batch_records_per_s": (">=", 65_000.0),
+    "torch_loaded": ("==", 0.0),
+}
+
+
+# ---- results --------------------------------------------------------------------------------
+@dataclass
+class Figure:
+    key: str
+    label: str
+    value: float | None
+    unit: str = ""
+    target_key: str | None = None
+    note: str = ""
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        return TARGETS.get(self.target_key) if self.target_key else None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        if self.value is None:
+            return "NOT MEASURED"
+        op, bound = self.target
+        ok = {"<=": self.value <= bound, ">=": self.value >= bound, "==": self.value == bound}[op]
+        return "PASS" if ok else "FALL SHORT"
+
+    def target_text(self) -> str:
+        if self.target is None:
+            return ""
+        op, bound = self.target
+        if self.unit == "yes/no":
+            return "no" if bound == 0 else "yes"
+        return (
+            f"{'≤' if op == '<=' else '≥' if op == '>=' else '='} {_fmt(bound)}{(' ' + self.unit) if self.unit else ''}"
+        )
+
+    def value_text(self) -> str:
+        if self.value is None:
+            return "—"
+        if self.unit == "yes/no":
+            return "yes" if self.value else "no"
+        return f"{_fmt(self.value)}{(' ' + self.unit) if self.unit else ''}"
+
+    def to_dict(self) -> dict[str, Any]:
+        target = self.target
+        return {
+            "key": self.key,
+            "label": self.label,
+            "value": self.value,
+            "unit": self.unit,
+            "target": {"op": target[0], "bound": target[1]} if target else None,
+            "verdict": self.verdict or None,
+            "note": self.note,
+        }
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+@dataclass
+class Report:
+    started_at: str
+    command: str
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    figures: list[Figure] = field(default_factory=list)
+    runs: dict[str, Any] = field(default_factory=dict)  # raw measurements by step
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def add(self, key: str, label: str, value: float | None, unit: str = "", target: str | None = None, note: str = ""):
+        self.figures.append(Figure(key, label, value, unit, target, note))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "command": self.command,
+            "status": "failed" if self.error else "complete",
+            "error": self.error,
+            "settings": self.settings,
+            "environment": self.environment,
+            "figures": [f.to_dict() for f in self.figures],
+            "runs": self.runs,
+            "notes": self.notes,
+        }
+
+    def table(self) -> list[list[str]]:
+        return [[f.label, f.value_text(), f.target_text(), f.verdict, f.note] for f in self.figures]
+
+    def text_table(self) -> str:
+        header = ["figure", "measured", "target", "verdict", "note"]
+        rows = [header, *self.table()]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        out = [
+            f"# Serving benchmark, {self.started_at}",
+            "",
+            f"Command: `{self.command}`",
+            "",
+        ]
+        if self.error:
+            out += [f"**The run failed:** {self.error}", ""]
+        out += ["| figure | measured | target | verdict | note |", "|---|---|---|---|---|"]
+        out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.table()]
+        out += ["", "## Settings", ""]
+        out += [f"- {key}: `{value}`" for key, value in self.settings.items()]
+        out += ["", "## Machine", ""]
+        out += [f"- {key}: `{value}`" for key, value in self.environment.items()]
+        if self.notes:
+            out += ["", "## Notes", ""]
+            out += [f"- {note}" for note in self.notes]
+        out += [
+            "",
+            "Ratios compare runs made one after the other in this run on the same machine; absolute",
+            "figures depend on what else the machine was doing (see the load averages in the JSON).",
+            "",
+        ]
+        return "\n".join(out)
+
+
+# ---- environment ----------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def environment() -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("fastapi", "uvicorn", "pydantic", "numpy", "pandas", "scikit-learn", "xgboost-cpu", "xgboost"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10, check=False)
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "wrk": (wrk_version.stdout + wrk_version.stderr).splitlines()[0]
+        if wrk_version.stdout + wrk_version.stderr
+        else "",
+        "libraries": versions,
+        "loadavg_at_start": loadavg(),
+    }
+
+
+# ---- the bundle -----------------------------------------------------------------------------
+def bundle_info(model_dir: Path) -> dict[str, Any] | None:
+    """Version and model family of the bundle ``current`` names, or None if there is none."""
+    pointer = model_dir / "current"
+    if not pointer.is_file():
+        return None
+    version = pointer.read_text().strip()
+    manifest_path = model_dir / version / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    model = manifest.get("model", {})
+    return {
+        "version": manifest.get("version", version),
+        "family": model.get("family"),
+        "artifact_format": model.get("artifact_format"),
+        "data": manifest.get("training", {}).get("data_source") or manifest.get("training", {}).get("data"),
+    }
+
+
+def train_bundle(data: Path, model_dir: Path, timeout_s: float, extra_args: list[str]) -> float:
+    """``python -m training`` on the Telco file into ``model_dir``; returns the wall time in seconds."""
+    cmd = [sys.executable, "-m", "training", "--data", str(data), "--model-dir", str(model_dir), *extra_args]
+    print(f"[bench] training a bundle: {' '.join(cmd)}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, timeout=timeout_s, check=False, start_new_session=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise BenchmarkError(f"training failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    if bundle_info(model_dir) is None:
+        raise BenchmarkError(f"training finished but {model_dir / 'current'} names no readable bundle")
+    return elapsed
+
+
+def train_reference(reference_dir: Path, data: Path, out: Path, timeout_s: float) -> float:
+    cmd = [sys.executable, str(reference_dir / "train.py"), str(data), str(out)]
+    print(f"[bench] training the reference pipeline: {' '.join(cmd)}", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=out.parent, timeout=timeout_s, capture_output=True, text=True, check=False, start_new_session=True
+    )
+    if proc.returncode != 0 or not out.is_file():
+        raise BenchmarkError(
+            f"reference training failed ({proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+        )
+    return time.perf_counter() - started
+
+
+# ---- server timing --------------------------------------------------------------------------
+_SERVER_TIMING_ENTRY = re.compile(r"^\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(.*)$")
+_DUR = re.compile(r";\s*dur\s*=\s*\"?([0-9.]+)\"?")
+TOTAL_TIMING_NAMES = ("total", "app", "handler", "server")
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``Server-Timing`` entries as name -> milliseconds (entries without ``dur`` are left out)."""
+    timings: dict[str, float] = {}
+    for entry in header.split(","):
+        match = _SERVER_TIMING_ENTRY.match(entry)
+        if not match:
+            continue
+        dur = _DUR.search(match.group(2))
+        if dur:
+            timings[match.group(1)] = float(dur.group(1))
+    return timings
+
+
+def server_time_ms(headers: Mapping[str, str]) -> tuple[float | None, str]:
+    """The server's own time for a request, from its response headers, and where it came from.
+
+    ``Server-Timing``: the entry named total/app/handler/server, else the sum of the entries
+    (stages are disjoint). ``X-Process-Time`` / ``X-Response-Time``: seconds unless suffixed ``ms``.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "server-timing" in lower:
+        timings = parse_server_timing(lower["server-timing"])
+        for name in TOTAL_TIMING_NAMES:
+            if name in timings:
+                return timings[name], f"Server-Timing {name}"
+        if timings:
+            return sum(timings.values()), "Server-Timing (sum of " + ", ".join(timings) + ")"
+    for name in ("x-process-time", "x-response-time"):
+        if name in lower:
+            text = lower[name].strip().lower()
+            if text.endswith("ms"):
+                return float(text[:-2]), name
+            return float(text.rstrip("s")) * 1e3, name
+    return None, "none"
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+HTTP_DURATION_SUM = "churn_http_request_duration_seconds_sum"
+STAGE_DURATION_SUM = "churn_prediction_stage_duration_seconds_sum"
+
+
+def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of a Prometheus text exposition as (name, labels, value); comments are skipped."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        samples.append((match.group(1), dict(_LABEL.findall(match.group(2) or "")), value))
+    return samples
+
+
+def metric_sums(text: str, route: str) -> dict[str, float]:
+    """From ``/metrics``: total seconds spent on ``POST route`` and in each prediction stage (cumulative)."""
+    sums: dict[str, float] = {}
+    for name, labels, value in parse_prometheus(text):
+        if name == HTTP_DURATION_SUM and labels.get("route") == route and labels.get("method") == "POST":
+            sums["request"] = sums.get("request", 0.0) + value
+        elif name == STAGE_DURATION_SUM and "stage" in labels:
+            sums[labels["stage"]] = sums.get(labels["stage"], 0.0) + value
+    return sums
+
+
+# ---- steps ----------------------------------------------------------------------------------
+@dataclass
+class Options:
+    data: Path
+    reference_dir: Path
+    model_dir: Path | None
+    results_dir: Path
+    duration_s: float
+    warmup_s: float
+    rounds: int
+    connections: int
+    threads: int
+    batch_size: int
+    batch_calls: int
+    skip_reference: bool
+    quick: bool
+    train_timeout_s: float
+    ready_timeout_s: float
+    training_args: list[str]
+
+
+class Bench:
+    def __init__(self, opts: Options, report: Report, workdir: Path) -> None:
+        self.opts = opts
+        self.report = report
+        self.workdir = workdir
+        self.services: list[ServiceProcess] = []
+        self.body_path = opts.reference_dir / "request.json"
+        self.script = workdir / "post_request.lua"
+        self.script.write_text(wrk_lua_script(self.body_path))
+
+    # -- processes
+    def start_reference(self, pipeline: Path) -> ServiceProcess:
+        port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--app-dir",
+            str(self.opts.reference_dir),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        env = {**os.environ, "REFERENCE_PIPELINE": str(pipeline)}
+        service = ServiceProcess("reference", cmd, port, self.workdir / "reference.log", env=env, cwd=self.workdir)
+        self.services.append(service.start())
+        service.wait_ready("/health", timeout_s=self.opts.ready_timeout_s)
+        return service
+
+    def start_ours(self, name: str, model_dir: Path, workers: int, monitoring: bool) -> ServiceProcess:
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CHURN_")},
+            "PYTHONPATH": str(REPO) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+            "CHURN_MODEL_DIR": str(model_dir),
+            "CHURN_HOST": LOOPBACK,
+            "CHURN_PORT": str(port),
+            "CHURN_WORKERS": str(workers),
+            "CHURN_MONITORING_ENABLED": "true" if monitoring else "false",
+            "CHURN_DATABASE_URL": f"sqlite:///{self.workdir / (name + '-predictions.sqlite3')}",
+            "CHURN_LOG_LEVEL": "warning",
+            "CHURN_ACCESS_LOG": "false",
+        }
+        # run outside the repository so no developer's .env file changes the settings under test
+        service = ServiceProcess(
+            name, [sys.executable, "-m", "app"], port, self.workdir / f"{name}.log", env=env, cwd=self.workdir
+        )
+        self.services.append(service.start())
+        service.wait_ready("/ready", timeout_s=self.opts.ready_timeout_s)
+        return service
+
+    def stop(self, service: ServiceProcess) -> None:
+        service.stop()
+        if service in self.services:
+            self.services.remove(service)
+
+    def stop_all(self) -> None:
+        for service in list(self.services):
+            self.stop(service)
+
+    # -- measurements
+    def preflight(self, service: ServiceProcess) -> dict[str, Any]:
+        """One request with the benchmark body: it must answer 200 with a JSON object."""
+        status, headers, body = http_request(
+            service.port, "POST", "/predict", self.body_path.read_bytes(), {"content-type": "application/json"}
+        )
+        if status != 200:
+            raise BenchmarkError(f"{service.name}: POST /predict answered {status}: {body[:500]!r}")
+        try:
+            payload = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise BenchmarkError(f"{service.name}: POST /predict did not answer JSON: {body[:200]!r}") from exc
+        return {"status": status, "response": payload, "headers": headers}
+
+    def single_record_load(self, services: list[tuple[str, ServiceProcess]]) -> dict[str, WrkResult]:
+        """The same single-record load against every service, interleaved so that all see the same machine.
+
+        Each service gets a warm-up, then the measured time is cut into ``rounds`` equal runs taken in
+        turn, the order reversed every other round (A B C, C B A, A B C ...): a change in what else the
+        machine is doing then falls on every service alike instead of on whichever ran last. Between
+        runs the harness waits for all services to go idle, so deferred work (prediction-log flushes)
+        is billed to the service that caused it. The runs of each service are merged into one result.
+        """
+        opts = self.opts
+        urls = {label: f"http://{LOOPBACK}:{service.port}/predict" for label, service in services}
+        all_pids = [pid for _, service in services for pid in [service.pid, *descendants(service.pid)]]
+        for label, service in services:
+            self.preflight(service)
+            print(f"[bench] {label}: warm-up {opts.warmup_s:.0f} s", flush=True)
+            warm, output = run_wrk(urls[label], self.script, opts.warmup_s, opts.connections, opts.threads)
+            self._check(label + " (warm-up)", warm, output, service)
+        segment_s = max(1, round(opts.duration_s / opts.rounds))
+        print(
+            f"[bench] single-record /predict: {opts.rounds} rounds x {segment_s} s per service, "
+            f"{opts.connections} connections, {opts.threads} wrk thread(s)",
+            flush=True,
+        )
+        runs: dict[str, list[WrkResult]] = {label: [] for label, _ in services}
+        log: list[dict[str, Any]] = []
+        for round_index in range(opts.rounds):
+            order = services if round_index % 2 == 0 else services[::-1]
+            for label, service in order:
+                idle_wait = wait_idle(all_pids)
+                load = loadavg()
+                result, output = run_wrk(urls[label], self.script, segment_s, opts.connections, opts.threads)
+                self._check(label, result, output, service)
+                runs[label].append(result)
+                log.append(
+                    {
+                        "round": round_index,
+                        "service": label,
+                        "requests_per_s": result.requests_per_s,
+                        "p99_ms": result.latency_ms.get("p99"),
+                        "idle_wait_s": idle_wait,
+                        "loadavg_before": load,
+                    }
+                )
+        merged = {label: merge_results(results) for label, results in runs.items()}
+        self.report.runs["single_record"] = {
+            "segment_s": segment_s,
+            "rounds": opts.rounds,
+            "segments": log,
+            "merged": {label: result.to_dict() for label, result in merged.items()},
+        }
+        for label, result in merged.items():
+            lat = result.latency_ms
+            print(
+                f"[bench] {label}: {result.requests_per_s:,.0f} req/s, p50 {lat.get('p50', float('nan')):.2f} ms, "
+                f"p99 {lat.get('p99', float('nan')):.2f} ms, {result.requests:,} requests, 0 errors",
+                flush=True,
+            )
+        return merged
+
+    @staticmethod
+    def _check(label: str, result: WrkResult, output: str, service: ServiceProcess) -> None:
+        if result.error_count or result.requests == 0:
+            raise BenchmarkError(
+                f"{label}: {result.requests} requests with errors {result.errors}; a run with errors measures "
+                f"nothing.\n--- wrk ---\n{output[-1500:]}\n{service.log_tail(20)}"
+            )
+
+    def batch_load(self, service: ServiceProcess, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Time ``/predict/batch`` calls one at a time: the server's own time and the client round trip.
+
+        The server's time comes from a response header (``Server-Timing``, ``X-Process-Time``) when
+        the service sends one, else from its ``/metrics``: the growth of the request-duration sum for
+        the batch route across one call (nothing else runs meanwhile), with the prediction stages
+        (validation, features, inference, explanation) read the same way.
+        """
+        body = json.dumps(records, separators=(",", ":")).encode()
+        headers = {"content-type": "application/json"}
+        calls = self.opts.batch_calls
+        warmups = 1 if self.opts.quick else 2
+        server_ms: list[float] = []
+        client_ms: list[float] = []
+        stages_ms: dict[str, list[float]] = {}
+        source = "none"
+        response_bytes = 0
+        route = "/predict/batch"
+        print(f"[bench] {route}: {len(records):,} records, {warmups} warm-up + {calls} timed calls", flush=True)
+        before = self._metric_sums(service, route)
+        for i in range(warmups + calls):
+            started = time.perf_counter()
+            status, resp_headers, resp_body = http_request(service.port, "POST", route, body, headers, timeout_s=120)
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            if status != 200:
+                raise BenchmarkError(f"{route} answered {status}: {resp_body[:500]!r}\n{service.log_tail(20)}")
+            if i == 0:
+                _check_batch_response(resp_body, len(records))
+            after = self._metric_sums(service, route) if before is not None else None
+            if i >= warmups:
+                client_ms.append(elapsed_ms)
+                response_bytes = len(resp_body)
+                server, source = server_time_ms(resp_headers)
+                if server is None and before is not None and after is not None and "request" in after:
+                    server = (after["request"] - before.get("request", 0.0)) * 1e3
+                    source = f"/metrics {HTTP_DURATION_SUM} (growth per call)"
+                    for stage, total in after.items():
+                        if stage != "request":
+                            stages_ms.setdefault(stage, []).append((total - before.get(stage, 0.0)) * 1e3)
+                if server is not None:
+                    server_ms.append(server)
+            before = after
+        result = {
+            "records": len(records),
+            "request_bytes": len(body),
+            "response_bytes": response_bytes,
+            "calls": calls,
+            "server_time_source": source,
+            "server_ms": server_ms,
+            "client_round_trip_ms": client_ms,
+            "server_ms_median": statistics.median(server_ms) if len(server_ms) == calls else None,
+            "client_round_trip_ms_median": statistics.median(client_ms),
+            "stage_ms_median": {stage: statistics.median(values) for stage, values in stages_ms.items()},
+        }
+        self.report.runs["batch"] = result
+        return result
+
+    @staticmethod
+    def _metric_sums(service: ServiceProcess, route: str) -> dict[str, float] | None:
+        try:
+            status, _, body = http_request(service.port, "GET", "/metrics", timeout_s=10)
+        except OSError:
+            return None
+        return metric_sums(body.decode(errors="replace"), route) if status == 200 else None
+
+    def memory(self, service: ServiceProcess, label: str) -> dict[str, Any]:
+        workers = worker_pids(service.pid)
+        info = {
+            "supervisor_pid": service.pid,
+            "workers": [
+                {
+                    "pid": pid,
+                    "rss_mib": _mib(read_status_kib(pid, "VmRSS")),
+                    "peak_rss_mib": _mib(read_status_kib(pid, "VmHWM")),
+                    "libtorch_mapped": maps_mention(pid, "libtorch"),
+                }
+                for pid in workers
+            ],
+        }
+        if workers != [service.pid]:
+            info["supervisor_rss_mib"] = _mib(read_status_kib(service.pid, "VmRSS"))
+        self.report.runs.setdefault("memory", {})[label] = info
+        return info
+
+
+def _check_batch_response(body: bytes, n: int) -> None:
+    """The batch answer must hold one prediction per record and report no failed record.
+
+    Accepts a bare list, or an object whose longest list holds the results (with an optional
+    ``failed`` count).
+    """
+    payload = json.loads(body)
+    failed = 0
+    if isinstance(payload, dict):
+        failed = payload.get("failed", 0) if isinstance(payload.get("failed", 0), int) else 0
+        lists = [v for v in payload.values() if isinstance(v, list)]
+        payload = max(lists, key=len) if lists else []
+    if not isinstance(payload, list) or len(payload) != n:
+        got = len(payload) if isinstance(payload, list) else type(payload).__name__
+        raise BenchmarkError(f"/predict/batch answered {got} results for {n} records")
+    if failed:
+        raise BenchmarkError(f"/predict/batch rejected {failed} of {n} records; the benchmark sends valid records")
+
+
+def _mib(kib: int | None) -> float | None:
+    return None if kib is None else kib / 1024
+
+
+def _worker_rss(info: Mapping[str, Any]) -> float | None:
+    values = [w["rss_mib"] for w in info["workers"] if w["rss_mib"] is not None]
+    return max(values) if values else None
+
+
+# ---- the run --------------------------------------------------------------------------------
+def run(opts: Options, report: Report) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="churn-serving-bench-"))
+    bench = Bench(opts, report, workdir)
+    try:
+        _run_steps(opts, report, bench)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
+    # 1. the bundle
+    if opts.model_dir is not None:
+        model_dir = opts.model_dir.resolve()
+        if bundle_info(model_dir) is None:
+            raise BenchmarkError(f"{model_dir} has no current bundle; leave out --model-dir to train one")
+    else:
+        model_dir = (opts.results_dir / f"models-{report.started_at}").resolve()
+        report.runs["training_s"] = train_bundle(opts.data, model_dir, opts.train_timeout_s, opts.training_args)
+        report.notes.append(f"bundle trained into {model_dir}; reuse it with --model-dir {model_dir}")
+    info = bundle_info(model_dir)
+    report.runs["bundle"] = {"model_dir": str(model_dir), **(info or {})}
+    print(f"[bench] bundle: {info} in {model_dir}", flush=True)
+
+    # 2, 3, 5, 8. every service, started one at a time (each start timed alone), then left idle
+    services: list[tuple[str, ServiceProcess]] = []
+    if not opts.skip_reference:
+        pipeline = bench.workdir / "reference_pipeline.joblib"
+        report.runs["reference_training_s"] = train_reference(opts.reference_dir, opts.data, pipeline, 600)
+        services.append((REFERENCE, bench.start_reference(pipeline)))
+    services.append((OURS, bench.start_ours("ours", model_dir, workers=1, monitoring=True)))
+    services.append((OURS_OFF, bench.start_ours("ours-monitoring-off", model_dir, workers=1, monitoring=False)))
+    services.append((OURS_TWO, bench.start_ours("ours-2-workers", model_dir, workers=2, monitoring=True)))
+    ready = {label: service.ready_after_s for label, service in services}
+    report.runs["start_to_ready_s"] = ready
+    print(f"[bench] start -> ready: {', '.join(f'{k} {v:.2f} s' for k, v in ready.items())}", flush=True)
+    by_label = dict(services)
+
+    # 4, 5, 8. single-record load, interleaved
+    loads = bench.single_record_load(services)
+
+    # 7. memory after the load
+    memory = {label: bench.memory(service, f"{label} after /predict load") for label, service in services}
+
+    # 6. batches, on our one-worker service with monitoring on; the others idle
+    for label in (REFERENCE, OURS_OFF, OURS_TWO):
+        if label in by_label:
+            bench.stop(by_label[label])
+    ours_service = by_label[OURS]
+    batch = bench.batch_load(ours_service, telco_records(opts.data, opts.batch_size))
+    memory_batch = bench.memory(ours_service, f"{OURS} after /predict/batch")
+    bench.stop(ours_service)
+
+    reference = loads.get(REFERENCE)
+    ours, off, two = loads[OURS], loads[OURS_OFF], loads[OURS_TWO]
+    start_to_ready = ready[OURS]
+    ref_memory = memory.get(REFERENCE)
+    memory_single, memory_two = memory[OURS], memory[OURS_TWO]
+
+    # figures
+    add = report.add
+    add("start_to_ready_s", "ours: process start -> /ready", start_to_ready, "s", "start_to_ready_s")
+    if reference is not None:
+        add("reference_rps", "reference /predict throughput", reference.requests_per_s, "req/s")
+        add("reference_p50_ms", "reference /predict p50", reference.latency_ms.get("p50"), "ms")
+        add("reference_p90_ms", "reference /predict p90", reference.latency_ms.get("p90"), "ms")
+        add("reference_p99_ms", "reference /predict p99", reference.latency_ms.get("p99"), "ms")
+    add("ours_rps", "ours /predict throughput (1 worker, monitoring on)", ours.requests_per_s, "req/s")
+    add("ours_p50_ms", "ours /predict p50", ours.latency_ms.get("p50"), "ms")
+    add("ours_p90_ms", "ours /predict p90", ours.latency_ms.get("p90"), "ms")
+    add("ours_p99_ms", "ours /predict p99", ours.latency_ms.get("p99"), "ms", "p99_ms")
+    if reference is not None:
+        ratio = ours.requests_per_s / reference.requests_per_s if reference.requests_per_s else None
+        add("throughput_ratio", "throughput ours / reference", ratio, "x", "throughput_ratio_vs_reference")
+    add("ours_off_rps", "ours /predict throughput, monitoring off", off.requests_per_s, "req/s")
+    add("ours_off_p99_ms", "ours /predict p99, monitoring off", off.latency_ms.get("p99"), "ms")
+    add(
+        "monitoring_on_over_off",
+        "throughput monitoring on / off",
+        ours.requests_per_s / off.requests_per_s if off.requests_per_s else None,
+        "",
+        "monitoring_on_over_off",
+    )
+    server_ms = batch["server_ms_median"]
+    n = batch["records"]
+    if server_ms is not None:
+        add(
+            "batch_server_ms", f"/predict/batch {n:,} records: server time (median)", server_ms, "ms", "batch_server_ms"
+        )
+        add(
+            "batch_records_per_s",
+            "/predict/batch records/s (server time)",
+            n / server_ms * 1e3,
+            "rec/s",
+            "batch_records_per_s",
+        )
+        client_target = None
+        client_note = "client round trip on loopback, for comparison"
+    else:
+        client_target = "batch_server_ms"
+        client_note = "no server time reported (header or /metrics); client round trip is an upper bound"
+        report.notes.append(f"/predict/batch: {client_note}")
+    client_ms = batch["client_round_trip_ms_median"]
+    add(
+        "batch_client_ms",
+        f"/predict/batch {n:,} records: round trip (median)",
+        client_ms,
+        "ms",
+        client_target,
+        client_note,
+    )
+    if server_ms is None:
+        add(
+            "batch_records_per_s",
+            "/predict/batch records/s (round trip)",
+            n / client_ms * 1e3,
+            "rec/s",
+            "batch_records_per_s",
+            "upper bound on server time, so a lower bound on rate",
+        )
+    for stage, stage_ms in batch["stage_ms_median"].items():
+        add(f"batch_stage_{stage}_ms", f"/predict/batch stage: {stage} (median)", stage_ms, "ms")
+    add("ours_rss_mib", "ours: worker RSS after /predict load", _worker_rss(memory_single), "MiB")
+    add("ours_rss_batch_mib", "ours: worker RSS after /predict/batch", _worker_rss(memory_batch), "MiB")
+    if ref_memory is not None:
+        add("reference_rss_mib", "reference: worker RSS after /predict load", _worker_rss(ref_memory), "MiB")
+    torch_flags = [w["libtorch_mapped"] for m in (memory_single, memory_batch, memory_two) for w in m["workers"]]
+    family = (info or {}).get("family")
+    add(
+        "torch_loaded",
+        f"ours: libtorch mapped in a worker ({family} bundle)",
+        float(any(bool(flag) for flag in torch_flags)),
+        "yes/no",
+        "torch_loaded" if family != "mlp" else None,
+        "" if family != "mlp" else "MLP bundles need torch",
+    )
+    add("two_workers_rps", "ours /predict throughput, 2 workers", two.requests_per_s, "req/s")
+    add(
+        "two_workers_over_one",
+        "throughput 2 workers / 1 worker",
+        two.requests_per_s / ours.requests_per_s,
+        "x",
+        note=f"{os.cpu_count()} CPUs shared with wrk",
+    )
+    add("two_workers_p99_ms", "ours /predict p99, 2 workers", two.latency_ms.get("p99"), "ms")
+    add(
+        "two_workers_rss_mib",
+        "ours: RSS per worker, 2 workers",
+        _worker_rss(memory_two),
+        "MiB",
+        note=f"{len(memory_two['workers'])} worker processes, the largest shown",
+    )
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the IBM Telco CSV (default: %(default)s)")
+    parser.add_argument(
+        "--reference-dir",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="the plain reference service (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="reuse this model directory (it must have a current bundle) instead of training one",
+    )
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where to write results")
+    parser.add_argument("--duration", type=float, default=None, help="seconds measured per load run (default 15)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of warm-up before each (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measured time per service is split into this many interleaved runs"
+    )
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--threads", type=int, default=1, choices=(1, 2), help="wrk threads (default 1)")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="records per /predict/batch call")
+    parser.add_argument("--batch-calls", type=int, default=None, help="timed /predict/batch calls (default 10)")
+    parser.add_argument("--skip-reference", action="store_true", help="do not train or measure the reference")
+    parser.add_argument("--quick", action="store_true", help="short runs to check the harness; rough figures")
+    parser.add_argument("--train-timeout", type=float, default=3600, help="seconds allowed for training")
+    parser.add_argument("--ready-timeout", type=float, default=120, help="seconds allowed for a service to get ready")
+    parser.add_argument(
+        "--training-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for python -m training (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.connections < args.threads:
+        parser.error("--connections must be at least --threads")
+    return args
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    return Options(
+        data=args.data,
+        reference_dir=args.reference_dir,
+        model_dir=args.model_dir,
+        results_dir=args.results_dir,
+        duration_s=args.duration if args.duration is not None else (3.0 if args.quick else 15.0),
+        warmup_s=args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0),
+        rounds=args.rounds,
+        connections=args.connections,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        batch_calls=args.batch_calls if args.batch_calls is not None else (3 if args.quick else 10),
+        skip_reference=args.skip_reference,
+        quick=args.quick,
+        train_timeout_s=args.train_timeout,
+        ready_timeout_s=args.ready_timeout,
+        training_args=list(args.training_arg),
+    )
+
+
+def write_results(report: Report, results_dir: Path) -> tuple[Path, Path]:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stem = results_dir / f"serving-{report.started_at}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    md_path.write_text(report.markdown())
+    return json_path, md_path
+
+
+def _raise_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None, install_signals: bool = True) -> int:
+    args = parse_args(argv)
+    opts = options_from_args(args)
+    if not opts.data.is_file():
+        print(f"[bench] skipped: the IBM Telco file {opts.data} is absent (pass --data PATH)", file=sys.stderr)
+        return 0
+    if shutil.which("wrk") is None:
+        print("[bench] cannot run: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    if not opts.skip_reference and not (opts.reference_dir / "app.py").is_file():
+        print(
+            f"[bench] cannot run: no reference service in {opts.reference_dir} (or pass --skip-reference)",
+            file=sys.stderr,
+        )
+        return 2
+    if install_signals:
+        signal.signal(signal.SIGTERM, _raise_on_signal)
+    report = Report(
+        started_at=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        command=" ".join(["python -m bench.serving", *(argv if argv is not None else sys.argv[1:])]),
+        settings={
+            "duration_s": opts.duration_s,
+            "warmup_s": opts.warmup_s,
+            "rounds": opts.rounds,
+            "connections": opts.connections,
+            "wrk_threads": opts.threads,
+            "batch_size": opts.batch_size,
+            "batch_calls": opts.batch_calls,
+            "request_body": str(opts.reference_dir / "request.json"),
+            "data": str(opts.data),
+            "quick": opts.quick,
+        },
+        environment=environment(),
+    )
+    status = 0
+    try:
+        run(opts, report)
+    except BenchmarkError as exc:
+        report.error = str(exc)
+        status = 1
+    finally:
+        json_path, md_path = write_results(report, opts.results_dir)
+        if report.figures:
+            print()
+            print(report.text_table())
+        for note in report.notes:
+            print(f"note: {note}")
+        print(f"\nresults: {json_path}\n         {md_path}")
+    if report.error:
+        print(f"\n[bench] FAILED: {report.error}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

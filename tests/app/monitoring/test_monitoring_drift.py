@@ -1,0 +1,226 @@
+"""Drift: binning parity with the reference, PSI/JS values, window-size-aware flags, window expiry, bounded state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chi2
+
+from app.monitoring import Monitor
+from app.monitoring.drift import (
+    PSI_EPSILON,
+    DriftTracker,
+    FeatureBinner,
+    jensen_shannon_distance,
+    population_stability_index,
+    psi_threshold,
+    remove_stale_tables,
+)
+from models.drift_reference import FeatureReference
+from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, running
+
+NOW = 1_800_000_000.0  # a fixed instant, so slot arithmetic is reproducible
+
+
+def tracker_for(directory: Path, manifest, **overrides) -> DriftTracker:
+    options = {"slot_seconds": 60, "window_seconds": 600, "psi_threshold": 0.2, "min_count": 200} | overrides
+    return DriftTracker(directory, manifest.version, manifest.drift_reference, **options)
+
+
+# ---- binning ------------------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.just(math.nan), st.floats(-1e6, 1e6)), min_size=1, max_size=30))
+def test_numeric_binning_matches_reference_bin_index(values):
+    reference = make_manifest().drift_reference.features[0]
+    binner = FeatureBinner(reference, offset=1)
+    expected = reference.bin_index(values).tolist()
+    assert binner.bin_many(values).tolist() == expected
+    assert [binner.bin_one(v) for v in values] == expected
+
+
+def test_categorical_binning_matches_reference_and_maps_booleans():
+    manifest = make_manifest()
+    contract, paperless = manifest.drift_reference.features[2], manifest.drift_reference.features[3]
+    values = ["One year", None, "Two year", "something new", "Month-to-month"]
+    binner = FeatureBinner(contract, offset=1)
+    assert binner.bin_many(values).tolist() == contract.bin_index(values).tolist()
+    assert [binner.bin_one(v) for v in values] == contract.bin_index(values).tolist()
+    # The service hands over cleaned booleans; the reference stores their text.
+    flags = FeatureBinner(paperless, offset=1)
+    assert flags.bin_many([True, False, None]).tolist() == paperless.bin_index(["True", "False", None]).tolist()
+
+
+# ---- statistics against hand computation -----------------------------------------------------------------
+def test_psi_and_js_match_hand_computation():
+    live = np.array([30.0, 50.0, 20.0, 0.0])
+    reference = [0.25, 0.25, 0.5, 0.0]
+    p, q = live / live.sum(), np.array(reference)
+    # The empty fourth bin is floored at PSI_EPSILON on both sides and contributes nothing.
+    expected_psi = sum((pi - qi) * math.log(pi / qi) for pi, qi in zip(p[:3], q[:3], strict=True))
+    assert population_stability_index(live, reference) == pytest.approx(expected_psi, rel=1e-12)
+    m = (p + q) / 2
+    kl = lambda a, b: sum(ai * math.log2(ai / bi) for ai, bi in zip(a, b, strict=True) if ai > 0)  # noqa: E731
+    assert jensen_shannon_distance(live, reference) == pytest.approx(math.sqrt((kl(p, m) + kl(q, m)) / 2), rel=1e-9)
+
+
+def test_psi_floors_bins_missing_on_one_side():
+    live, reference = np.array([10.0, 0.0]), [0.5, 0.5]
+    expected = (1 - 0.5) * math.log(1 / 0.5) + (PSI_EPSILON - 0.5) * math.log(PSI_EPSILON / 0.5)
+    assert population_stability_index(live, reference) == pytest.approx(expected)
+    assert jensen_shannon_distance(np.array([1.0, 0.0]), [0.0, 1.0]) == pytest.approx(1.0)
+
+
+def test_threshold_follows_window_size():
+    reference = FeatureReference("x", "numeric", [1.0, 2.0, 3.0], [], [0.25, 0.25, 0.25, 0.25, 0.0], count=10_000)
+    small = psi_threshold(0.2, 30, reference)
+    assert small == pytest.approx(chi2.ppf(0.999, 3) * (1 / 30 + 1 / 10_000))
+    assert psi_threshold(0.2, 5000, reference) == 0.2  # large windows: the configured floor rules
+    assert small > psi_threshold(0.2, 60, reference) >= 0.2
+
+
+def test_empty_window_has_no_figures_and_never_flags(tmp_path):
+    tracker = tracker_for(tmp_path, make_manifest())
+    snapshot = tracker.snapshot(NOW)
+    assert snapshot.window_predictions == 0
+    assert math.isnan(snapshot.score.psi) and not snapshot.score.drifting
+    assert all(math.isnan(f.psi) and not f.drifting for f in snapshot.features)
+    tracker.close()
+
+
+# ---- flags: in-distribution versus shifted ---------------------------------------------------------------
+@pytest.mark.parametrize("size", [200, 1000, 5000])
+def test_in_distribution_windows_do_not_flag(tmp_path, size):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest)
+    for seed in range(3):  # three independent windows per size
+        tracker.table.close(remove=True)
+        tracker = tracker_for(tmp_path, manifest)
+        event = make_event(manifest, size, seed=1000 * size + seed, timestamp=NOW)
+        tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+        snapshot = tracker.snapshot(NOW)
+        assert snapshot.window_predictions == size
+        flagged = [f.feature for f in [*snapshot.features, snapshot.score] if f.drifting]
+        assert flagged == [], f"window of {size} in-distribution records flagged {flagged}"
+    tracker.close()
+
+
+@pytest.mark.parametrize("size", [200, 1000, 5000])
+def test_shifted_windows_flag(tmp_path, size):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest)
+    event = make_event(manifest, size, seed=size, timestamp=NOW, shift=0.6)
+    tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    snapshot = tracker.snapshot(NOW)
+    flagged = {f.feature for f in snapshot.features if f.drifting}
+    assert {"tenure", "monthly_charges"} <= flagged
+    assert snapshot.score.drifting
+    tracker.close()
+
+
+def test_small_window_below_minimum_count_never_flags(tmp_path):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest, min_count=200)
+    event = make_event(manifest, 150, seed=5, timestamp=NOW, shift=2.0)  # grossly shifted, but too few records
+    tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    snapshot = tracker.snapshot(NOW)
+    assert snapshot.score.psi > 1.0
+    assert not snapshot.score.drifting and not any(f.drifting for f in snapshot.features)
+    tracker.close()
+
+
+# ---- counting paths, window, memory -----------------------------------------------------------------------
+def test_single_record_path_counts_like_the_batch_path(tmp_path):
+    manifest = make_manifest()
+    one_by_one = tracker_for(tmp_path / "a", manifest)
+    batched = tracker_for(tmp_path / "b", manifest)
+    event = make_event(manifest, 300, seed=11, timestamp=NOW)
+    batched.count(NOW, event.columns, event.scores, event.decisions)
+    for i in range(300):
+        columns = {name: [values[i]] for name, values in event.columns.items()}
+        one_by_one.count(NOW, columns, event.scores[i : i + 1], event.decisions[i : i + 1])
+    np.testing.assert_array_equal(np.asarray(one_by_one.table._counts), np.asarray(batched.table._counts))
+    expected_rate = float(np.mean(event.decisions))
+    assert batched.snapshot(NOW).predicted_churn_rate == pytest.approx(expected_rate)
+    one_by_one.close()
+    batched.close()
+
+
+def test_old_slots_leave_the_window(tmp_path):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest, slot_seconds=60, window_seconds=600)
+    old = make_event(manifest, 100, seed=1, timestamp=NOW)
+    recent = make_event(manifest, 40, seed=2, timestamp=NOW + 500)
+    for event in (old, recent):
+        tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    assert tracker.snapshot(NOW + 500).window_predictions == 140
+    assert tracker.snapshot(NOW + 660).window_predictions == 40  # the first slot is now outside the window
+    assert tracker.snapshot(NOW + 1200).window_predictions == 0
+    tracker.close()
+
+
+def test_ring_reuses_rows_so_stale_counts_never_return(tmp_path):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest, slot_seconds=60, window_seconds=600)
+    first = make_event(manifest, 50, seed=1, timestamp=NOW)
+    tracker.count(first.timestamp, first.columns, first.scores, first.decisions)
+    # Exactly one ring length later the same row is reused: the old slot's counts must be gone.
+    later = NOW + tracker.table.n_slots * 60
+    second = make_event(manifest, 7, seed=2, timestamp=later)
+    tracker.count(second.timestamp, second.columns, second.scores, second.decisions)
+    assert tracker.snapshot(later).window_predictions == 7
+    tracker.close()
+
+
+def test_state_is_bounded_whatever_the_traffic(tmp_path):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest, slot_seconds=1, window_seconds=30)
+    size_before = tracker.table.path.stat().st_size
+    shape_before = tracker.table._counts.shape
+    for second in range(0, 3 * 3600, 7):  # three hours of traffic, one event every 7 seconds
+        event = make_event(manifest, 5, seed=second, timestamp=NOW + second)
+        tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    assert tracker.table._counts.shape == shape_before == (31, tracker.layout.width)
+    assert tracker.table.path.stat().st_size == size_before
+    assert len(list(tmp_path.iterdir())) == 1
+    assert tracker.snapshot(NOW + 3 * 3600).window_predictions <= 30 * 5
+    tracker.close()
+
+
+def test_tables_of_exited_workers_are_removed_once_outside_the_window(tmp_path):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest)
+    orphan = tmp_path / f"{tracker.layout.key}.999999999.npy"  # a pid that cannot exist
+    orphan.write_bytes(tracker.table.path.read_bytes())
+    assert remove_stale_tables(tmp_path, NOW, 60, 600, keep=tracker.table.path) == 1
+    assert not orphan.exists() and tracker.table.path.exists()
+    tracker.close()
+
+
+# ---- through the monitor: gauges and reload --------------------------------------------------------------
+def test_monitor_exports_drift_and_resets_on_reload(tmp_path):
+    clock = [NOW]
+    monitor = Monitor(make_settings(tmp_path), clock=lambda: clock[0])
+    manifest = make_manifest()
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        monitor.record(make_event(manifest, 2000, seed=3, timestamp=NOW, shift=0.6))
+        snapshot = monitor.update_drift()
+        assert snapshot is not None and snapshot.window_predictions == 2000 and snapshot.score.drifting
+        exposition = monitor.metrics.exposition().decode()
+        assert 'churn_feature_drifting{feature="tenure"} 1.0' in exposition
+        assert "churn_score_drifting 1.0" in exposition
+        assert "churn_drift_window_predictions 2000.0" in exposition
+        assert "churn_reference_predicted_churn_rate 0.3" in exposition
+
+        monitor.model_loaded(make_manifest(version="20261124T000000Z-bbbbbb", seed=1))
+        snapshot = monitor.update_drift()
+        assert snapshot is not None and snapshot.window_predictions == 0
+        assert len(list(monitor._drift_dir.glob("*.npy"))) == 1  # the previous version's table is gone
+        # Events scored by the previous model (in flight during the reload) do not pollute the new window.
+        monitor.record(make_event(manifest, 10, seed=4, timestamp=NOW))
+        assert monitor.update_drift().window_predictions == 0

@@ -1,0 +1,292 @@
+"""POST /predict and /predict/batch: responses, warnings, ids, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.bundle import current_bundle_dir, verify_bundle
+from models.features import clean_columns
+from models.scoring import Scorer, load_raw_model
+from tests.conftest import CONSTANT_COLUMN, ID_COLUMN, TARGET, customer_record
+
+
+@pytest.fixture
+def client(serve: Any, linear_models_dir: Path) -> Any:
+    return serve(linear_models_dir)
+
+
+@pytest.fixture
+def record(customers: pd.DataFrame) -> dict[str, Any]:
+    return customer_record(customers, 3)
+
+
+def in_process_probability(models_dir: Path, record: dict[str, Any]) -> float:
+    """The bundle's own prediction for a record, without the service: clean, encode, score."""
+    bundle = current_bundle_dir(models_dir)
+    manifest = verify_bundle(bundle)
+    scorer = Scorer(load_raw_model(bundle, manifest), manifest.calibration)
+    columns = clean_columns(manifest.schema, {name: [value] for name, value in record.items()})
+    return float(scorer.predict_proba(manifest.schema.encode(columns, 1).matrix)[0])
+
+
+def test_predict_returns_a_complete_explained_prediction(client: Any, record: dict[str, Any]) -> None:
+    response = client.post("/predict", json={**record, "customer_id": "C-42"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["customer_id"] == "C-42"
+    assert 0.0 <= body["churn_probability"] <= 1.0
+    assert body["predicted_churn"] == (body["churn_probability"] >= 0.4)  # the bundle's threshold
+    expected_band = "high" if body["churn_probability"] >= 0.6 else "medium" if body["churn_probability"] >= 0.3 else "low"
+    assert body["risk_category"] == expected_band
+    assert body["recommended_actions"]
+    assert body["model_version"] == client.get("/ready").json()["model_version"]
+    assert body["warnings"] == []
+    assert len(body["prediction_id"]) == 32
+    for reason in body["top_reasons"]:
+        assert reason["contribution"] > 0
+        assert reason["feature"] in record
+
+
+def test_served_probability_equals_the_in_process_bundle_prediction(
+    client: Any, customers: pd.DataFrame, linear_models_dir: Path
+) -> None:
+    for row in range(0, 60, 7):
+        record = customer_record(customers, row)
+        served = client.post("/predict", json=record).json()["churn_probability"]
+        assert served == pytest.approx(in_process_probability(linear_models_dir, record), abs=1e-9)
+
+
+def test_top_reasons_are_the_largest_risk_raising_features(client: Any, record: dict[str, Any]) -> None:
+    # Against the reference customer (median tenure, month-to-month), a one-month tenure raises the
+    # risk in the synthetic table and a two-year contract lowers it, so only the first is a reason.
+    reasons = client.post("/predict", json={**record, "Contract": "Two year", "tenure": 1}).json()["top_reasons"]
+
+    contributions = [reason["contribution"] for reason in reasons]
+    assert contributions == sorted(contributions, reverse=True)
+    assert 1 <= len(reasons) <= 3
+    features = {reason["feature"]: reason["value"] for reason in reasons}
+    assert features["tenure"] == 1
+    assert "Contract" not in features
+
+
+def test_a_row_straight_from_the_training_table_is_accepted(
+    client: Any, customers: pd.DataFrame, linear_models_dir: Path
+) -> None:
+    row = customer_record(customers, 5, drop_extra=False)
+    assert {ID_COLUMN, TARGET, CONSTANT_COLUMN} <= set(row)
+
+    body = client.post("/predict", json=row).json()
+
+    assert body["customer_id"] == row[ID_COLUMN]
+    assert body["churn_probability"] == pytest.approx(in_process_probability(linear_models_dir, row), abs=1e-9)
+
+
+def test_missing_optional_value_and_unseen_category_still_predict_with_warnings(
+    client: Any, record: dict[str, Any]
+) -> None:
+    record = {**record, "TotalCharges": " ", "PaymentMethod": "Crypto wallet"}
+
+    response = client.post("/predict", json=record)
+
+    assert response.status_code == 200
+    warnings = response.json()["warnings"]
+    assert any(w.startswith("TotalCharges: missing, imputed") for w in warnings)
+    assert any(w.startswith("PaymentMethod: category not seen in training") for w in warnings)
+    without_total = {k: v for k, v in record.items() if k != "TotalCharges"}
+    assert client.post("/predict", json=without_total).json()["churn_probability"] == pytest.approx(
+        response.json()["churn_probability"]
+    )
+
+
+def test_table_labels_and_plain_booleans_mean_the_same(client: Any, record: dict[str, Any]) -> None:
+    as_labels = client.post("/predict", json={**record, "Partner": "Yes", "SeniorCitizen": 1}).json()
+    as_booleans = client.post("/predict", json={**record, "Partner": True, "SeniorCitizen": True}).json()
+
+    assert as_labels["churn_probability"] == as_booleans["churn_probability"]
+
+
+def problems(response: Any) -> dict[tuple[Any, ...], str]:
+    return {tuple(item["loc"]): item["type"] for item in response.json()["detail"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "kind"),
+    [
+        ({"tenure": "twelve"}, ("body", "tenure"), "value_error"),
+        ({"tenure": -3}, ("body", "tenure"), "value_error"),
+        ({"MonthlyCharges": [1, 2]}, ("body", "MonthlyCharges"), "value_error"),
+        ({"Partner": "maybe"}, ("body", "Partner"), "value_error"),
+        ({"Contract": {"kind": "monthly"}}, ("body", "Contract"), "value_error"),
+        ({"tenure": "1e999"}, ("body", "tenure"), "value_error"),
+        ({"tenure": 2**63 - 1}, ("body", "tenure"), None),
+        ({"favourite_colour": "blue"}, ("body", "favourite_colour"), "extra_forbidden"),
+        ({"Contract": None}, ("body", "Contract"), "missing"),
+        ({"customer_id": {"nested": 1}}, ("body", "customer_id"), "string_type"),
+    ],
+)
+def test_bad_fields_get_422_naming_the_field(
+    client: Any, record: dict[str, Any], change: dict[str, Any], loc: tuple[str, ...], kind: str | None
+) -> None:
+    response = client.post("/predict", json={**record, **change})
+
+    if kind is None:  # a legal value: huge but finite
+        assert response.status_code == 200
+        return
+    assert response.status_code == 422
+    assert problems(response)[loc] == kind
+
+
+def test_numbers_beyond_what_json_parsing_supports_are_422(client: Any, record: dict[str, Any]) -> None:
+    body = json.dumps(record).replace(f'"tenure": {record["tenure"]}', f'"tenure": {10**400}')
+
+    response = client.post("/predict", content=body.encode())
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_missing_required_fields_are_all_listed(client: Any, record: dict[str, Any]) -> None:
+    del record["tenure"], record["Contract"]
+
+    response = client.post("/predict", json=record)
+
+    assert response.status_code == 422
+    assert problems(response) == {("body", "tenure"): "missing", ("body", "Contract"): "missing"}
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [(b"{not json", "json_invalid"), (b"", "missing"), (b"   ", "missing"), (b"[1, 2]", "dict_type"), (b"42", "dict_type")],
+)
+def test_malformed_or_empty_body_is_422(client: Any, body: bytes, kind: str) -> None:
+    response = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == kind
+
+
+def test_oversize_body_is_413(serve: Any, linear_models_dir: Path, record: dict[str, Any]) -> None:
+    client = serve(linear_models_dir, max_body_bytes=2048)
+
+    response = client.post("/predict", json={**record, "customer_id": "x" * 5000})
+
+    assert response.status_code == 413
+    assert "2048" in response.json()["detail"]
+
+
+def test_oversize_body_without_content_length_is_413(serve: Any, linear_models_dir: Path) -> None:
+    client = serve(linear_models_dir, max_body_bytes=2048)
+
+    def chunks() -> Any:
+        for _ in range(10):
+            yield b" " * 1024
+
+    response = client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 413
+
+
+# ---- batch -------------------------------------------------------------------------------------------
+def test_batch_scores_in_order_and_reports_bad_records_individually(
+    client: Any, customers: pd.DataFrame, linear_models_dir: Path
+) -> None:
+    records = [customer_record(customers, row) for row in range(6)]
+    records[2] = {**records[2], "tenure": -1, "customer_id": "bad-one"}
+    records[4] = "not an object"
+
+    response = client.post("/predict/batch", json=records)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["count"], body["succeeded"], body["failed"]) == (6, 4, 2)
+    results = body["results"]
+    assert results[2] == {
+        "index": 2,
+        "customer_id": "bad-one",
+        "errors": [
+            {
+                "type": "value_error",
+                "loc": ["body", 2, "tenure"],
+                "msg": "must be >= 0 (training data never went below it)",
+                "input": -1,
+            }
+        ],
+    }
+    assert results[4]["errors"][0]["type"] == "dict_type"
+    for row in (0, 1, 3, 5):
+        assert results[row]["churn_probability"] == pytest.approx(
+            in_process_probability(linear_models_dir, records[row]), abs=1e-9
+        )
+        assert "top_reasons" not in results[row]
+
+
+def test_batch_results_equal_single_predictions_including_reasons(client: Any, customers: pd.DataFrame) -> None:
+    records = [customer_record(customers, row) for row in range(10, 20)]
+
+    batch = client.post("/predict/batch", params={"reasons": "true"}, json=records).json()["results"]
+
+    for record, result in zip(records, batch, strict=True):
+        single = client.post("/predict", json=record).json()
+        assert result["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
+        assert result["top_reasons"] == single["top_reasons"]
+
+
+@pytest.mark.parametrize(("body", "kind"), [(b"[]", "too_short"), (b'{"tenure": 1}', "list_type"), (b"[{", "json_invalid")])
+def test_batch_that_cannot_be_a_batch_is_422(client: Any, body: bytes, kind: str) -> None:
+    response = client.post("/predict/batch", content=body)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == kind
+
+
+def test_batch_over_the_limit_is_413(serve: Any, linear_models_dir: Path, record: dict[str, Any]) -> None:
+    client = serve(linear_models_dir, max_batch_size=5)
+
+    response = client.post("/predict/batch", json=[record] * 6)
+
+    assert response.status_code == 413
+    assert "maximum of 5" in response.json()["detail"]
+    assert client.post("/predict/batch", json=[record] * 5).status_code == 200
+
+
+def test_batch_reasons_flag_must_be_a_boolean(client: Any, record: dict[str, Any]) -> None:
+    response = client.post("/predict/batch", params={"reasons": "perhaps"}, json=[record])
+
+    assert response.status_code == 422
+
+
+def test_configured_bands_playbook_and_reason_count_are_used(
+    serve: Any, linear_models_dir: Path, record: dict[str, Any]
+) -> None:
+    client = serve(
+        linear_models_dir,
+        risk_bands={"calm": 0.0, "alarm": 0.000001},
+        playbook={"alarm": ["Call today"]},
+        top_reasons=1,
+    )
+
+    body = client.post("/predict", json=record).json()
+
+    assert body["risk_category"] == "alarm"
+    assert body["recommended_actions"] == ["Call today"]
+    assert len(body["top_reasons"]) <= 1
+
+
+def test_probabilities_match_for_a_random_sample_of_rows(
+    client: Any, linear_models_dir: Path, customers: pd.DataFrame
+) -> None:
+    rows = np.random.default_rng(1).choice(len(customers), 40, replace=False)
+    records = [customer_record(customers, int(row)) for row in rows]
+
+    results = client.post("/predict/batch", json=records).json()["results"]
+
+    served = [result["churn_probability"] for result in results]
+    expected = [in_process_probability(linear_models_dir, record) for record in records]
+    np.testing.assert_allclose(served, expected, atol=1e-9)

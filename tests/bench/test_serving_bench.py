@@ -1,0 +1,283 @@
+"""Smoke tests of the serving benchmark's pieces; the benchmark itself (minutes of load) never runs here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from bench import serving
+from bench.loadgen import (
+    WRK_SUMMARY_MARKER,
+    BenchmarkError,
+    ServiceProcess,
+    descendants,
+    free_port,
+    maps_mention,
+    parse_wrk_output,
+    read_status_kib,
+    run_wrk,
+    telco_records,
+    worker_pids,
+    wrk_lua_script,
+)
+
+WRK_REPORT = """\
+Running 15s test @ http://127.0.0.1:8000/predict
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.64ms    2.35ms   9.48ms   79.80%
+    Req/Sec     0.86k   472.13     1.58k    60.00%
+  Latency Distribution
+     50%  850.00us
+     75%    4.08ms
+     90%    5.93ms
+     99%    1.02s
+  12861 requests in 15.00s, 466.66KB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:    857.41
+Transfer/sec:     31.10KB
+"""
+
+TELCO_SAMPLE = """\
+customerID,gender,SeniorCitizen,Partner,tenure,MonthlyCharges,TotalCharges,Churn
+7590-VHVEG,Female,0,Yes,1,29.85,29.85,No
+5575-GNVDE,Male,1,No,34,56.95,1889.5,Yes
+4472-LVYGI,Female,0,Yes,0,52.55, ,No
+"""
+
+
+# ---- wrk output -----------------------------------------------------------------------------
+def test_parses_the_summary_line_exactly():
+    summary = {
+        "requests": 30000,
+        "duration_us": 15_000_000,
+        "bytes": 123,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        "latency_us": {
+            "min": 100.0,
+            "max": 9000.0,
+            "mean": 800.5,
+            "stdev": 50.0,
+            "p50": 700.0,
+            "p75": 900.0,
+            "p90": 1200.0,
+            "p99": 2500.0,
+            "p99_9": 4000.0,
+        },
+    }
+    result = parse_wrk_output(WRK_REPORT + f"{WRK_SUMMARY_MARKER} {json.dumps(summary)}\n")
+    assert result.requests == 30000
+    assert result.requests_per_s == pytest.approx(2000.0)
+    assert result.latency_ms["p50"] == pytest.approx(0.7)
+    assert result.latency_ms["p99"] == pytest.approx(2.5)
+    assert result.latency_ms["p99_9"] == pytest.approx(4.0)
+    assert result.error_count == 0
+
+
+def test_falls_back_to_wrk_report_with_units_and_errors():
+    result = parse_wrk_output(WRK_REPORT)
+    assert result.requests == 12861
+    assert result.duration_s == pytest.approx(15.0)
+    assert result.requests_per_s == pytest.approx(857.41)
+    assert result.latency_ms == pytest.approx({"p50": 0.85, "p75": 4.08, "p90": 5.93, "p99": 1020.0})
+    assert result.errors == {"connect": 0, "read": 2, "write": 0, "timeout": 3, "status": 7}
+    assert result.error_count == 12
+
+
+def test_unparseable_output_is_an_error():
+    with pytest.raises(ValueError, match="no request count"):
+        parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_lua_script_reads_the_body_file_and_prints_a_summary(tmp_path):
+    odd = tmp_path / "a]=]b" / "request.json"
+    script = wrk_lua_script(odd)
+    assert f"[==[{odd}]==]" in script  # "]=]" in the path: a longer bracket level is chosen
+    assert "wrk.method = [=[POST]=]" in script
+    assert "application/json" in script
+    assert WRK_SUMMARY_MARKER in script
+    assert "latency:percentile(99)" in script
+
+
+class _Ok(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    bodies: list[bytes] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if len(self.bodies) < 5:
+            self.bodies.append(body)
+        status = 200 if self.headers["content-type"] == "application/json" else 415
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_posts_the_file_and_the_summary_parses(tmp_path):
+    body = tmp_path / "request.json"
+    body.write_text('{"tenure": 1}')
+    script = tmp_path / "post.lua"
+    script.write_text(wrk_lua_script(body))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result, output = run_wrk(f"http://127.0.0.1:{server.server_port}/predict", script, 1, 2, 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert WRK_SUMMARY_MARKER in output
+    assert result.requests > 0
+    assert result.error_count == 0
+    assert set(_Ok.bodies) == {b'{"tenure": 1}'}
+
+
+# ---- request bodies -------------------------------------------------------------------------
+def test_telco_records_are_typed_like_a_client_sends_them(tmp_path):
+    csv_path = tmp_path / "telco.csv"
+    csv_path.write_text(TELCO_SAMPLE)
+    records = telco_records(csv_path, 7)
+    assert len(records) == 7
+    first = records[0]
+    assert "Churn" not in first
+    assert first == {
+        "customerID": "7590-VHVEG",
+        "gender": "Female",
+        "SeniorCitizen": 0,
+        "Partner": "Yes",
+        "tenure": 1,
+        "MonthlyCharges": 29.85,
+        "TotalCharges": 29.85,
+    }
+    assert records[2]["TotalCharges"] is None  # the file's blank total becomes null
+    assert [r["customerID"] for r in records[3:7]] == ["7590-VHVEG-1", "5575-GNVDE-1", "4472-LVYGI-1", "7590-VHVEG-2"]
+    assert len({r["customerID"] for r in records}) == 7
+    json.dumps(records)  # plain JSON
+
+
+# ---- server timing and the batch answer ------------------------------------------------------
+def test_server_timing_prefers_a_total_entry():
+    header = 'validation;dur=1.5, features;dur=2, total;dur=12.25;desc="all"'
+    assert serving.parse_server_timing(header) == {"validation": 1.5, "features": 2.0, "total": 12.25}
+    assert serving.server_time_ms({"Server-Timing": header}) == (12.25, "Server-Timing total")
+    assert serving.server_time_ms({"server-timing": "a;dur=1, b;dur=2.5, cache;desc=hit"})[0] == pytest.approx(3.5)
+
+
+def test_process_time_headers_in_seconds_or_milliseconds():
+    assert serving.server_time_ms({"X-Process-Time": "0.0125"})[0] == pytest.approx(12.5)
+    assert serving.server_time_ms({"x-response-time": "8.5ms"})[0] == pytest.approx(8.5)
+    assert serving.server_time_ms({"content-type": "application/json"}) == (None, "none")
+
+
+def test_batch_answer_must_cover_every_record():
+    serving._check_batch_response(json.dumps({"count": 2, "failed": 0, "results": [{}, {}]}).encode(), 2)
+    serving._check_batch_response(b"[{}, {}]", 2)
+    with pytest.raises(BenchmarkError, match="1 results for 2"):
+        serving._check_batch_response(b'{"results": [{}]}', 2)
+    with pytest.raises(BenchmarkError, match="rejected 1 of 2"):
+        serving._check_batch_response(b'{"failed": 1, "results": [{}, {}]}', 2)
+
+
+# ---- the report -----------------------------------------------------------------------------
+def test_figures_are_judged_against_their_targets():
+    assert serving.Figure("a", "a", 4.2, "s", "start_to_ready_s").verdict == "PASS"
+    assert serving.Figure("a", "a", 5.1, "s", "start_to_ready_s").verdict == "FALL SHORT"
+    assert serving.Figure("a", "a", 25.0, "x", "throughput_ratio_vs_reference").verdict == "PASS"
+    assert serving.Figure("a", "a", None, "ms", "p99_ms").verdict == "NOT MEASURED"
+    assert serving.Figure("a", "a", 1.0, "yes/no", "torch_loaded").verdict == "FALL SHORT"
+    assert serving.Figure("a", "a", 3.0, "req/s").verdict == ""
+
+
+def test_report_renders_table_markdown_and_json(tmp_path):
+    report = serving.Report("20260101T000000Z", "python -m bench.serving --quick", {"duration_s": 3}, {"cpus": 2})
+    report.add("p99", "ours p99", 4.5, "ms", "p99_ms")
+    report.add("torch", "torch loaded", 0.0, "yes/no", "torch_loaded")
+    report.add("rps", "ours rps", 12345.6, "req/s")
+    text = report.text_table()
+    assert "ours p99" in text and "≤ 10.0 ms" in text and "PASS" in text
+    json_path, md_path = serving.write_results(report, tmp_path)
+    data = json.loads(json_path.read_text())
+    assert data["status"] == "complete"
+    assert [f["verdict"] for f in data["figures"]] == ["PASS", "PASS", None]
+    md = md_path.read_text()
+    assert "| ours rps | 12,346 req/s |  |  |  |" in md
+    assert "| torch loaded | no | no | PASS |  |" in md
+
+
+def test_missing_telco_file_skips_with_a_message(tmp_path, capsys):
+    code = serving.main(["--data", str(tmp_path / "absent.csv"), "--results-dir", str(tmp_path)], install_signals=False)
+    assert code == 0
+    assert "skipped" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_quick_shortens_runs_unless_told_otherwise():
+    quick = serving.options_from_args(serving.parse_args(["--quick"]))
+    assert (quick.duration_s, quick.warmup_s, quick.batch_calls) == (3.0, 1.0, 3)
+    full = serving.options_from_args(serving.parse_args(["--duration", "20", "--connections", "32"]))
+    assert (full.duration_s, full.warmup_s, full.batch_calls, full.connections) == (20.0, 3.0, 10, 32)
+
+
+# ---- processes ------------------------------------------------------------------------------
+def test_service_process_gets_ready_and_is_killed_with_its_children(tmp_path):
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-c",
+        "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        f"import http.server; http.server.test(HandlerClass=http.server.SimpleHTTPRequestHandler, port={port},"
+        " bind='127.0.0.1')",
+    ]
+    service = ServiceProcess("toy", cmd, port, tmp_path / "toy.log", cwd=tmp_path)
+    with service:
+        ready = service.wait_ready("/", timeout_s=30)
+        assert 0 < ready < 30
+        pid = service.pid
+        children = descendants(pid)
+        assert len(children) == 1
+        assert worker_pids(pid) == [pid]  # no uvicorn workers: the process itself serves
+        assert read_status_kib(pid) > 0
+        assert maps_mention(pid, "libtorch") is False
+    assert read_status_kib(pid) is None
+    assert all(read_status_kib(child) is None for child in children)
+
+
+def test_a_service_that_dies_fails_fast_with_its_log(tmp_path):
+    service = ServiceProcess(
+        "broken", [sys.executable, "-c", "print('no model'); raise SystemExit(3)"], free_port(), tmp_path / "broken.log"
+    )
+    with service, pytest.raises(BenchmarkError, match="exited with 3"):
+        service.wait_ready("/ready", timeout_s=30)
+    assert "no model" in Path(tmp_path / "broken.log").read_text()
+
+
+METRICS = """\
+# HELP churn_http_request_duration_seconds HTTP request duration
+# TYPE churn_http_request_duration_seconds histogram
+churn_http_request_duration_seconds_bucket{le="0.1",method="POST",route="/predict/batch"} 1.0
+churn_http_request_duration_seconds_sum{method="POST",route="/predict/batch"} 0.25
+churn_http_request_duration_seconds_sum{method="POST",route="/predict"} 9.0
+churn_http_request_duration_seconds_sum{method="GET",route="/predict/batch"} 1.0
+churn_prediction_stage_duration_seconds_sum{stage="validation"} 0.125
+churn_prediction_stage_duration_seconds_sum{stage="inference"} 0.5
+churn_requests_total 3
+"""
+
+
+def test_metrics_give_the_batch_route_and_stage_totals():
+    samples = serving.parse_prometheus(METRICS)
+    assert ("churn_requests_total", {}, 3.0) in samples
+    assert serving.metric_sums(METRICS, "/predict/batch") == {"request": 0.25, "validation": 0.125, "inference": 0.5}

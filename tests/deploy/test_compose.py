@@ -1,0 +1,167 @@
+"""docker-compose.yml: validated by `docker compose config` where available, and by a structural check always."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+TOP_LEVEL_KEYS = {"version", "name", "services", "volumes", "networks", "configs", "secrets"}
+SERVICE_KEYS = {
+    "build", "image", "command", "entrypoint", "environment", "env_file", "volumes", "ports", "expose",
+    "depends_on", "healthcheck", "restart", "user", "working_dir", "networks", "labels", "logging",
+    "deploy", "init", "stop_grace_period", "profiles", "container_name", "hostname", "ulimits", "tmpfs",
+}  # fmt: skip
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+DURATION = re.compile(r"^(\d+(\.\d+)?(us|ms|s|m|h))+$")
+PORT = re.compile(r"^(\$\{[A-Z_]+:-\d+\}|\d+):\d+$")
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def _named_volumes(service: dict) -> set[str]:
+    names = set()
+    for volume in service.get("volumes", []):
+        source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+        if source and not source.startswith((".", "/", "~", "$")):
+            names.add(source)
+    return names
+
+
+def _bind_mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """container path -> (host path, mode) for the service's bind mounts."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        parts = volume.split(":")
+        if parts[0].startswith("."):
+            mounts[parts[1]] = (parts[0], parts[2] if len(parts) > 2 else "rw")
+    return mounts
+
+
+# ---- validation ------------------------------------------------------------------------------------
+def test_compose_file_follows_the_compose_structure() -> None:
+    """What `docker compose config` rejects: unknown keys, bad durations, undeclared volumes, bad deps."""
+    compose = _compose()
+    assert set(compose) - TOP_LEVEL_KEYS == {key for key in compose if key.startswith("x-")}
+    services = compose["services"]
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        assert set(service) <= SERVICE_KEYS, f"{name}: unknown keys {set(service) - SERVICE_KEYS}"
+        assert "image" in service or "build" in service, name
+        assert _named_volumes(service) <= declared, f"{name}: undeclared volumes"
+        for port in service.get("ports", []):
+            assert PORT.match(str(port)), f"{name}: port {port!r}"
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            assert spec["condition"] in DEPENDS_CONDITIONS
+        healthcheck = service.get("healthcheck")
+        if healthcheck:
+            assert set(healthcheck) <= HEALTHCHECK_KEYS, name
+            assert healthcheck["test"][0] in {"CMD", "CMD-SHELL", "NONE"}, name
+            for key in ("interval", "timeout", "start_period"):
+                assert DURATION.match(healthcheck[key]), f"{name}: {key}={healthcheck[key]!r}"
+        for host, _ in _bind_mounts(service).values():
+            assert (ROOT / host).exists(), f"{name}: mounts missing {host}"
+    assert declared == set().union(*(_named_volumes(service) for service in services.values())), "unused volumes"
+
+
+def test_docker_compose_config_validates_the_file(tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env = {**os.environ, "CHURN_WORKERS": "3", "CHURN_API_KEY": "s3cret"}
+    env.pop("COMPOSE_FILE", None)
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    api_env = resolved["services"]["churn-api"]["environment"]
+    assert str(api_env["CHURN_WORKERS"]) == "3"
+    assert api_env["CHURN_API_KEY"] == "s3cret"
+    assert set(resolved["services"]) == {"trainer", "churn-api", "prometheus", "grafana"}
+
+
+# ---- content ---------------------------------------------------------------------------------------
+def test_api_service_runs_the_app_with_one_worker_setting_and_persistent_data() -> None:
+    api = _compose()["services"]["churn-api"]
+    assert api["build"] == "."
+    assert api["command"] == ["python", "-m", "app"]
+    env = api["environment"]
+    assert env["CHURN_HOST"] == "0.0.0.0"
+    assert env["CHURN_WORKERS"] == "${CHURN_WORKERS:-2}"
+    assert env["CHURN_MODEL_DIR"] == "/data/models"
+    assert env["CHURN_DATABASE_URL"] == "sqlite:////data/predictions.sqlite3"
+    assert env["CHURN_API_KEY"].startswith("${CHURN_API_KEY")
+    assert {"models:/data/models", "data:/data"} <= set(api["volumes"])
+    assert api["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    probe = " ".join(api["healthcheck"]["test"])
+    assert "python" in probe and "http://127.0.0.1:8000/ready" in probe
+
+
+def test_trainer_publishes_a_bundle_only_when_none_exists() -> None:
+    services = _compose()["services"]
+    trainer = services["trainer"]
+    assert trainer["image"] == services["churn-api"]["image"]
+    script = trainer["command"][-1]
+    assert script.startswith("test -f /data/models/current ||")
+    assert "python -m training --model-dir /data/models" in script
+    assert trainer["volumes"] == ["models:/data/models"]
+    assert trainer["restart"] == "no"
+
+
+def test_prometheus_uses_the_repository_config_and_rules() -> None:
+    prometheus = _compose()["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    mounts = _bind_mounts(prometheus)
+    assert mounts["/etc/prometheus/prometheus.yml"] == ("./deploy/prometheus/prometheus.yml", "ro")
+    assert mounts["/etc/prometheus/alerts.yml"] == ("./deploy/prometheus/alerts.yml", "ro")
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert "prometheus-data:/prometheus" in prometheus["volumes"]
+    assert "http://127.0.0.1:9090/-/ready" in prometheus["healthcheck"]["test"]
+
+
+def test_grafana_is_provisioned_from_the_repository() -> None:
+    grafana = _compose()["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    mounts = _bind_mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == ("./deploy/grafana/provisioning", "ro")
+    assert mounts["/etc/grafana/dashboards"] == ("./deploy/grafana/dashboards", "ro")
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/etc/grafana/dashboards/")
+    assert (ROOT / "deploy/grafana/dashboards" / Path(home).name).is_file()
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert "grafana-data:/var/lib/grafana" in grafana["volumes"]
+    assert "http://127.0.0.1:3000/api/health" in grafana["healthcheck"]["test"]
+
+
+def test_every_long_running_service_has_a_healthcheck_and_published_port() -> None:
+    services = _compose()["services"]
+    for name, container_port in (("churn-api", 8000), ("prometheus", 9090), ("grafana", 3000)):
+        assert services[name]["healthcheck"]["test"], name
+        assert any(str(port).endswith(f":{container_port}") for port in services[name]["ports"]), name
+        assert services[name]["restart"] == "unless-stopped"
+    assert set(_compose()["volumes"]) == {"models", "data", "prometheus-data", "grafana-data"}

@@ -1,0 +1,155 @@
+"""Column roles: target, churn value, id, feature kinds and dropped columns, each with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.cleaning import clean_table
+from training.data import TrainingDataError
+from training.roles import RoleSet, infer_feature_roles, infer_target, target_vector
+from training.synthetic import generate_customers
+
+
+def roles_of(frame: pd.DataFrame, **kwargs) -> RoleSet:
+    cleaned, _ = clean_table(frame)
+    target = infer_target(cleaned, kwargs.pop("target", None), kwargs.pop("positive_label", None))
+    return infer_feature_roles(cleaned, target, **kwargs)
+
+
+def by_name(roles: RoleSet) -> dict[str, dict[str, str]]:
+    return roles.report()
+
+
+@pytest.fixture(scope="module")
+def telco_roles() -> RoleSet:
+    return roles_of(generate_customers(1000, seed=3))
+
+
+@pytest.fixture(scope="module")
+def bank_roles() -> RoleSet:
+    return roles_of(generate_customers(2000, seed=3, schema="bank"))
+
+
+@pytest.fixture(scope="module")
+def subscription_roles() -> RoleSet:
+    return roles_of(generate_customers(2000, seed=3, schema="subscription"))
+
+
+def test_telco_roles(telco_roles: RoleSet) -> None:
+    report = by_name(telco_roles)
+    assert telco_roles.target.column == "Churn" and telco_roles.target.positive_label == "Yes"
+    assert telco_roles.id_column == "customerID"
+    assert report["TotalCharges"]["role"] == "numeric"
+    assert "numeric stored as text" in report["TotalCharges"]["reason"]
+    assert report["tenure"]["role"] == "numeric"
+    assert report["SeniorCitizen"]["role"] == "boolean"
+    assert report["Partner"]["role"] == "boolean"
+    assert report["Contract"]["role"] == "categorical"
+    assert report["gender"]["role"] == "categorical"  # two values, but not yes/no
+    assert telco_roles.dropped == []
+    assert all(info["reason"] for info in report.values())
+
+
+def test_boolean_keeps_the_tables_own_labels(telco_roles: RoleSet) -> None:
+    columns = {column.name: column for column in telco_roles.features}
+    assert (columns["Partner"].true_label, columns["Partner"].false_label) == ("Yes", "No")
+    assert (columns["SeniorCitizen"].true_label, columns["SeniorCitizen"].false_label) == (1, 0)
+
+
+def test_bank_roles(bank_roles: RoleSet) -> None:
+    report = by_name(bank_roles)
+    assert bank_roles.target.column == "Exited" and bank_roles.target.positive_label == "1"
+    assert bank_roles.id_column == "CustomerId"
+    dropped = {column.name: column.reason for column in bank_roles.dropped}
+    assert dropped == {"RowNumber": "identifier", "Surname": "high_cardinality"}
+    assert "mostly rare" in report["Surname"]["reason"]
+    assert report["HasCrCard"]["role"] == "boolean"
+    assert report["Balance"]["role"] == "numeric"
+    assert report["EstimatedSalary"]["role"] == "numeric"  # unique floats are measurements, not ids
+    assert report["Geography"]["role"] == "categorical"
+
+
+def test_subscription_roles(subscription_roles: RoleSet) -> None:
+    report = by_name(subscription_roles)
+    assert subscription_roles.target.column == "churned" and subscription_roles.target.positive_label == "true"
+    assert subscription_roles.id_column == "user_id"
+    dropped = {column.name: column.reason for column in subscription_roles.dropped}
+    assert dropped == {"region": "constant", "signup_date": "datetime"}
+    assert report["monthly_fee"]["role"] == "numeric"
+    assert report["avg_session_minutes"]["role"] == "numeric"  # "?" and "NA" are missing markers
+    assert report["autopay"]["role"] == "boolean"
+    assert report["country"]["role"] == "categorical"
+    assert report["plan"]["role"] == "categorical"
+
+
+def test_all_missing_and_unnamed_unique_text_columns() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "ref": [f"R{i:05d}x" for i in range(200)],  # unique text: becomes the id
+            "token": [f"T{i * 7:06d}" for i in range(200)],  # a second unique text column: identifier
+            "notes": ["", "NA"] * 100,
+            "score": rng.normal(size=200).round(3),
+            "label": ["churned", "stayed"] * 100,
+        }
+    ).astype(object)
+    roles = roles_of(frame)
+    assert roles.target.column == "label" and roles.target.positive_label == "churned"
+    assert roles.id_column == "ref"
+    assert {c.name: c.reason for c in roles.dropped} == {"token": "identifier", "notes": "all_missing"}
+
+
+def test_numeric_text_with_a_few_unreadable_values_is_numeric() -> None:
+    values = [f"{i},{i % 10}00" for i in range(1, 198)] + ["n/a?", "unknown", "?"]
+    frame = pd.DataFrame({"spend": values, "Churn": ["Yes", "No"] * 100})
+    report = roles_of(frame).report()
+    assert report["spend"]["role"] == "numeric"
+    assert "2 values that are not numbers" in report["spend"]["reason"]
+
+
+def test_mostly_text_column_stays_categorical() -> None:
+    frame = pd.DataFrame(
+        {"id": range(200), "tier": ["gold", "silver", "3", "bronze"] * 50, "Churn": ["Yes", "No"] * 100}
+    )
+    assert roles_of(frame).report()["tier"]["role"] == "categorical"
+
+
+def test_given_id_and_positive_label() -> None:
+    frame = pd.DataFrame({"acct": list(range(100)), "x": [1.5, 2.5] * 50, "status": ["gone", "kept"] * 50})
+    roles = roles_of(frame, target="status", positive_label="GONE", id_column="acct")
+    assert roles.id_column == "acct" and roles.target.positive_label == "gone"
+    assert "given with --positive-label" in roles.target.reason
+
+
+def test_target_vector() -> None:
+    frame, _ = clean_table(pd.DataFrame({"id": [1, 2, 3, 4], "Churn": ["Yes", "No", " Yes ", "No"]}))
+    target = infer_target(frame, None, None)
+    assert target_vector(frame["Churn"], target).tolist() == [1, 0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("frame", "kwargs", "message"),
+    [
+        (pd.DataFrame({"a": [1, 2], "Churn": ["Yes", "No"]}), {"target": "churnn"}, r"not found \(did you mean: Churn"),
+        (pd.DataFrame({"a": [1, 2], "Churn": ["No", "No"]}), {}, "one class only"),
+        (pd.DataFrame({"a": [1, 2, 3], "y": ["a", "b", "c"]}), {"target": "y"}, "has 3 values"),
+        (pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), {}, "cannot tell which column is the churn target"),
+        (pd.DataFrame({"churn": ["Yes", "No"], "Exited": [1, 0]}), {}, "several columns could be the target"),
+        (pd.DataFrame({"a": [1, 2], "Churn": ["red", "blue"]}), {}, "cannot tell which value .* means churn"),
+        (pd.DataFrame({"a": [1, 2], "Churn": ["Yes", "No"]}), {"positive_label": "1"}, "is not a value of"),
+        (pd.DataFrame({"a": [None, None], "Churn": [None, "?"]}), {"target": "Churn"}, "has no values"),
+    ],
+)
+def test_target_errors(frame: pd.DataFrame, kwargs: dict, message: str) -> None:
+    cleaned, _ = clean_table(frame.astype(object))
+    with pytest.raises(TrainingDataError, match=message):
+        infer_target(cleaned, kwargs.get("target"), kwargs.get("positive_label"))
+
+
+def test_unknown_id_column() -> None:
+    frame, _ = clean_table(pd.DataFrame({"a": [1, 2], "Churn": ["Yes", "No"]}))
+    target = infer_target(frame, None, None)
+    with pytest.raises(TrainingDataError, match="id column 'customer' not found"):
+        infer_feature_roles(frame, target, "customer")

@@ -1,0 +1,242 @@
+"""Command line: ``python -m training [options]`` trains and publishes a bundle;
+``python -m training generate ...`` writes a synthetic customer table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from training.config import ALL_FAMILIES, THRESHOLD_STRATEGIES, TrainingConfig
+
+EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 1
+
+TRAIN_DESCRIPTION = """\
+Train churn models on a customer table and publish the best one as a verified bundle
+<model-dir>/<version>/ (model, manifest with the feature schema, checksums, report), then point
+<model-dir>/current at it. Without --data, trains on a built-in synthetic Telco-like table.
+
+Column roles are inferred (target, churn value, customer id, numeric / yes-no / categorical
+features; constant, all-missing, identifier-like, high-cardinality and date columns are dropped)
+and every decision is listed in the report. Override with --target, --positive-label, --id-column.
+"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  python -m training --data customers.csv --target Churn
+  python -m training --data sqlite:///crm.db --table customers --models xgboost,lightgbm --time-budget 60
+  python -m training --data customers.parquet --threshold-strategy max_profit --offer-cost 20 --saved-value 300
+  python -m training generate --schema bank --rows 10000 --out bank.csv
+"""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    families = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [family for family in families if family not in ALL_FAMILIES]
+    if unknown or not families:
+        raise argparse.ArgumentTypeError(
+            f"unknown model family {unknown[0] if unknown else text!r}; choose from {','.join(ALL_FAMILIES)}"
+        )
+    return families
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def training_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m training",
+        description=TRAIN_DESCRIPTION,
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", metavar="SOURCE", help="CSV or Parquet file, or a database URL (sqlite:///x.db)")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument("--table", metavar="NAME", help="table to read from the database URL")
+    source.add_argument("--query", metavar="SQL", help="SELECT to run against the database URL")
+    data.add_argument("--target", metavar="COLUMN", help="churn column (default: inferred, e.g. Churn, Exited)")
+    data.add_argument("--positive-label", metavar="VALUE", help="value meaning 'churned' (default: inferred)")
+    data.add_argument("--id-column", metavar="COLUMN", help="customer id column (default: inferred)")
+    models = parser.add_argument_group("models")
+    models.add_argument(
+        "--models",
+        type=model_list,
+        default=ALL_FAMILIES,
+        metavar="LIST",
+        help=f"comma-separated families to compare (default: all: {','.join(ALL_FAMILIES)})",
+    )
+    models.add_argument("--trials", type=positive_int, metavar="N", help="tuning trials per family")
+    models.add_argument(
+        "--time-budget",
+        type=positive_float,
+        metavar="SECONDS",
+        help="total tuning time shared across families (default: about 90 s plus per-family trial caps)",
+    )
+    models.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    decision = parser.add_argument_group("decision threshold")
+    decision.add_argument(
+        "--threshold-strategy",
+        choices=THRESHOLD_STRATEGIES,
+        default="max_f1",
+        help="max_f1 (default) or max_profit (needs --offer-cost and --saved-value)",
+    )
+    decision.add_argument("--offer-cost", type=non_negative_float, metavar="AMOUNT", help="cost of one retention offer")
+    decision.add_argument(
+        "--saved-value", type=positive_float, metavar="AMOUNT", help="value of keeping a customer who would churn"
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument("--model-dir", type=Path, default=Path("models"), help="where bundles go (default: models)")
+    output.add_argument("--no-current", action="store_true", help="publish without making the bundle current")
+    output.add_argument("--no-report", action="store_true", help="skip the report and plots")
+    output.add_argument("--quiet", action="store_true", help="print only the final summary")
+    return parser
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    from training.synthetic import SCHEMAS
+
+    parser = OneLineParser(
+        prog="python -m training generate",
+        description="Write a seeded synthetic customer table (CSV or Parquet, by the file suffix).",
+    )
+    parser.add_argument("--schema", choices=SCHEMAS, default="telco", help="column layout (default: telco)")
+    parser.add_argument("--rows", type=positive_int, default=7043, help="number of customers (default: 7043)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--drift", type=float, default=0.0, help="0..1: shift the population toward riskier customers (default: 0)"
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="output .csv or .parquet file")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    return TrainingConfig(
+        data=args.data,
+        table=args.table,
+        query=args.query,
+        target=args.target,
+        positive_label=args.positive_label,
+        id_column=args.id_column,
+        model_dir=args.model_dir,
+        models=args.models,
+        trials=args.trials,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        threshold_strategy=args.threshold_strategy,
+        offer_cost=args.offer_cost,
+        saved_value=args.saved_value,
+        make_current=not args.no_current,
+        report=not args.no_report,
+        progress=not args.quiet,
+    )
+
+
+def summary_lines(result) -> list[str]:
+    manifest = result.manifest
+    metrics = manifest.metrics
+    winner = next(row for row in result.leaderboard if row["family"] == manifest.model_family)
+    lines = [
+        f"bundle      {result.bundle_dir}",
+        f"version     {manifest.version}" + ("" if result.bundle_dir else ""),
+        f"winner      {manifest.model_family} (validation ROC-AUC {winner['val_roc_auc']:.4f}, "
+        f"CV ROC-AUC {winner['cv_roc_auc']:.4f})",
+        f"test        ROC-AUC {metrics.get('roc_auc', float('nan')):.4f}  PR-AUC {metrics.get('pr_auc', float('nan')):.4f}"
+        f"  F1 {metrics.get('f1', float('nan')):.4f}  ECE {metrics.get('ece', float('nan')):.4f}",
+        f"threshold   {manifest.threshold:.4f} ({manifest.threshold_strategy}), calibration {manifest.calibration.method}",
+    ]
+    failed = [row["family"] for row in result.leaderboard if row.get("status") == "failed"]
+    if failed:
+        lines.append(f"failed      {', '.join(failed)} (see the leaderboard in the report)")
+    if result.report_path is not None:
+        lines.append(f"report      {result.report_path}")
+    return lines
+
+
+def train(argv: Sequence[str]) -> int:
+    args = training_parser().parse_args(list(argv))
+    config = config_from_args(args)
+    from training.data import TrainingDataError
+    from training.pipeline import TrainingError, run_training
+
+    try:
+        result = run_training(config)
+    except TrainingDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published", file=sys.stderr)
+        return 130
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def generate(argv: Sequence[str]) -> int:
+    args = generate_parser().parse_args(list(argv))
+    from training.synthetic import generate_customers
+
+    if not 0.0 <= args.drift <= 1.0:
+        print("error: --drift must lie in [0, 1]", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    suffix = args.out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        print(f"error: --out must end in .csv or .parquet, got {args.out.name!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    frame = generate_customers(args.rows, args.seed, drift=args.drift, schema=args.schema)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            frame.to_csv(args.out, index=False)
+        else:
+            frame.astype(str).to_parquet(args.out, index=False)
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {len(frame)} rows x {frame.shape[1]} columns ({args.schema} schema) to {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] == "generate":
+        return generate(arguments[1:])
+    return train(arguments)
