@@ -5,7 +5,8 @@ whose every feature takes its training imputation value (median or most common c
 
 * logistic regression: exact, ``coef · (x - x_ref)`` summed over the feature's encoded columns;
 * every other family: occlusion, ``logit p(x) - logit p(x with feature j set to its reference)``,
-  scored in the same single model call as the prediction itself (n * (features + 1) rows).
+  scored in the same single model call as the prediction itself (one extra row per feature that
+  differs from the reference; a feature at its reference value contributes exactly 0).
 
 Both are per input feature (a one-hot category group counts once), model-agnostic where needed,
 and honest about what they measure. Calibration is monotone, so a feature that raises the raw
@@ -53,14 +54,18 @@ class Explainer:
 
     def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_groups = matrix.shape[0], len(self._slices)
-        # Block 0 is the rows as sent; block g+1 has feature g replaced by its reference value.
-        stacked = np.tile(matrix, (n_groups + 1, 1))
+        # Only features that differ from the reference can contribute; the others are exactly 0
+        # and need no model row (typically half of a customer's features sit at the reference).
+        differs = np.add.reduceat(matrix != self.reference, self._group_starts, axis=1) > 0
+        rows, groups = np.nonzero(differs)
+        occluded = matrix[rows]
         for group, columns in enumerate(self._slices):
-            block = stacked[(group + 1) * n_rows : (group + 2) * n_rows]
-            block[:, columns] = self.reference[columns]
-        scores = self.model.raw_proba(stacked)
-        logits = _logit(scores).reshape(n_groups + 1, n_rows)
-        return scores[:n_rows], (logits[0] - logits[1:]).T
+            occluded[groups == group, columns] = self.reference[columns]
+        scores = self.model.raw_proba(np.concatenate([matrix, occluded]))
+        logits = _logit(scores)
+        contributions = np.zeros((n_rows, n_groups))
+        contributions[rows, groups] = logits[rows] - logits[n_rows:]
+        return scores[:n_rows], contributions
 
     @staticmethod
     def top_features(contributions: np.ndarray, limit: int) -> list[tuple[int, float]]:

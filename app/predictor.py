@@ -24,14 +24,17 @@ from app.monitoring.events import PredictionEvent
 from app.risk import RiskPolicy
 from app.settings import Settings
 from models.bundle import BundleError, Manifest, current_bundle_dir, verify_bundle
-from models.features import FeatureSchema, FeatureValueError
-from models.scoring import Scorer, apply_calibration, load_raw_model
+from models.features import EncodeResult, FeatureSchema, FeatureValueError
+from models.scoring import RawModel, Scorer, apply_calibration, load_raw_model
 
 CUSTOMER_ID = "customer_id"
 # Distinct raw values remembered per feature: categories repeat, so cleaning a 10,000-record
 # batch becomes mostly dictionary hits; the cap keeps free-form numbers from growing it forever.
 _CLEAN_CACHE_SIZE = 4096
 _MISSING = object()
+# Up to how many rows the compiled trees beat the native library (measured on the Telco bundles:
+# LightGBM's own call is cheap enough beyond one row, XGBoost's and scikit-learn's are not).
+_COMPILED_MAX_ROWS = {"lightgbm": 1, "xgboost": 32, "random_forest": 64}
 
 
 @dataclass(slots=True)
@@ -203,6 +206,234 @@ class RecordCleaner:
             return _Invalid(f"cannot read this value: {exc}")
 
 
+class RowEncoder:
+    """The single-record fast path of ``FeatureSchema.encode``, for rows that need no assumptions.
+
+    ``FeatureSchema.encode`` is vectorised for batches; for one row its per-feature numpy calls cost
+    more than the model. This encoder does the same arithmetic in plain Python, but only for rows
+    with every value present and every category known: anything that needs imputation or the
+    "other" bucket returns None and goes through ``FeatureSchema.encode``, which also words the
+    warnings, so the rules and messages keep one definition. Tests check both paths agree.
+    """
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.width = schema.n_encoded
+        self._steps: list[tuple[str, int, Any]] = []
+        for name, columns in schema.encoded_groups():
+            spec = schema[name]
+            if spec.kind == "categorical":
+                index = {value: columns.start + i for i, value in enumerate(spec.encoded)}
+                other = columns.start + len(spec.encoded) if spec.other_bucket else None
+                self._steps.append((name, columns.start, (index, frozenset(spec.categories), other)))
+            else:
+                self._steps.append((name, columns.start, spec))
+
+    def encode(self, values: dict[str, Any]) -> np.ndarray | None:
+        row = [0.0] * self.width
+        for name, column, rule in self._steps:
+            value = values.get(name)
+            if value is None:
+                return None
+            if rule.__class__ is tuple:
+                index, accepted, other = rule
+                position = index.get(value)
+                if position is not None:
+                    row[position] = 1.0
+                elif value in accepted and other is not None:
+                    row[other] = 1.0  # a rare training category: shares the "other" column
+                else:
+                    return None  # unseen (or no column for it): the full encoder warns about it
+            elif rule.kind == "boolean":
+                row[column] = 1.0 if value else 0.0
+            else:
+                row[column] = _scaled(rule, value)
+        return np.array([row])
+
+
+def _scaled(spec: Any, value: float) -> float:
+    """A present numeric value capped, transformed and scaled exactly as ``FeatureSchema.encode`` does."""
+    if spec.cap_low is not None:
+        value = max(value, spec.cap_low)
+        if spec.cap_high is not None:
+            value = min(value, spec.cap_high)
+    if spec.log_transform:
+        value = float(np.log1p(max(value, 0.0)))
+    return (value - spec.mean) / spec.std
+
+
+class CompiledTrees:
+    """A tree ensemble flattened into numpy arrays, evaluated for all trees and rows at once.
+
+    For a handful of rows the native libraries spend far longer in their Python wrappers (array
+    interfaces, config, ctypes) than in the trees; this evaluator walks every tree level by level
+    with a few vectorised gathers instead. Larger matrices (batches) go to the native library.
+    Built only when :func:`compile_trees` can express the model exactly, and used only after it
+    matched the native predictions on a probe set at load time.
+    """
+
+    def __init__(self, native: RawModel, nodes: dict[str, np.ndarray], roots: list[int], depth: int, **rule: Any):
+        self.native = native
+        self.feature = nodes["feature"]
+        self.threshold = nodes["threshold"]
+        self.left, self.right, self.value = nodes["left"], nodes["right"], nodes["value"]
+        self.roots = np.asarray(roots, dtype=np.intp)
+        self.depth = depth
+        self.strict_less: bool = rule["strict_less"]  # XGBoost splits on x < t, the others on x <= t
+        self.float32: bool = rule["float32"]  # XGBoost and scikit-learn compare in float32
+        self.average: bool = rule["average"]  # random forest averages, boosting sums margins
+        self.offset: float = rule.get("offset", 0.0)
+        self.max_rows: int = rule.get("max_rows", 1 << 30)
+
+    def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
+        n_rows = matrix.shape[0]
+        if n_rows > self.max_rows:
+            return self.native.raw_proba(matrix)
+        values = np.ascontiguousarray(matrix, dtype=np.float32 if self.float32 else np.float64).ravel()
+        row_offsets = (np.arange(n_rows, dtype=np.intp) * matrix.shape[1])[:, None]
+        node = np.broadcast_to(self.roots, (n_rows, self.roots.size))
+        for _ in range(self.depth):
+            feature_values = values[row_offsets + self.feature[node]]
+            thresholds = self.threshold[node]
+            go_left = feature_values < thresholds if self.strict_less else feature_values <= thresholds
+            node = np.where(go_left, self.left[node], self.right[node])
+        leaves = self.value[node]
+        if self.average:
+            return leaves.mean(axis=1)
+        return 1.0 / (1.0 + np.exp(-(leaves.sum(axis=1) + self.offset)))
+
+
+class _TreeBuilder:
+    """Collects nodes of many trees into flat arrays (leaves point to themselves)."""
+
+    def __init__(self) -> None:
+        self.feature: list[int] = []
+        self.threshold: list[float] = []
+        self.left: list[int] = []
+        self.right: list[int] = []
+        self.value: list[float] = []
+        self.depth = 0
+
+    def add(self, feature: int, threshold: float, value: float) -> int:
+        self.feature.append(feature)
+        self.threshold.append(threshold)
+        self.left.append(len(self.left))
+        self.right.append(len(self.right))
+        self.value.append(value)
+        return len(self.feature) - 1
+
+    def arrays(self, float32: bool) -> dict[str, np.ndarray]:
+        return {
+            "feature": np.asarray(self.feature, dtype=np.intp),
+            "threshold": np.asarray(self.threshold, dtype=np.float32 if float32 else np.float64),
+            "left": np.asarray(self.left, dtype=np.intp),
+            "right": np.asarray(self.right, dtype=np.intp),
+            "value": np.asarray(self.value, dtype=np.float64),
+        }
+
+
+def _lightgbm_trees(model: Any) -> CompiledTrees | None:
+    dump = model.booster.dump_model()
+    if not str(dump.get("objective", "")).startswith("binary"):
+        return None
+    builder = _TreeBuilder()
+
+    def walk(node: dict[str, Any], depth: int) -> int | None:
+        builder.depth = max(builder.depth, depth)
+        if "leaf_value" in node:
+            return builder.add(0, 0.0, float(node["leaf_value"]))
+        if node.get("decision_type") != "<=" or node.get("missing_type") not in ("None", "NaN"):
+            return None  # categorical or zero-as-missing splits: leave them to LightGBM
+        index = builder.add(int(node["split_feature"]), float(node["threshold"]), 0.0)
+        left, right = walk(node["left_child"], depth + 1), walk(node["right_child"], depth + 1)
+        if left is None or right is None:
+            return None
+        builder.left[index], builder.right[index] = left, right
+        return index
+
+    roots = [walk(tree["tree_structure"], 0) for tree in dump["tree_info"]]
+    if any(root is None for root in roots):
+        return None
+    return CompiledTrees(
+        model, builder.arrays(False), roots, builder.depth, strict_less=False, float32=False, average=False
+    )
+
+
+def _xgboost_trees(model: Any) -> CompiledTrees | None:
+    import json
+
+    booster = model.booster
+    if json.loads(booster.save_config())["learner"]["objective"]["name"] != "binary:logistic":
+        return None
+    names = booster.feature_names
+    builder = _TreeBuilder()
+
+    def column(split: str) -> int:
+        return names.index(split) if names else int(split.lstrip("f"))
+
+    def walk(node: dict[str, Any], depth: int) -> int:
+        builder.depth = max(builder.depth, depth)
+        if "leaf" in node:
+            return builder.add(0, 0.0, float(node["leaf"]))
+        index = builder.add(column(node["split"]), float(node["split_condition"]), 0.0)
+        children = {child["nodeid"]: walk(child, depth + 1) for child in node["children"]}
+        builder.left[index], builder.right[index] = children[node["yes"]], children[node["no"]]
+        return index
+
+    roots = [walk(json.loads(tree), 0) for tree in booster.get_dump(dump_format="json")]
+    # The base score's margin is not in the dump; the probe check below measures and verifies it.
+    nodes = builder.arrays(True)
+    return CompiledTrees(model, nodes, roots, builder.depth, strict_less=True, float32=True, average=False)
+
+
+def _forest_trees(model: Any) -> CompiledTrees | None:
+    forest = model.estimator
+    if not hasattr(forest, "estimators_") or list(forest.classes_) != [0, 1]:
+        return None
+    builder = _TreeBuilder()
+    roots = []
+    for estimator in forest.estimators_:
+        tree = estimator.tree_
+        base = len(builder.feature)
+        counts = tree.value[:, 0, :]
+        positive = counts[:, 1] / np.maximum(counts.sum(axis=1), 1e-300)
+        for node in range(tree.node_count):
+            leaf = tree.children_left[node] < 0
+            builder.add(0 if leaf else int(tree.feature[node]), float(tree.threshold[node]), float(positive[node]))
+            if not leaf:
+                builder.left[-1] = base + int(tree.children_left[node])
+                builder.right[-1] = base + int(tree.children_right[node])
+        builder.depth = max(builder.depth, int(tree.max_depth))
+        roots.append(base)
+    nodes = builder.arrays(False)
+    return CompiledTrees(model, nodes, roots, builder.depth, strict_less=False, float32=True, average=True)
+
+
+def compile_trees(family: str, model: RawModel, width: int) -> RawModel:
+    """``model`` with a compiled small-batch path when it reproduces the native scores, else ``model``."""
+    builders = {"lightgbm": _lightgbm_trees, "xgboost": _xgboost_trees, "random_forest": _forest_trees}
+    if family not in builders:
+        return model
+    try:
+        compiled = builders[family](model)
+    except Exception:  # an unfamiliar dump layout: the native library still works
+        return model
+    if compiled is None:
+        return model
+    probe = np.random.default_rng(0).normal(size=(64, width)) * (np.arange(64) % 2)[:, None]
+    probe[::3] = np.round(probe[::3])  # one-hot-like 0/1 columns too
+    native = model.raw_proba(probe)
+    if family == "xgboost":
+        compiled.offset = float(np.median(_margin(native) - _margin(compiled.raw_proba(probe))))
+    if not np.allclose(compiled.raw_proba(probe), native, rtol=0.0, atol=1e-6):
+        return model
+    compiled.max_rows = _COMPILED_MAX_ROWS[family]  # only now: the check above must run the compiled path
+    return compiled
+
+
+def _margin(probability: np.ndarray) -> np.ndarray:
+    return np.log(probability / (1.0 - probability))
+
+
 class Predictor:
     """A loaded, verified, warmed-up bundle. Immutable once built, so it can be swapped atomically."""
 
@@ -218,6 +449,7 @@ class Predictor:
         self.risk = risk
         self.top_reasons = top_reasons
         self.cleaner = RecordCleaner(self.schema)
+        self.row_encoder = RowEncoder(self.schema)
         self.explainer = Explainer(self.schema, scorer.model)
         self.loaded_at = time.time()
         self.load_seconds = 0.0
@@ -230,7 +462,9 @@ class Predictor:
         try:
             bundle_dir = current_bundle_dir(model_dir)
             manifest = verify_bundle(bundle_dir)  # every SHA-256 checked before anything is unpickled
-            scorer = Scorer(load_raw_model(bundle_dir, manifest), manifest.calibration)
+            native = load_raw_model(bundle_dir, manifest)
+            model = compile_trees(manifest.model_family, native, manifest.schema.n_encoded)
+            scorer = Scorer(model, manifest.calibration)
             predictor = cls(bundle_dir, manifest, scorer, risk, top_reasons)
             predictor.warm_up()
         except BundleError:
@@ -268,7 +502,7 @@ class Predictor:
 
         names = self.schema.names
         columns = {name: [record.values.get(name) for record in valid] for name in names}
-        encoded = self.schema.encode(columns, len(valid))
+        encoded = self._encode(valid, columns)
         encoded_at = time.perf_counter()
 
         if explain and self.top_reasons > 0:
@@ -319,6 +553,13 @@ class Predictor:
             stage_seconds=stages,
         )
         return PredictionOutcome(results, event, stages)
+
+    def _encode(self, valid: list[CleanRecord], columns: dict[str, list[Any]]) -> EncodeResult:
+        if len(valid) == 1:
+            matrix = self.row_encoder.encode(valid[0].values)
+            if matrix is not None:
+                return EncodeResult(matrix=matrix, warnings=[[]], imputed=[], unseen=[])
+        return self.schema.encode(columns, len(valid))
 
     def _reasons(self, contributions: np.ndarray, values: dict[str, Any]) -> list[dict[str, Any]]:
         names = self.explainer.feature_names

@@ -30,7 +30,7 @@ def _quantile_grid() -> tuple[float, ...]:
     """Percentiles at which each run reports its latency: 0.5 steps to 95, 0.1 to 99.9, 0.01 to 100."""
     coarse = [round(0.5 * i, 2) for i in range(1, 190)]
     fine = [round(95 + 0.1 * i, 2) for i in range(0, 50)]
-    tail = [round(99.9 + 0.01 * i, 2) for i in range(0, 11)]
+    tail = [round(99.9 + 0.01 * i, 2) for i in range(1, 11)]
     return tuple(coarse + fine + tail)
 
 
@@ -342,6 +342,22 @@ def _parent_pid(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (children, grandchildren ...), in pid order."""
     parents: dict[int, int] = {}
@@ -470,6 +486,9 @@ class ServiceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
+        deadline = time.perf_counter() + 5
+        while group_members(self.proc.pid) and time.perf_counter() < deadline:
+            time.sleep(0.02)
         self.proc = None
 
     def __enter__(self) -> ServiceProcess:

@@ -45,6 +45,7 @@ from bench.loadgen import (
     BenchmarkError,
     ServiceProcess,
     WrkResult,
+    cpu_seconds,
     descendants,
     free_port,
     http_request,
@@ -406,6 +407,8 @@ class Bench:
         self.report = report
         self.workdir = workdir
         self.services: list[ServiceProcess] = []
+        self.cpu_per_request_us: dict[str, float] = {}
+        self.cpu_share: dict[str, float] = {}
         self.body_path = opts.reference_dir / "request.json"
         self.script = workdir / "post_request.lua"
         self.script.write_text(wrk_lua_script(self.body_path))
@@ -505,37 +508,54 @@ class Bench:
             flush=True,
         )
         runs: dict[str, list[WrkResult]] = {label: [] for label, _ in services}
+        cpu: dict[str, float] = {label: 0.0 for label, _ in services}
         log: list[dict[str, Any]] = []
         for round_index in range(opts.rounds):
             order = services if round_index % 2 == 0 else services[::-1]
             for label, service in order:
                 idle_wait = wait_idle(all_pids)
                 load = loadavg()
+                pids = [service.pid, *descendants(service.pid)]
+                cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
                 result, output = run_wrk(urls[label], self.script, segment_s, opts.connections, opts.threads)
+                cpu_used = sum(cpu_seconds(pid) or 0.0 for pid in pids) - cpu_before
                 self._check(label, result, output, service)
                 runs[label].append(result)
+                cpu[label] += cpu_used
                 log.append(
                     {
                         "round": round_index,
                         "service": label,
                         "requests_per_s": result.requests_per_s,
                         "p99_ms": result.latency_ms.get("p99"),
+                        "service_cpu_s": cpu_used,
                         "idle_wait_s": idle_wait,
                         "loadavg_before": load,
                     }
                 )
         merged = {label: merge_results(results) for label, results in runs.items()}
+        self.cpu_per_request_us = {label: cpu[label] / merged[label].requests * 1e6 for label in merged}
+        self.cpu_share = {label: cpu[label] / merged[label].duration_s for label in merged}
         self.report.runs["single_record"] = {
             "segment_s": segment_s,
             "rounds": opts.rounds,
             "segments": log,
-            "merged": {label: result.to_dict() for label, result in merged.items()},
+            "merged": {
+                label: {
+                    **result.to_dict(),
+                    "service_cpu_s": cpu[label],
+                    "service_cpu_per_request_us": self.cpu_per_request_us[label],
+                    "service_cores_used": self.cpu_share[label],
+                }
+                for label, result in merged.items()
+            },
         }
         for label, result in merged.items():
             lat = result.latency_ms
             print(
                 f"[bench] {label}: {result.requests_per_s:,.0f} req/s, p50 {lat.get('p50', float('nan')):.2f} ms, "
-                f"p99 {lat.get('p99', float('nan')):.2f} ms, {result.requests:,} requests, 0 errors",
+                f"p99 {lat.get('p99', float('nan')):.2f} ms, {result.requests:,} requests, 0 errors; "
+                f"{self.cpu_per_request_us[label]:,.0f} us CPU per request, {self.cpu_share[label]:.2f} cores busy",
                 flush=True,
             )
         return merged
@@ -568,10 +588,14 @@ class Bench:
         route = "/predict/batch"
         print(f"[bench] {route}: {len(records):,} records, {warmups} warm-up + {calls} timed calls", flush=True)
         before = self._metric_sums(service, route)
+        pids = [service.pid, *descendants(service.pid)]
+        cpu_ms: list[float] = []
         for i in range(warmups + calls):
+            cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
             started = time.perf_counter()
             status, resp_headers, resp_body = http_request(service.port, "POST", route, body, headers, timeout_s=120)
             elapsed_ms = (time.perf_counter() - started) * 1e3
+            cpu_call_ms = (sum(cpu_seconds(pid) or 0.0 for pid in pids) - cpu_before) * 1e3
             if status != 200:
                 raise BenchmarkError(f"{route} answered {status}: {resp_body[:500]!r}\n{service.log_tail(20)}")
             if i == 0:
@@ -579,6 +603,7 @@ class Bench:
             after = self._metric_sums(service, route) if before is not None else None
             if i >= warmups:
                 client_ms.append(elapsed_ms)
+                cpu_ms.append(cpu_call_ms)
                 response_bytes = len(resp_body)
                 server, source = server_time_ms(resp_headers)
                 if server is None and before is not None and after is not None and "request" in after:
@@ -598,6 +623,8 @@ class Bench:
             "server_time_source": source,
             "server_ms": server_ms,
             "client_round_trip_ms": client_ms,
+            "server_cpu_ms": cpu_ms,
+            "server_cpu_ms_median": statistics.median(cpu_ms),
             "server_ms_median": statistics.median(server_ms) if len(server_ms) == calls else None,
             "client_round_trip_ms_median": statistics.median(client_ms),
             "stage_ms_median": {stage: statistics.median(values) for stage, values in stages_ms.items()},
@@ -736,8 +763,22 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     if reference is not None:
         ratio = ours.requests_per_s / reference.requests_per_s if reference.requests_per_s else None
         add("throughput_ratio", "throughput ours / reference", ratio, "x", "throughput_ratio_vs_reference")
+    cpu_us = bench.cpu_per_request_us
+    if reference is not None:
+        add("reference_cpu_us", "reference: service CPU per request", cpu_us[REFERENCE], "us")
+    add("ours_cpu_us", "ours: service CPU per request", cpu_us[OURS], "us")
+    if reference is not None:
+        add(
+            "cpu_ratio",
+            "CPU per request reference / ours",
+            cpu_us[REFERENCE] / cpu_us[OURS],
+            "x",
+            note="less sensitive to other load than requests/s",
+        )
+    add("ours_cores_busy", "ours: cores busy under load", bench.cpu_share[OURS], note="1.00 = one full core")
     add("ours_off_rps", "ours /predict throughput, monitoring off", off.requests_per_s, "req/s")
     add("ours_off_p99_ms", "ours /predict p99, monitoring off", off.latency_ms.get("p99"), "ms")
+    add("ours_off_cpu_us", "ours, monitoring off: service CPU per request", cpu_us[OURS_OFF], "us")
     add(
         "monitoring_on_over_off",
         "throughput monitoring on / off",
@@ -782,6 +823,9 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
             "batch_records_per_s",
             "upper bound on server time, so a lower bound on rate",
         )
+    add(
+        "batch_server_cpu_ms", f"/predict/batch {n:,} records: server CPU (median)", batch["server_cpu_ms_median"], "ms"
+    )
     for stage, stage_ms in batch["stage_ms_median"].items():
         add(f"batch_stage_{stage}_ms", f"/predict/batch stage: {stage} (median)", stage_ms, "ms")
     add("ours_rss_mib", "ours: worker RSS after /predict load", _worker_rss(memory_single), "MiB")

@@ -9,8 +9,9 @@ their churn label: one per POST /predict at low rates, in POST /predict/batch ca
 higher charges and shorter tenure), which the drift panels and the ChurnFeatureDrift alert pick up.
 With ``--outcomes-after`` the true outcome of every scored customer (the generated label) is posted
 to POST /feedback that many seconds after its prediction, so realized ROC-AUC, precision, recall and
-F1 appear. ``--invalid`` sends a share of customers with a broken field to /predict, which answers 422.
-The run stops after ``--duration`` seconds or ``--requests`` calls (or Ctrl-C) and prints a summary.
+F1 appear. ``--invalid`` replaces a share of calls with a /predict call carrying one customer with
+a broken field (answered 422). The run stops after ``--duration`` seconds or ``--requests`` calls
+(or Ctrl-C) and prints a summary.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class SimulatorConfig:
     batch_size: int = 0  # records per call; 0 chooses from the rate
     outcomes_after: float | None = None  # seconds after a prediction that its outcome is posted
     api_key: str | None = None
-    invalid: float = 0.0  # share of calls with an invalid field
+    invalid: float = 0.0  # share of calls replaced by one broken customer sent to /predict
     seed: int = 0
     concurrency: int = 16
     timeout: float = 10.0
@@ -216,13 +217,12 @@ class Simulator:
         return self.summary
 
     async def _send(self, client: httpx.AsyncClient, count: int) -> None:
-        pairs = [next(self._customers) for _ in range(count)]
         if self.config.invalid and self._rng.random() < self.config.invalid:
-            # One customer with a broken field goes alone to /predict, which answers 422.
-            record, _ = pairs.pop(0)
+            # This call sends one customer with a broken field to /predict instead, which answers 422.
+            record, _ = next(self._customers)
             await self._call(client, "/predict", spoil(record), [])
-        if not pairs:
             return
+        pairs = [next(self._customers) for _ in range(count)]
         if len(pairs) == 1 and not self.config.batch_size:
             await self._call(client, "/predict", pairs[0][0], pairs)
         else:

@@ -160,29 +160,34 @@ def _lightgbm(params: dict[str, Any], y: np.ndarray, seed: int) -> LGBMClassifie
     )
 
 
+def _build_estimator(family: str, params: dict[str, Any], y_train: np.ndarray, seed: int) -> Any:
+    if family == "logistic_regression":
+        return _logistic_regression(params, seed)
+    if family == "random_forest":
+        return _random_forest(params, seed)
+    if family == "xgboost":
+        return _xgboost(params, y_train, seed)
+    return _lightgbm(params, y_train, seed)
+
+
 def fit_with_params(family: str, params: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray, *, seed: int) -> Any:
     """Fit one configuration from scratch on ``(X_train, y_train)``; missing parameters take the family default."""
     _check_family(family)
     full = {**DEFAULT_PARAMS[family], **params}
     if family == "mlp":
         return mlp.fit_mlp(X_train, y_train, full, seed=seed)
-    if family == "logistic_regression":
-        estimator = _logistic_regression(full, seed)
-    elif family == "random_forest":
-        estimator = _random_forest(full, seed)
-    elif family == "xgboost":
-        estimator = _xgboost(full, y_train, seed)
-    else:
-        estimator = _lightgbm(full, y_train, seed)
-    if family == "logistic_regression":
-        # A multi-threaded BLAS makes this small solve several times slower on a busy two-core machine.
-        with threadpool_limits(limits=1, user_api="blas"):
-            return estimator.fit(X_train, y_train)
-    return estimator.fit(X_train, y_train)
+    estimator = _build_estimator(family, full, y_train, seed)
+    # A multi-threaded BLAS makes logistic regression's small solves several times slower on a busy
+    # two-core machine (measured 1.35 s against 0.16 s on Telco); the tree libraries do not use it.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return estimator.fit(X_train, y_train)
 
 
 def predict_raw(family: str, estimator: Any, X: np.ndarray) -> np.ndarray:
-    """Raw positive-class probabilities, through the same code path serving uses for this family."""
+    """Raw positive-class probabilities, through the same code path serving uses for this family.
+
+    The serving wrappers set the estimator to one thread, which is also how the artifact should be saved.
+    """
     _check_family(family)
     if family == "mlp":
         return mlp.predict_mlp(estimator, X)

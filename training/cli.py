@@ -7,8 +7,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.config import ALL_FAMILIES, THRESHOLD_STRATEGIES, TrainingConfig
+
+if TYPE_CHECKING:  # the pipeline imports the ML libraries: only load it when training
+    from training.pipeline import TrainingResult
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
@@ -168,18 +172,27 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     )
 
 
-def summary_lines(result) -> list[str]:
+def metric_text(metrics: dict, name: str) -> str:
+    value = metrics.get(name)
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def summary_lines(result: TrainingResult) -> list[str]:
     manifest = result.manifest
     metrics = manifest.metrics
     winner = next(row for row in result.leaderboard if row["family"] == manifest.model_family)
+    test = "  ".join(
+        f"{label} {metric_text(metrics, name)}"
+        for label, name in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("F1", "f1"), ("ECE", "ece"))
+    )
     lines = [
         f"bundle      {result.bundle_dir}",
-        f"version     {manifest.version}" + ("" if result.bundle_dir else ""),
+        f"version     {manifest.version}",
         f"winner      {manifest.model_family} (validation ROC-AUC {winner['val_roc_auc']:.4f}, "
         f"CV ROC-AUC {winner['cv_roc_auc']:.4f})",
-        f"test        ROC-AUC {metrics.get('roc_auc', float('nan')):.4f}  PR-AUC {metrics.get('pr_auc', float('nan')):.4f}"
-        f"  F1 {metrics.get('f1', float('nan')):.4f}  ECE {metrics.get('ece', float('nan')):.4f}",
-        f"threshold   {manifest.threshold:.4f} ({manifest.threshold_strategy}), calibration {manifest.calibration.method}",
+        f"test        {test}",
+        f"threshold   {manifest.threshold:.4f} ({manifest.threshold_strategy}), "
+        f"calibration {manifest.calibration.method}",
     ]
     failed = [row["family"] for row in result.leaderboard if row.get("status") == "failed"]
     if failed:

@@ -103,7 +103,9 @@ def read_csv(path: Path) -> pd.DataFrame:
     delimiter = detect_delimiter(text)
     try:
         # Everything as text and no NA guessing: cleaning applies the shared missing-value rules.
-        return pd.read_csv(io.StringIO(text), sep=delimiter, dtype=object, keep_default_na=False, skipinitialspace=False)
+        return pd.read_csv(
+            io.StringIO(text), sep=delimiter, dtype=object, keep_default_na=False, skipinitialspace=False
+        )
     except pd.errors.EmptyDataError:
         raise TrainingDataError(f"data file {path} is empty") from None
     except (pd.errors.ParserError, ValueError) as exc:

@@ -340,7 +340,11 @@ def finish_bundle(
         scorer = Scorer(served, calibration)
         p_val = scorer.predict_proba(data.matrices["validation"])
         threshold = choose_threshold(
-            y_val, p_val, strategy=config.threshold_strategy, offer_cost=config.offer_cost, saved_value=config.saved_value
+            y_val,
+            p_val,
+            strategy=config.threshold_strategy,
+            offer_cost=config.offer_cost,
+            saved_value=config.saved_value,
         )
     with watch.step("evaluate", "scoring the test split (once)"):
         p_test = scorer.predict_proba(data.matrices["test"])

@@ -146,7 +146,7 @@ def plot_threshold_curve(curve: Mapping[str, Sequence[float]], chosen: float, pa
     """Precision, recall and F1 against the threshold (and expected profit when present), chosen threshold marked."""
     thresholds = np.asarray(curve["threshold"])
     has_profit = "expected_profit" in curve
-    figure = Figure(figsize=(6.5, 6.0 if has_profit else 4.5), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(7.5, 6.0 if has_profit else 4.5), dpi=DPI, layout="constrained")
     axes_list = figure.subplots(2, 1, sharex=True) if has_profit else [figure.add_subplot()]
     rates = axes_list[0]
     rates.plot(thresholds, curve["precision"], color=MODEL, lw=2, label="precision")
@@ -162,5 +162,6 @@ def plot_threshold_curve(curve: Mapping[str, Sequence[float]], chosen: float, pa
     for axes in axes_list:
         axes.axvline(chosen, color=CHOSEN, lw=2, ls="--", label=f"chosen {chosen:.3f}")
         axes.set_xlim(0, 1)
-        axes.legend(loc="best", fontsize=9)
+        # Outside the plot: the curves cross the whole width, so any spot inside would hide one of them.
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     return save(figure, path)

@@ -201,13 +201,21 @@ def successful(entry: Mapping[str, Any]) -> bool:
     return not entry.get("error")
 
 
+def ranking_score(entry: Mapping[str, Any]) -> float | None:
+    """What the leaderboard is ordered by: validation ROC-AUC (how the winner is picked), else CV ROC-AUC."""
+    for key in ("val_roc_auc", "cv_roc_auc"):
+        if is_number(entry.get(key)):
+            return float(entry[key])
+    return None
+
+
 def ranked_leaderboard(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Successful candidates by CV ROC-AUC (best first), then failed ones."""
+    """Successful candidates best first, then failed ones (in their original order)."""
     entries = [entry for entry in context.get("leaderboard") or [] if isinstance(entry, Mapping)]
 
     def key(entry: Mapping[str, Any]) -> tuple[int, float]:
-        score = entry.get("cv_roc_auc")
-        return (0, -float(score)) if successful(entry) and is_number(score) else (1, 0.0)
+        score = ranking_score(entry)
+        return (0, -score) if successful(entry) and score is not None else (1, 0.0)
 
     return sorted(entries, key=key)
 
@@ -267,7 +275,11 @@ def headline_section(context: Mapping[str, Any], arrays: tuple[np.ndarray, np.nd
         low, high = hanley_mcneil_interval(float(metrics["roc_auc"]), int(y.sum()), int(y.size - y.sum()))
         auc_hint = f"95% CI {low:.3f} to {high:.3f}"
     figures = [
-        ("Model", fmt(context.get("winner")), f"of {len(context.get('leaderboard') or [])} candidates"),
+        (
+            "Model",
+            fmt(context.get("winner")).replace("_", " "),
+            f"of {len(context.get('leaderboard') or [])} candidates",
+        ),
         ("Test ROC-AUC", fmt(metrics.get("roc_auc")), auc_hint),
         ("Test PR-AUC", fmt(metrics.get("pr_auc")), f"churn rate {fmt_pct(metrics.get('base_rate'))}"),
         ("Threshold", fmt(threshold.get("threshold")), fmt(threshold.get("strategy"))),
@@ -275,6 +287,12 @@ def headline_section(context: Mapping[str, Any], arrays: tuple[np.ndarray, np.nd
         ("Calibration", fmt(calibration_info(context).get("method")), f"test ECE {fmt(metrics.get('ece'))}"),
     ]
     return [KeyFigures(figures)]
+
+
+def candidate_count(context: Mapping[str, Any]) -> str:
+    entries = ranked_leaderboard(context)
+    failed = sum(not successful(entry) for entry in entries)
+    return f"of {len(entries)} candidates" + (f" ({failed} failed)" if failed else "")
 
 
 def data_section(context: Mapping[str, Any]) -> list[Block]:
@@ -347,8 +365,9 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
         if not ok:
             failed.add(index)
     text = (
-        "Every model family tried, ranked by mean cross-validated ROC-AUC on the training split "
-        "(± its standard deviation over folds). Validation scores are on the held-out validation split."
+        "Every model family tried, best validation ROC-AUC first. CV ROC-AUC is the mean over cross-validation "
+        "folds of the training split (± its standard deviation over folds); validation scores are on the "
+        "held-out validation split, before calibration."
     )
     return [*blocks, Text(text), Table(headers, rows, highlight, failed)]
 
@@ -356,39 +375,48 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
 def winner_section(context: Mapping[str, Any]) -> list[Block]:
     blocks: list[Block] = [Heading("Winner")]
     winner = context.get("winner")
-    entry = winner_entry(context)
     if winner is None:
         return [*blocks, Text("No winner was recorded.", muted=True)]
     sentences = [f"The served model is {winner}."]
     if context.get("winner_reason"):
-        sentences.append(str(context["winner_reason"]).rstrip(".") + ".")
-    scored = [e for e in ranked_leaderboard(context) if successful(e) and is_number(e.get("cv_roc_auc"))]
-    if entry is not None and is_number(entry.get("cv_roc_auc")):
-        sentences.append(margin_sentence(entry, [e for e in scored if e is not entry]))
+        reason = str(context["winner_reason"]).rstrip(".")
+        sentences.append(f"Chosen for: {reason}.")
+    entry = winner_entry(context)
+    if entry is not None:
+        others = [
+            e for e in ranked_leaderboard(context) if successful(e) and e is not entry and ranking_score(e) is not None
+        ]
+        sentences.append(comparison_sentence(entry, others[0] if others else None))
     return [*blocks, Text(" ".join(sentences))]
 
 
-def margin_sentence(winner: Mapping[str, Any], others: Sequence[Mapping[str, Any]]) -> str:
-    """How the winner compares with the best other candidate, and whether the gap exceeds fold-to-fold noise."""
-    score = float(winner["cv_roc_auc"])
-    head = f"Its cross-validated ROC-AUC is {score:.3f} ± {fmt(winner.get('cv_roc_auc_std'))}"
-    if not others:
-        return head + "; it was the only candidate that trained successfully."
-    best_other = max(others, key=lambda e: float(e["cv_roc_auc"]))
-    gap = score - float(best_other["cv_roc_auc"])
-    versus = f"{head}, against {float(best_other['cv_roc_auc']):.3f} for {best_other.get('family')} (next best)"
-    spread = max(
-        float(winner.get("cv_roc_auc_std") or 0.0) if is_number(winner.get("cv_roc_auc_std")) else 0.0,
-        float(best_other.get("cv_roc_auc_std") or 0.0) if is_number(best_other.get("cv_roc_auc_std")) else 0.0,
+def scores_text(entry: Mapping[str, Any]) -> str:
+    return (
+        f"validation ROC-AUC {fmt(entry.get('val_roc_auc'))}, "
+        f"cross-validated {fmt(entry.get('cv_roc_auc'))} ± {fmt(entry.get('cv_roc_auc_std'))}"
     )
-    if gap < 0:
-        return versus + ": it was chosen on a criterion other than the top cross-validated ROC-AUC."
+
+
+def comparison_sentence(winner: Mapping[str, Any], runner_up: Mapping[str, Any] | None) -> str:
+    """The winner against the next best candidate, and whether their CV gap exceeds fold-to-fold noise."""
+    if runner_up is None:
+        return f"It scored {scores_text(winner)}, and was the only candidate that trained successfully."
+    sentence = (
+        f"It scored {scores_text(winner)}; the next best, {runner_up.get('family')}, scored {scores_text(runner_up)}."
+    )
+    if not (is_number(winner.get("cv_roc_auc")) and is_number(runner_up.get("cv_roc_auc"))):
+        return sentence
+    gap = abs(float(winner["cv_roc_auc"]) - float(runner_up["cv_roc_auc"]))
+    spread = max(
+        float(entry["cv_roc_auc_std"]) if is_number(entry.get("cv_roc_auc_std")) else 0.0
+        for entry in (winner, runner_up)
+    )
     if gap <= spread:
-        return (
-            versus + f". The gap ({gap:.3f}) is within the fold-to-fold standard deviation, so the two are "
+        return sentence + (
+            f" Their cross-validated gap ({gap:.3f}) is within the fold-to-fold standard deviation, so the two are "
             "practically tied; either would serve about equally well."
         )
-    return versus + f". The gap ({gap:.3f}) is larger than the fold-to-fold standard deviation."
+    return sentence + f" Their cross-validated gap ({gap:.3f}) is larger than the fold-to-fold standard deviation."
 
 
 def calibration_section(context: Mapping[str, Any], charts: Mapping[str, str]) -> list[Block]:
@@ -410,6 +438,7 @@ def calibration_section(context: Mapping[str, Any], charts: Mapping[str, str]) -
     ]
     if rows:
         blocks.append(Table(["Validation", "Before", "After"], rows))
+    if rows and method != "none":
         blocks.append(
             Text(
                 "The 'after' column is measured on the validation data the calibrator was fitted on, "
@@ -448,7 +477,8 @@ def cross_fitted_blocks(cross: Mapping[str, Any], info: Mapping[str, Any]) -> li
     text = (
         f"The method was chosen by cross-fitted log loss inside the validation set"
         f"{f' ({folds} folds)' if folds else ''}: each calibrator is scored only on customers it was not fitted on. "
-        f"The lowest wins, but {rule} (paired over customers), so chance gains do not count."
+        f"{rule[0].upper()}{rule[1:]} (paired over customers), so chance gains do not count; "
+        "of the calibrators that pass, the lowest cross-fitted log loss wins."
     )
     return [Text(text), Table(["Method", "Cross-fitted log loss", "Gain over none (standard errors)", ""], rows)]
 
@@ -674,7 +704,7 @@ h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 2px solid 
 .figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 0.8rem; margin: 1.2rem 0; }
 .figure { background: #f4f7f9; border-radius: 8px; padding: 0.7rem 0.9rem; }
 .figure .label { font-size: 0.8rem; color: #6b7780; text-transform: uppercase; letter-spacing: 0.04em; }
-.figure .value { font-size: 1.5rem; font-weight: 600; color: #1f5f8b; }
+.figure .value { font-size: 1.4rem; font-weight: 600; color: #1f5f8b; line-height: 1.25; }
 .figure .hint { font-size: 0.8rem; color: #6b7780; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
 th, td { text-align: left; padding: 0.35rem 0.7rem; border-bottom: 1px solid #e3e7ea; vertical-align: top; }

@@ -32,7 +32,9 @@ NEGATIVE_TOKENS = frozenset({"no", "n", "false", "f", "0", "stayed", "retained",
 ID_NAMES = frozenset({"id", "customerid", "userid", "clientid", "accountid", "memberid", "subscriberid", "customerno"})
 SEQUENCE_NAMES = re.compile(r"(^|_)(row|index|rownumber|rownum|unnamed|serial|seq)", re.IGNORECASE)
 ID_SUFFIX = re.compile(r"((^|[_\-\s.])id|[a-z]I[dD])$")
-DATE_TEXT = re.compile(r"^(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?")
+DATE_TEXT = re.compile(
+    r"^(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"
+)
 
 NUMERIC_SHARE = 0.95  # text columns become numeric when this share of present values reads as a number
 UNIQUE_SHARE = 0.95  # a column this unique (and large enough) identifies rows rather than describing them
@@ -108,14 +110,19 @@ def infer_target(frame: pd.DataFrame, target: str | None, positive_label: str | 
         raise TrainingDataError(f"target column {target!r} has no values")
     if len(labels) == 1:
         raise TrainingDataError(
-            f"target column {target!r} has one class only ({labels[0]!r}): training needs churned and retained customers"
+            f"target column {target!r} has one class only ({labels[0]!r}): "
+            "training needs churned and retained customers"
         )
     if len(labels) > 2:
         shown = ", ".join(repr(label) for label in labels[:8])
-        raise TrainingDataError(f"target column {target!r} has {len(labels)} values ({shown}); a churn target needs two")
+        raise TrainingDataError(
+            f"target column {target!r} has {len(labels)} values ({shown}); a churn target needs two"
+        )
     positive, label_reason = choose_positive_label(target, labels, positive_label)
     negative = labels[1] if labels[0] == positive else labels[0]
-    return TargetInfo(column=target, positive_label=positive, negative_label=negative, reason=f"{reason}; {label_reason}")
+    return TargetInfo(
+        column=target, positive_label=positive, negative_label=negative, reason=f"{reason}; {label_reason}"
+    )
 
 
 def guess_target(frame: pd.DataFrame) -> tuple[str, str]:

@@ -41,13 +41,9 @@ def check_splittable(y: np.ndarray) -> None:
         raise TrainingDataError(f"too few rows to train: {n_rows} usable rows, need at least {MIN_ROWS}")
     needed = min_rows_per_class()
     if positives < needed:
-        raise TrainingDataError(
-            f"too few churned customers for a 70/15/15 split: {positives}, need at least {needed}"
-        )
+        raise TrainingDataError(f"too few churned customers for a 70/15/15 split: {positives}, need at least {needed}")
     if negatives < needed:
-        raise TrainingDataError(
-            f"too few retained customers for a 70/15/15 split: {negatives}, need at least {needed}"
-        )
+        raise TrainingDataError(f"too few retained customers for a 70/15/15 split: {negatives}, need at least {needed}")
 
 
 def stratified_split(y: np.ndarray, seed: int) -> SplitIndices:

@@ -89,7 +89,9 @@ def _telco(n: int, rng: np.random.Generator, drift: float) -> pd.DataFrame:
     tenure = _telco_tenure(rng, contract, drift)
     phone = rng.random(n) < 0.90
     multiple = phone & (rng.random(n) < 0.47)
-    internet = _choice(rng, ("DSL", "Fiber optic", "No"), [0.34 * (1 - drift), 0.44 + 0.5 * drift, 0.22 * (1 - drift)], n)
+    internet = _choice(
+        rng, ("DSL", "Fiber optic", "No"), [0.34 * (1 - drift), 0.44 + 0.5 * drift, 0.22 * (1 - drift)], n
+    )
     has_internet = internet != "No"
     # Long-standing customers accumulate add-ons.
     addon_boost = 0.25 * (tenure / 72.0 - 0.4)

@@ -34,21 +34,24 @@ PredictFunction = Callable[[Any, np.ndarray], np.ndarray]
 DEFAULT_FOLDS = 3
 DEFAULT_TRIALS = 20  # used when a budget gives neither trials nor seconds
 
-# The untuned starting point of each family: sensible settings for small tabular data, chosen to
-# keep serving cheap (moderate tree counts and depths). Keys are exactly the searched parameters.
+# The untuned starting point of each family, chosen for small tabular data and cheap serving
+# (moderate tree counts, shallow trees). On IBM Telco (5-fold CV) shallow boosted trees with a small
+# learning rate beat the libraries' defaults (XGBoost depth 2: 0.8495 against 0.844), and a forest
+# with larger leaves beats fully grown trees (0.847 against 0.841).
+# Keys are exactly the searched parameters.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logistic_regression": {"C": 1.0, "l1_ratio": 0.0, "class_weight": None},
     "random_forest": {
         "n_estimators": 200,
         "max_depth": 0,  # 0 means unlimited depth (Optuna needs a number to search over)
-        "min_samples_leaf": 5,
+        "min_samples_leaf": 15,
         "max_features": 0.3,
         "class_weight": "balanced_subsample",
     },
     "xgboost": {
         "n_estimators": 300,
-        "learning_rate": 0.05,
-        "max_depth": 3,
+        "learning_rate": 0.03,
+        "max_depth": 2,
         "min_child_weight": 1.0,
         "subsample": 0.8,
         "colsample_bytree": 0.8,
@@ -58,14 +61,14 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "lightgbm": {
         "n_estimators": 300,
         "learning_rate": 0.03,
-        "num_leaves": 8,
+        "num_leaves": 4,
         "min_child_samples": 20,
-        "colsample_bytree": 0.8,
+        "colsample_bytree": 0.5,
         "subsample": 0.8,
         "reg_lambda": 1.0,
         "balance_classes": False,
     },
-    "mlp": {"hidden_size": 64, "n_layers": 2, "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4},
+    "mlp": {"hidden_size": 32, "n_layers": 1, "dropout": 0.3, "lr": 3e-3, "weight_decay": 1e-3},
 }
 
 

@@ -1,7 +1,8 @@
 """Data and score drift against the bundle's frozen reference bins, shared by all workers.
 
-Request path (microseconds): each record's values are binned with the reference edges and the
-bins are counted in this worker's *slot table*, a small memory-mapped ``int64`` array file with
+Request path (well under a microsecond): the scored batch is appended to an in-memory deque.
+The background thread bins the values with the reference edges (plain Python for one record,
+numpy for a batch) and adds the counts to this worker's *slot table*, a small memory-mapped ``int64`` array file with
 one row per time slot (``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot
 number the row currently counts, the other columns the bin counts of every feature, then the
 score, then the decision (no churn / churn). A row whose slot number is not the current one is
@@ -31,6 +32,8 @@ import os
 import threading
 import uuid
 from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import repeat
 from pathlib import Path
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 PSI_EPSILON = 1e-4  # floor for empty bins on either side, so PSI stays finite
 NULL_QUANTILE = 0.999  # how unlikely a no-drift window must be to cross the window-size threshold
+MAX_PENDING_EVENTS = 20_000  # batches awaiting binning before the request path bins them itself
 SLOT_COLUMN = 0
 EMPTY_SLOT = -1
 
@@ -142,26 +146,23 @@ class SlotTable:
         os.replace(staging, self.path)
         return counts
 
-    def _row_for(self, timestamp: float) -> int:
-        slot = int(timestamp // self.slot_seconds)
+    def add_counts(self, slot: int, counts: np.ndarray) -> bool:
+        """Add bin counts (length ``width - 1``) to ``slot``; False when the slot is too old to keep.
+
+        A row holding an older slot is zeroed and reused; a row already holding a newer slot means
+        ``slot`` has left the ring (and the window) and must not overwrite it.
+        """
         row = slot % self.n_slots
-        counts = self._counts
-        if counts[row, SLOT_COLUMN] != slot:
-            counts[row, 1:] = 0
-            counts[row, SLOT_COLUMN] = slot
-        return row
-
-    def add_columns(self, timestamp: float, columns: list[int]) -> None:
-        """Count one record whose bins are ``columns`` (distinct table columns)."""
         with self._lock:
-            row = self._row_for(timestamp)
-            self._counts[row, columns] += 1
-
-    def add_counts(self, timestamp: float, counts: np.ndarray) -> None:
-        """Add a whole batch's bin counts (length ``width - 1``) to the slot of ``timestamp``."""
-        with self._lock:
-            row = self._row_for(timestamp)
-            self._counts[row, 1:] += counts
+            table = self._counts
+            held = int(table[row, SLOT_COLUMN])
+            if held > slot:
+                return False
+            if held != slot:
+                table[row, 1:] = 0
+                table[row, SLOT_COLUMN] = slot
+            table[row, 1:] += counts
+        return True
 
     def close(self, remove: bool = False) -> None:
         with self._lock:
@@ -361,29 +362,54 @@ class DriftTracker:
         self.min_count = min_count
         self.table = SlotTable(directory, self.layout, slot_seconds, window_seconds)
         self._n_columns = self.layout.width - 1
+        # Batches waiting to be binned. deque.append is atomic, so the request path takes no lock.
+        self._pending: deque[tuple[float, dict[str, list[Any]], np.ndarray, np.ndarray]] = deque()
+        self._apply_lock = threading.Lock()
 
     def count(self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> None:
-        """Count a scored batch: one record by plain Python, many records with numpy."""
-        n = len(scores)
-        if n == 1:
-            self._count_one(timestamp, columns, float(scores[0]), bool(decisions[0]))
-        elif n > 1:
-            self._count_many(timestamp, columns, scores, decisions)
+        """Request path: remember the scored batch (a deque append); :meth:`apply_pending` bins it later."""
+        self._pending.append((timestamp, columns, scores, decisions))
+        if len(self._pending) > MAX_PENDING_EVENTS:
+            self.apply_pending()  # the background thread is not keeping up: keep memory bounded here
 
-    def _count_one(self, timestamp: float, columns: dict[str, list[Any]], score: float, decision: bool) -> None:
+    def apply_pending(self, on_error: Callable[[Exception], None] | None = None) -> int:
+        """Bin every remembered batch into this worker's slot table; returns the records counted."""
+        with self._apply_lock:
+            per_slot: dict[int, np.ndarray] = {}
+            singles: dict[int, list[int]] = {}
+            counted = 0
+            while self._pending:
+                timestamp, columns, scores, decisions = self._pending.popleft()
+                slot = int(timestamp // self.slot_seconds)
+                try:
+                    if len(scores) == 1:
+                        singles.setdefault(slot, []).extend(self._columns_of_one(columns, scores[0], decisions[0]))
+                    elif len(scores) > 1:
+                        counts = self._counts_of_many(columns, scores, decisions)
+                        per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
+                    counted += len(scores)
+                except Exception as exc:  # one malformed batch must not stop the others
+                    if on_error is not None:
+                        on_error(exc)
+            for slot, columns_hit in singles.items():
+                counts = np.bincount(np.asarray(columns_hit, dtype=np.intp) - 1, minlength=self._n_columns)
+                per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
+            for slot, counts in per_slot.items():
+                self.table.add_counts(slot, counts)
+            return counted
+
+    def _columns_of_one(self, columns: dict[str, list[Any]], score: float, decision: bool) -> list[int]:
         layout = self.layout
         indices = [
             binner.offset + binner.bin_one(values[0])
             for binner in layout.features
             if (values := columns.get(binner.name)) is not None
         ]
-        indices.append(layout.score.offset + layout.score.bin_one(score))
-        indices.append(layout.decision_offset + int(decision))
-        self.table.add_columns(timestamp, indices)
+        indices.append(layout.score.offset + layout.score.bin_one(float(score)))
+        indices.append(layout.decision_offset + int(bool(decision)))
+        return indices
 
-    def _count_many(
-        self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray
-    ) -> None:
+    def _counts_of_many(self, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> np.ndarray:
         layout = self.layout
         parts = [
             binner.bin_many(values) + (binner.offset - 1)
@@ -392,16 +418,18 @@ class DriftTracker:
         ]
         parts.append(layout.score.bin_numbers(np.asarray(scores, dtype=np.float64)) + (layout.score.offset - 1))
         parts.append(np.asarray(decisions, dtype=np.intp) + (layout.decision_offset - 1))
-        counts = np.bincount(np.concatenate(parts), minlength=self._n_columns)
-        self.table.add_counts(timestamp, counts)
+        return np.bincount(np.concatenate(parts), minlength=self._n_columns)
 
     def snapshot(self, now: float) -> DriftSnapshot:
+        """This worker's pending batches binned, then every worker's window summed and compared."""
+        self.apply_pending()
         counts = window_counts(self.directory, self.layout, now, self.slot_seconds, self.window_seconds)
         return compute_snapshot(self.layout, counts, now, self.window_seconds, self.base_threshold, self.min_count)
 
     def remove_stale(self, now: float) -> int:
         return remove_stale_tables(self.directory, now, self.slot_seconds, self.window_seconds, self.table.path)
 
-    def close(self) -> None:
-        """Stop counting (reload or shutdown). The table stays for other workers until it leaves the window."""
-        self.table.close()
+    def close(self, remove: bool = False) -> None:
+        """Stop counting (reload or shutdown). Pending batches are binned first."""
+        self.apply_pending()
+        self.table.close(remove=remove)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 
-from app.monitoring.drift import DriftSnapshot, DriftTracker
+from app.monitoring.drift import DriftLayout, DriftSnapshot, DriftTracker
 from app.monitoring.events import PredictionEvent
 from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
 from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
@@ -92,7 +92,10 @@ class Monitor:
         self._model_lock = threading.Lock()
         self._model_labels: tuple[str, str, str, str] | None = None
         self._drift_features: set[str] = set()
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._band_children: dict[tuple[str, str], Any] = {}
+        self._churn_children: dict[str, Any] = {}
+        self._stage_children: dict[str, Any] = {}
+        self._warning_children: dict[tuple[str, str], Any] = {}
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -163,9 +166,9 @@ class Monitor:
 
     def _initialise_warning_series(self, manifest: Manifest) -> None:
         for spec in manifest.schema.features:
-            self._child(self.metrics.feature_warnings, spec.name, "imputed")
+            self._warning_child(spec.name, "imputed")
             if spec.kind == "categorical":
-                self._child(self.metrics.feature_warnings, spec.name, "unseen_category")
+                self._warning_child(spec.name, "unseen_category")
 
     def _set_reference_rate(self, manifest: Manifest) -> None:
         # The share flagged at the threshold on held-out training data, when training recorded it.
@@ -174,6 +177,9 @@ class Monitor:
 
     def _switch_drift(self, manifest: Manifest) -> None:
         current = self.drift
+        key = DriftLayout.from_reference(manifest.version, manifest.drift_reference).key
+        if current is not None and current.layout.key == key:
+            return  # the same bundle again: keep counting in the same window
         tracker = DriftTracker(
             self._drift_dir,
             manifest.version,
@@ -183,12 +189,9 @@ class Monitor:
             psi_threshold=self.settings.drift_psi_threshold,
             min_count=self.settings.drift_min_count,
         )
-        if current is not None and current.layout.key == tracker.layout.key:
-            tracker.close()  # the same bundle again: keep counting in the same window
-            return
         self.drift = tracker
         if current is not None:
-            current.table.close(remove=True)  # this worker never writes that version again
+            current.close(remove=True)  # this worker never writes that version again
         new_features = {binner.name for binner in tracker.layout.features}
         for feature in self._drift_features - new_features:
             for gauge in (
@@ -221,19 +224,19 @@ class Monitor:
             return
         version = event.model_version
         if n == 1:
-            self._child(self.metrics.predictions, event.risk_bands[0], version).inc()
+            self._band_child(event.risk_bands[0], version).inc()
             if event.decisions[0]:
-                self._child(self.metrics.predicted_churn, version).inc()
+                self._churn_child(version).inc()
             self.metrics.score.observe(float(event.scores[0]))
         else:
             for band, count in Counter(event.risk_bands).items():
-                self._child(self.metrics.predictions, band, version).inc(count)
+                self._band_child(band, version).inc(count)
             positives = int(np.count_nonzero(event.decisions))
             if positives:
-                self._child(self.metrics.predicted_churn, version).inc(positives)
+                self._churn_child(version).inc(positives)
             observe_many(self.metrics.score, event.scores)
         for stage, seconds in event.stage_seconds.items():
-            self._child(self.metrics.stage_duration, stage).observe(seconds)
+            self._stage_child(stage).observe(seconds)
         if event.imputed or event.unseen:
             self._count_warnings(event)
         drift = self.drift
@@ -242,24 +245,41 @@ class Monitor:
         started = request_started_at.get()
         self.log.enqueue(event, max(event.timestamp - started, 0.0) if started is not None else None)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        # labels() costs a lock and a tuple build; a dict hit is a fraction of that.
-        key = (id(metric), *labels)
-        child = self._children.get(key)
+    # Label children cached per metric: labels() costs a lock and validation, a dict hit ~0.1 us.
+    def _band_child(self, band: str, version: str) -> Any:
+        child = self._band_children.get((band, version))
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._band_children[(band, version)] = self.metrics.predictions.labels(band, version)
+        return child
+
+    def _churn_child(self, version: str) -> Any:
+        child = self._churn_children.get(version)
+        if child is None:
+            child = self._churn_children[version] = self.metrics.predicted_churn.labels(version)
+        return child
+
+    def _stage_child(self, stage: str) -> Any:
+        child = self._stage_children.get(stage)
+        if child is None:
+            child = self._stage_children[stage] = self.metrics.stage_duration.labels(stage)
+        return child
+
+    def _warning_child(self, feature: str, kind: str) -> Any:
+        child = self._warning_children.get((feature, kind))
+        if child is None:
+            child = self._warning_children[(feature, kind)] = self.metrics.feature_warnings.labels(feature, kind)
         return child
 
     def _count_warnings(self, event: PredictionEvent) -> None:
         counts = Counter((name, "imputed") for _, name in event.imputed)
         counts.update((name, "unseen_category") for _, name in event.unseen)
         for (feature, kind), count in counts.items():
-            self._child(self.metrics.feature_warnings, feature, kind).inc(count)
+            self._warning_child(feature, kind).inc(count)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """A stage timing that is not part of a recorded event (events carry their own stage_seconds)."""
         try:
-            self._child(self.metrics.stage_duration, stage).observe(seconds)
+            self._stage_child(stage).observe(seconds)
         except Exception as exc:
             self._contained_failure("observe_stage", exc)
 
@@ -269,6 +289,7 @@ class Monitor:
         drift = self.drift
         if drift is None:
             return None
+        drift.apply_pending(on_error=lambda exc: self._contained_failure("drift", exc))
         snapshot = drift.snapshot(self.clock() if now is None else now)
         self._publish_drift(snapshot)
         self.latest_drift = snapshot

@@ -185,19 +185,20 @@ class PredictionLog:
         """Queue a scored batch for writing; False (and counted) when the queue is full. Never blocks."""
         size = len(event.prediction_ids)
         with self._queue_lock:
-            if self._pending_records + size > self.queue_size:
+            queued = self._pending_records
+            if queued + size > self.queue_size:
                 accepted = False
             else:
                 self._pending.append((event, request_latency))
-                self._pending_records += size
+                self._pending_records = queued = queued + size
                 accepted = True
-                queued = self._pending_records
         if not accepted:
             self.metrics.log_dropped.labels(reason="queue_full").inc(size)
+            self.metrics.log_queue.set(queued)
             self._log_failure("prediction log queue is full (%d records): dropped %d", self.queue_size, size)
             return False
-        self.metrics.log_queue.set(queued)
-        if queued >= self.batch_size:
+        # The queue gauge is refreshed by the writer, not here: one gauge write less per prediction.
+        if queued >= self.batch_size and not self._wake.is_set():
             self._wake.set()
         return True
 
@@ -225,7 +226,9 @@ class PredictionLog:
         while not self._stopping.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
+            self.publish_queue_size()  # the backlog the writer found
             self.flush()
+            self.publish_queue_size()  # what arrived while it wrote
             self._maybe_enforce_retention()
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -234,8 +237,10 @@ class PredictionLog:
             taken = list(self._pending)
             self._pending.clear()
             self._pending_records = 0
-        self.metrics.log_queue.set(0)
         return taken
+
+    def publish_queue_size(self) -> None:
+        self.metrics.log_queue.set(self._pending_records)
 
     def flush(self) -> int:
         """Write everything queued so far; returns the number of rows written. Safe from any thread."""

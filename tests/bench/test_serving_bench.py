@@ -13,16 +13,23 @@ import pytest
 
 from bench import serving
 from bench.loadgen import (
+    QUANTILE_GRID,
+    WRK_QUANTILES_MARKER,
     WRK_SUMMARY_MARKER,
     BenchmarkError,
     ServiceProcess,
+    WrkResult,
+    cpu_seconds,
     descendants,
     free_port,
     maps_mention,
+    merge_results,
+    merged_percentile,
     parse_wrk_output,
     read_status_kib,
     run_wrk,
     telco_records,
+    wait_idle,
     worker_pids,
     wrk_lua_script,
 )
@@ -79,6 +86,56 @@ def test_parses_the_summary_line_exactly():
     assert result.latency_ms["p99"] == pytest.approx(2.5)
     assert result.latency_ms["p99_9"] == pytest.approx(4.0)
     assert result.error_count == 0
+    assert result.quantiles_us is None
+
+
+def test_parses_the_quantile_line():
+    summary = {
+        "requests": 10,
+        "duration_us": 1_000_000,
+        "bytes": 1,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        "latency_us": {"min": 1, "max": 9, "mean": 5, "stdev": 1, "p50": 5, "p75": 7, "p90": 8, "p99": 9, "p99_9": 9},
+    }
+    text = f"{WRK_SUMMARY_MARKER} {json.dumps(summary)}\n{WRK_QUANTILES_MARKER} 0.5:100,50:500,99.9:900,100:950\n"
+    assert parse_wrk_output(text).quantiles_us == {0.5: 100.0, 50.0: 500.0, 99.9: 900.0, 100.0: 950.0}
+
+
+def _run(requests, duration, quantiles, **latency):
+    return WrkResult(requests, duration, requests / duration, latency, {"status": 0}, quantiles)
+
+
+def test_quantile_grid_is_increasing_and_ends_at_100():
+    assert list(QUANTILE_GRID) == sorted(set(QUANTILE_GRID))
+    assert QUANTILE_GRID[-1] == 100.0
+    assert {50.0, 75.0, 90.0, 99.0, 99.9} <= set(QUANTILE_GRID)
+
+
+def test_merged_percentile_of_one_run_is_its_own():
+    quantiles = {p: p * 10.0 for p in QUANTILE_GRID}
+    for p in (50.0, 90.0, 99.0, 99.9):
+        assert merged_percentile([(1000, quantiles)], p) == pytest.approx(p * 10.0)
+
+
+def test_merged_percentiles_pool_runs_by_request_count():
+    fast = {p: 1000.0 for p in QUANTILE_GRID}  # every request 1 ms
+    slow = {p: 9000.0 for p in QUANTILE_GRID}  # every request 9 ms
+    runs = [_run(900, 1.0, fast, mean=1.0, max=1.0), _run(100, 1.0, slow, mean=9.0, max=9.0)]
+    merged = merge_results(runs)
+    assert merged.requests == 1000
+    assert merged.requests_per_s == pytest.approx(500.0)
+    assert merged.segments == 2
+    assert merged.latency_ms["p50"] == pytest.approx(1.0)
+    assert merged.latency_ms["p90"] == pytest.approx(1.0)  # 90% of the requests took 1 ms
+    assert merged.latency_ms["p99"] == pytest.approx(9.0)
+    assert merged.latency_ms["mean"] == pytest.approx(1.8)
+    assert merged.latency_ms["max"] == pytest.approx(9.0)
+
+
+def test_merge_without_quantiles_weights_percentiles_by_requests():
+    merged = merge_results([_run(300, 1.0, None, p99=2.0), _run(100, 1.0, None, p99=6.0)])
+    assert merged.latency_ms == {"p99": pytest.approx(3.0)}
+    assert merge_results([_run(5, 1.0, None, p99=2.0)]).latency_ms == {"p99": 2.0}
 
 
 def test_falls_back_to_wrk_report_with_units_and_errors():
@@ -106,6 +163,11 @@ def test_lua_script_reads_the_body_file_and_prints_a_summary(tmp_path):
     assert "latency:percentile(99)" in script
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # wrk closes its connections abruptly at the end of a run
+
+
 class _Ok(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     bodies: list[bytes] = []
@@ -131,7 +193,7 @@ def test_wrk_posts_the_file_and_the_summary_parses(tmp_path):
     body.write_text('{"tenure": 1}')
     script = tmp_path / "post.lua"
     script.write_text(wrk_lua_script(body))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server = _QuietServer(("127.0.0.1", 0), _Ok)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -141,6 +203,7 @@ def test_wrk_posts_the_file_and_the_summary_parses(tmp_path):
         server.server_close()
     assert WRK_SUMMARY_MARKER in output
     assert result.requests > 0
+    assert result.quantiles_us is not None and set(result.quantiles_us) == set(QUANTILE_GRID)
     assert result.error_count == 0
     assert set(_Ok.bodies) == {b'{"tenure": 1}'}
 
@@ -251,6 +314,8 @@ def test_service_process_gets_ready_and_is_killed_with_its_children(tmp_path):
         assert worker_pids(pid) == [pid]  # no uvicorn workers: the process itself serves
         assert read_status_kib(pid) > 0
         assert maps_mention(pid, "libtorch") is False
+        assert cpu_seconds(pid) >= 0
+        assert wait_idle([pid], window_s=0.05, busy_share=1.0, timeout_s=1) < 1
     assert read_status_kib(pid) is None
     assert all(read_status_kib(child) is None for child in children)
 

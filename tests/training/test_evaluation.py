@@ -41,7 +41,8 @@ def test_reliability_bins_count_every_customer_once() -> None:
     bins = reliability_bins(y, p, n_bins=10)
     assert sum(bins["count"]) == 1_000
     assert all(
-        low <= mean <= high for low, mean, high in zip(bins["bin_low"], bins["mean_predicted"], bins["bin_high"])
+        low <= mean <= high
+        for low, mean, high in zip(bins["bin_low"], bins["mean_predicted"], bins["bin_high"], strict=True)
     )
 
 

@@ -48,7 +48,7 @@ def test_planted_feature_ranks_first_and_irrelevant_ones_near_zero() -> None:
     scorer = fitted_scorer(schema, columns, y)
     _, val_columns, y_val = planted_table(seed=1)
     importance = permutation_importance_by_feature(scorer, schema, val_columns, y_val, seed=0)
-    assert list(importance)[0] == "tenure"
+    assert next(iter(importance)) == "tenure"
     assert importance["tenure"] > 0.1
     assert importance["contract"] > 0.005
     assert abs(importance["noise"]) < 0.02 and abs(importance["region"]) < 0.02
@@ -77,6 +77,6 @@ def test_permuting_encoded_groups_equals_re_encoding_permuted_values() -> None:
 
 
 def test_single_class_validation_is_rejected() -> None:
-    schema, columns, y = planted_table(n=100)
+    schema, columns, _ = planted_table(n=100)
     with pytest.raises(ValueError, match="churners and non-churners"):
         permutation_importance_by_feature(lambda m: m[:, 0], schema, columns, np.zeros(100), seed=0)

@@ -6,7 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -179,12 +178,14 @@ def test_all_families_failing_is_an_error(tmp_path: Path, monkeypatch) -> None:
         raise RuntimeError(f"{family} diverged")
 
     monkeypatch.setattr(candidates, "train_candidate", broken)
-    with pytest.raises(TrainingError, match="every model family failed .*logistic_regression: RuntimeError"):
+    with pytest.raises(TrainingError, match=r"every model family failed .*logistic_regression: RuntimeError"):
         run_training(fast_config(tmp_path))
     assert not list((tmp_path).glob("*/manifest.json"))
 
 
-@pytest.mark.parametrize(("schema", "target", "id_column"), [("bank", "Exited", "CustomerId"), ("subscription", "churned", "user_id")])
+@pytest.mark.parametrize(
+    ("schema", "target", "id_column"), [("bank", "Exited", "CustomerId"), ("subscription", "churned", "user_id")]
+)
 def test_other_schemas_train_unchanged(tmp_path: Path, schema: str, target: str, id_column: str) -> None:
     result = run_training(fast_config(tmp_path, data=generate_customers(800, seed=1, schema=schema)))
     manifest = verify_bundle(result.bundle_dir)

@@ -13,6 +13,7 @@ from training.calibration import calibration_summary, fit_calibration
 from training.evaluation import evaluate
 from training.report import (
     bootstrap_auc_interval,
+    comparison_sentence,
     hanley_mcneil_interval,
     rank_auc,
     wilson_interval,
@@ -92,13 +93,21 @@ def full_context() -> dict[str, Any]:
     }
 
 
-def test_full_report_writes_html_markdown_and_every_chart(tmp_path: Path) -> None:
-    html_path = write_report(tmp_path / "bundle", full_context())
-    assert html_path == tmp_path / "bundle" / "report.html"
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One full report shared by the checks below (drawing the charts is the slow part)."""
+    context = full_context()
+    return write_report(tmp_path_factory.mktemp("report") / "bundle", context), context
+
+
+def test_full_report_writes_html_markdown_and_every_chart(written: tuple[Path, dict[str, Any]]) -> None:
+    html_path, context = written
+    directory = html_path.parent
+    assert html_path.name == "report.html"
     for chart in CHARTS:
-        assert (tmp_path / "bundle" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (directory / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = html_path.read_text()
-    markdown = (tmp_path / "bundle" / "report.md").read_text()
+    markdown = (directory / "report.md").read_text()
     # Self-contained: every chart is embedded, nothing refers to a file beside the page.
     assert page.count("data:image/png;base64,") == len(CHARTS)
     assert not re.search(r'src="(?!data:)', page)
@@ -116,8 +125,15 @@ def test_full_report_writes_html_markdown_and_every_chart(tmp_path: Path) -> Non
     assert "ImportError: lightgbm &lt;is&gt; not installed" in page
     assert "ImportError: lightgbm <is> not installed" in markdown
     # Every key of the test metrics appears.
-    for key in full_context()["test_metrics"]:
+    for key in context["test_metrics"]:
         assert key in markdown
+
+
+def test_winner_explanation_compares_the_gap_with_fold_noise(written: tuple[Path, dict[str, Any]]) -> None:
+    markdown = (written[0].parent / "report.md").read_text()
+    # 0.84 vs 0.82 is a gap of 0.020, larger than either fold standard deviation.
+    assert "the next best, random_forest" in markdown
+    assert "gap (0.020) is larger than the fold-to-fold standard deviation" in markdown
 
 
 def test_minimal_context_without_importance_or_test_data(tmp_path: Path) -> None:
@@ -134,13 +150,6 @@ def test_minimal_context_without_importance_or_test_data(tmp_path: Path) -> None
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_winner_explanation_flags_a_gap_within_noise(tmp_path: Path) -> None:
-    write_report(tmp_path, full_context())
-    markdown = (tmp_path / "report.md").read_text()
-    # 0.84 vs 0.82 is a gap of 0.020, larger than either fold standard deviation.
-    assert "gap (0.020) is larger than the fold-to-fold standard deviation" in markdown
-
-
 def test_auc_intervals_agree_and_contain_the_estimate() -> None:
     y, p = scores(600, seed=5)
     auc = rank_auc(y, p)
@@ -155,3 +164,11 @@ def test_wilson_interval_known_values() -> None:
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     low, high = wilson_interval(50, 100)
     assert (low, high) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+
+
+def test_a_gap_within_fold_noise_is_called_a_practical_tie() -> None:
+    winner = {"family": "xgboost", "val_roc_auc": 0.851, "cv_roc_auc": 0.846, "cv_roc_auc_std": 0.011}
+    runner_up = {"family": "lightgbm", "val_roc_auc": 0.849, "cv_roc_auc": 0.848, "cv_roc_auc_std": 0.009}
+    sentence = comparison_sentence(winner, runner_up)
+    assert "lightgbm" in sentence and "gap (0.002)" in sentence and "practically tied" in sentence
+    assert "only candidate" in comparison_sentence(winner, None)

@@ -1,0 +1,166 @@
+"""Request-path cost of monitoring: ``Monitor.record`` for 1 and 10,000 records, and the HTTP middleware.
+
+Run (single-process metrics, then multiprocess metrics as with several workers)::
+
+    .venv/bin/python -m tests.app.monitoring.bench_monitoring_record
+    PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) .venv/bin/python -m tests.app.monitoring.bench_monitoring_record
+
+The bundle is shaped like IBM Telco's: 19 features (3 numeric, 16 categorical or boolean).
+The log queue is large enough that nothing is dropped, and the writer is not started, so the
+figures are the request-path cost alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.monitoring import Monitor
+from app.monitoring.events import PredictionEvent
+from app.monitoring.metrics import multiprocess_directory
+from models.drift_reference import DriftReference, categorical_reference, numeric_reference
+from tests.app.monitoring.monitoring_helpers import BANDS, band_of, make_manifest, make_settings
+
+NUMERIC = ["tenure", "MonthlyCharges", "TotalCharges"]
+CATEGORICAL = {
+    "gender": ["Female", "Male"],
+    "SeniorCitizen": ["True", "False"],
+    "Partner": ["True", "False"],
+    "Dependents": ["True", "False"],
+    "PhoneService": ["True", "False"],
+    "MultipleLines": ["No", "Yes", "No phone service"],
+    "InternetService": ["DSL", "Fiber optic", "No"],
+    "OnlineSecurity": ["No", "Yes", "No internet service"],
+    "OnlineBackup": ["No", "Yes", "No internet service"],
+    "DeviceProtection": ["No", "Yes", "No internet service"],
+    "TechSupport": ["No", "Yes", "No internet service"],
+    "StreamingTV": ["No", "Yes", "No internet service"],
+    "StreamingMovies": ["No", "Yes", "No internet service"],
+    "Contract": ["Month-to-month", "One year", "Two year"],
+    "PaperlessBilling": ["True", "False"],
+    "PaymentMethod": ["Electronic check", "Mailed check", "Bank transfer", "Credit card"],
+}
+
+
+def telco_like_manifest():
+    rng = np.random.default_rng(0)
+    n = 7000
+    features = [numeric_reference(name, rng.gamma(2.0, 20.0, n)) for name in NUMERIC]
+    features += [categorical_reference(name, rng.choice(values, n).tolist()) for name, values in CATEGORICAL.items()]
+    manifest = make_manifest()
+    manifest.drift_reference = DriftReference(
+        features=features, score=numeric_reference("score", rng.beta(2, 4, n), kind="score")
+    )
+    return manifest
+
+
+def telco_event(manifest, n: int, rng: np.random.Generator) -> PredictionEvent:
+    columns: dict[str, list[Any]] = {name: rng.gamma(2.0, 20.0, n).round(2).tolist() for name in NUMERIC}
+    for name, values in CATEGORICAL.items():
+        picked = rng.choice(values, n).tolist()
+        columns[name] = [{"True": True, "False": False}.get(v, v) for v in picked]
+    scores = rng.beta(2, 4, n)
+    return PredictionEvent(
+        timestamp=time.time(),
+        model_version=manifest.version,
+        prediction_ids=[f"p{i}" for i in range(n)],
+        customer_ids=[f"c{i}" for i in range(n)],
+        inputs=[{}] * n,
+        columns=columns,
+        scores=scores,
+        decisions=scores >= manifest.threshold,
+        risk_bands=[band_of(float(s)) for s in scores],
+        stage_seconds={"validation": 1e-4, "features": 1e-4, "inference": 1e-4, "explanation": 1e-4},
+    )
+
+
+def time_calls(call, repeats: int) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def describe(label: str, samples: list[float], per: int = 1) -> None:
+    micro = sorted(s * 1e6 / per for s in samples)
+    print(
+        f"{label:<44} median {statistics.median(micro):9.2f} us   p10 {micro[len(micro) // 10]:9.2f} us"
+        f"   p90 {micro[9 * len(micro) // 10]:9.2f} us   (n={len(samples)})"
+    )
+
+
+async def middleware_cost(monitor: Monitor, repeats: int) -> tuple[list[float], list[float]]:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    bare = app.build_middleware_stack()
+    wrapped = monitor.middleware_class(bare, monitor=monitor)
+
+    async def call(target) -> None:
+        scope = {"type": "http", "method": "GET", "path": "/ping", "raw_path": b"/ping", "query_string": b"",
+                 "headers": [], "root_path": "", "app": app, "scheme": "http", "server": ("t", 80), "client": ("c", 1),
+                 "http_version": "1.1"}  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        await target(scope, receive, send)
+
+    results = []
+    for target in (bare, wrapped):
+        for _ in range(200):  # warm-up
+            await call(target)
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            await call(target)
+            samples.append(time.perf_counter() - started)
+        results.append(samples)
+    return results[0], results[1]
+
+
+def main() -> None:
+    mode = "multiprocess" if multiprocess_directory() else "single-process"
+    print(f"metrics mode: {mode}")
+    with tempfile.TemporaryDirectory() as directory:
+        settings = make_settings(Path(directory), prediction_log_queue_size=10_000_000)
+        monitor = Monitor(settings)
+        manifest = telco_like_manifest()
+        monitor.model_loaded(manifest)
+        rng = np.random.default_rng(1)
+        singles = [telco_event(manifest, 1, rng) for _ in range(3000)]
+        batch = telco_event(manifest, 10_000, rng)
+        iterator = iter(singles)
+        for _ in range(200):
+            monitor.record(next(iterator))  # warm-up: label children, lookups
+        describe("record(), 1-record event", time_calls(lambda: monitor.record(next(iterator)), 2500))
+        describe("record(), 10,000-record event (per call)", time_calls(lambda: monitor.record(batch), 20))
+        describe("record(), 10,000-record event (per record)", time_calls(lambda: monitor.record(batch), 20), 10_000)
+        assert monitor.log._pending_records > 0 and len(BANDS) == 3
+        bare, wrapped = asyncio.run(middleware_cost(monitor, 3000))
+        describe("ASGI request without the middleware", bare)
+        describe("ASGI request with the middleware", wrapped)
+        print(
+            f"middleware cost (median difference): {(statistics.median(wrapped) - statistics.median(bare)) * 1e6:.2f} us"
+        )
+        monitor.drift.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Metric exposition, HTTP metrics by route template, model gauges, histograms, and the disabled monitor."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.monitoring import Monitor, NullMonitor, create_monitor
+from app.monitoring.events import PredictionEvent
+from app.monitoring.metrics import SCORE_BUCKETS, observe_many
+from app.monitoring.routes import DISABLED_DETAIL
+from tests.app.monitoring.monitoring_helpers import (
+    API_KEY,
+    build_app,
+    make_event,
+    make_manifest,
+    make_settings,
+    metric_value,
+)
+
+EXPECTED_SAMPLES = [
+    "churn_http_requests_total",
+    "churn_http_request_duration_seconds_bucket",
+    "churn_http_requests_in_flight",
+    "churn_predictions_total",
+    "churn_predicted_churn_total",
+    "churn_prediction_stage_duration_seconds_bucket",
+    "churn_prediction_score_bucket",
+    "churn_model_info",
+    "churn_model_ready",
+    "churn_model_reloads_total",
+    "churn_feature_warnings_total",
+    "churn_feature_drift_psi",
+    "churn_feature_drift_js",
+    "churn_feature_drift_threshold",
+    "churn_feature_drifting",
+    "churn_score_drift_psi",
+    "churn_score_drift_js",
+    "churn_score_drifting",
+    "churn_drift_window_predictions",
+    "churn_predicted_churn_rate",
+    "churn_reference_predicted_churn_rate",
+    "churn_prediction_log_written_total",
+    "churn_prediction_log_dropped_total",
+    "churn_prediction_log_errors_total",
+    "churn_prediction_log_queue_size",
+    "churn_feedback_outcomes_total",
+    "churn_realized_roc_auc",
+    "churn_realized_precision",
+    "churn_realized_recall",
+    "churn_realized_f1",
+    "churn_realized_labelled_predictions",
+    "churn_worker_resident_memory_bytes",
+]
+
+
+def sample_names(exposition: str) -> set[str]:
+    return {sample.name for family in text_string_to_metric_families(exposition) for sample in family.samples}
+
+
+def test_every_metric_is_exposed_after_traffic(client: TestClient, monitor: Monitor):
+    for seed in range(5):
+        assert client.post("/predict", params={"seed": seed}).status_code == 200
+    assert client.post("/predict", params={"seed": 7, "n": 500}).status_code == 200
+    monitor.reload_attempted(True)
+    monitor.observe_stage("explanation", 0.0004)
+    response = client.post("/feedback", json={"customer_id": "C-7-0", "churned": True}, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200
+    monitor.update_drift()
+    scrape = client.get("/metrics")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    missing = [name for name in EXPECTED_SAMPLES if name not in sample_names(scrape.text)]
+    assert missing == []
+    text = scrape.text
+    assert metric_value(text, "churn_predicted_churn_rate") == pytest.approx(
+        metric_value(text, "churn_predicted_churn_total", model_version=make_manifest().version) / 505
+    )
+    assert metric_value(text, "churn_prediction_log_written_total") == 505
+    assert metric_value(text, "churn_feedback_outcomes_total", status="matched") == 1
+    assert metric_value(text, "churn_feature_warnings_total", feature="monthly_charges", kind="imputed") > 0
+
+
+def test_http_metrics_use_route_templates(client: TestClient, monitor: Monitor):
+    for customer in ("42", "43", "7590-VHVEG"):
+        assert client.get(f"/customers/{customer}").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
+    assert client.post("/customers/1").status_code == 405
+    text = monitor.metrics.exposition().decode()
+    route = "/customers/{customer_id}"
+    assert metric_value(text, "churn_http_requests_total", route=route, method="GET", status="200") == 3
+    assert metric_value(text, "churn_http_request_duration_seconds_count", route=route, method="GET") == 3
+    assert metric_value(text, "churn_http_requests_total", route="unmatched", method="GET", status="404") == 1
+    assert metric_value(text, "churn_http_requests_total", route=route, method="POST", status="405") == 1
+    assert "7590-VHVEG" not in text and "/no/such/path" not in text
+    assert metric_value(text, "churn_http_requests_in_flight") == 0
+
+
+def test_in_flight_counts_the_running_request_and_errors_count_as_500(settings, monitor, manifest):
+    app = build_app(settings, monitor, manifest)
+
+    @app.get("/inside")
+    def inside() -> dict[str, float | None]:
+        return {"in_flight": metric_value(monitor.metrics.exposition().decode(), "churn_http_requests_in_flight")}
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("handler failure")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/inside").json() == {"in_flight": 1.0}
+        assert client.get("/boom").status_code == 500
+    text = monitor.metrics.exposition().decode()
+    assert metric_value(text, "churn_http_requests_total", route="/boom", method="GET", status="500") == 1
+    assert metric_value(text, "churn_http_requests_in_flight") == 0
+
+
+def test_model_gauges_follow_loads_reloads_and_outages(settings):
+    monitor = Monitor(settings)
+    first, second = make_manifest(), make_manifest(version="20261124T000000Z-bbbbbb", seed=1)
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_model_ready") == 0
+    monitor.model_loaded(first)
+    monitor.reload_attempted(False)
+    monitor.model_loaded(second)
+    monitor.reload_attempted(True)
+    text = monitor.metrics.exposition().decode()
+    info = [
+        (s.labels, s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "churn_model_info"
+    ]
+    assert info == [
+        (
+            {
+                "version": second.version,
+                "family": "logistic_regression",
+                "framework": "scikit-learn",
+                "trained_at": second.created_at,
+            },
+            1.0,
+        )
+    ]
+    assert metric_value(text, "churn_model_ready") == 1
+    assert metric_value(text, "churn_model_reloads_total", outcome="success") == 1
+    assert metric_value(text, "churn_model_reloads_total", outcome="failure") == 1
+    monitor.model_unavailable("bundle checksum mismatch")
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_model_ready") == 0
+
+
+def test_batch_record_counts_each_record_once(settings, manifest):
+    monitor = Monitor(settings)
+    monitor.model_loaded(manifest)
+    event = make_event(manifest, 10_000, seed=3)
+    monitor.record(event)
+    text = monitor.metrics.exposition().decode()
+    for band in set(event.risk_bands):
+        expected = event.risk_bands.count(band)
+        assert metric_value(text, "churn_predictions_total", risk_band=band, model_version=manifest.version) == expected
+    assert metric_value(text, "churn_predicted_churn_total") == int(event.decisions.sum())
+    assert metric_value(text, "churn_prediction_score_count") == 10_000
+    assert metric_value(text, "churn_prediction_score_sum") == pytest.approx(float(event.scores.sum()))
+    assert metric_value(text, "churn_prediction_stage_duration_seconds_count", stage="inference") == 1
+    assert metric_value(text, "churn_prediction_log_queue_size") == 10_000
+
+
+def test_observe_many_equals_observing_one_by_one():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random(5000), np.array(SCORE_BUCKETS), [0.0, 1.0, 1.5]])  # bounds are inclusive
+    registry = CollectorRegistry()
+    batched = Histogram("batched", "b", buckets=SCORE_BUCKETS, registry=registry)
+    single = Histogram("single", "s", buckets=SCORE_BUCKETS, registry=registry)
+    observe_many(batched, values)
+    for value in values.tolist():
+        single.observe(value)
+
+    def samples(name: str) -> list[tuple[str, dict, float]]:
+        collected = {m.name: m for m in registry.collect()}[name]
+        return [(s.name.replace(name, ""), s.labels, s.value) for s in collected.samples if "created" not in s.name]
+
+    got, expected = samples("batched"), samples("single")
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    np.testing.assert_allclose([g[2] for g in got], [e[2] for e in expected], rtol=1e-12)
+
+
+def test_record_never_raises_on_a_malformed_event(settings, manifest):
+    monitor = Monitor(settings)
+    monitor.model_loaded(manifest)
+    bad = PredictionEvent(
+        timestamp=0.0,
+        model_version=manifest.version,
+        prediction_ids=["x"],
+        customer_ids=[None],
+        inputs=[{}],
+        columns={"tenure": [["not", "a", "number"]]},
+        scores=np.array([0.5]),
+        decisions=np.array([True]),
+        risk_bands=[],  # inconsistent with one prediction id
+    )
+    monitor.record(bad)
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_monitoring_errors_total", where="record") == 1
+
+
+def test_monitors_in_one_process_do_not_share_metrics(tmp_path, manifest):
+    first, second = Monitor(make_settings(tmp_path / "a")), Monitor(make_settings(tmp_path / "b"))
+    first.model_loaded(manifest)
+    first.record(make_event(manifest, 3))
+    assert metric_value(first.metrics.exposition().decode(), "churn_prediction_score_count") == 3
+    assert metric_value(second.metrics.exposition().decode(), "churn_prediction_score_count") == 0
+
+
+# ---- disabled monitoring -------------------------------------------------------------------------------
+SERVICE_INTERFACE = [
+    "start",
+    "stop",
+    "model_loaded",
+    "model_unavailable",
+    "reload_attempted",
+    "record",
+    "observe_stage",
+]
+
+
+def test_null_monitor_has_the_same_interface(tmp_path):
+    disabled = create_monitor(make_settings(tmp_path, monitoring_enabled=False))
+    assert isinstance(disabled, NullMonitor)
+    for name in SERVICE_INTERFACE:
+        assert inspect.signature(getattr(NullMonitor, name)) == inspect.signature(getattr(Monitor, name)), name
+        assert inspect.iscoroutinefunction(getattr(NullMonitor, name)) == inspect.iscoroutinefunction(
+            getattr(Monitor, name)
+        )
+    assert disabled.middleware_class is not None and disabled.enabled is False
+
+
+def test_disabled_monitor_answers_404_with_the_reason_and_passes_requests_through(tmp_path):
+    settings = make_settings(tmp_path, monitoring_enabled=False)
+    disabled = create_monitor(settings)
+    manifest = make_manifest()
+    with TestClient(build_app(settings, disabled, manifest)) as client:
+        assert client.post("/predict").status_code == 200
+        assert client.get("/customers/1").json() == {"customer_id": "1"}
+        for method, path in (("GET", "/metrics"), ("POST", "/feedback"), ("GET", "/monitoring/report")):
+            response = client.request(method, path, headers={"X-API-Key": API_KEY})
+            assert response.status_code == 404
+            assert response.json() == {"detail": DISABLED_DETAIL}
+    assert not (tmp_path / "predictions.sqlite3").exists()  # nothing was logged
+
+
+def test_enabled_and_disabled_routers_expose_the_same_paths(tmp_path):
+    enabled = create_monitor(make_settings(tmp_path / "on"))
+    disabled = create_monitor(make_settings(tmp_path / "off", monitoring_enabled=False))
+    paths = lambda monitor: {(route.path, tuple(sorted(route.methods))) for route in monitor.router.routes}  # noqa: E731
+    assert paths(enabled) == paths(disabled)

@@ -1,0 +1,217 @@
+"""Prediction log: batched background writes, bounded queue, failing databases, retention, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, event, func, select, text
+
+from app.monitoring import Monitor
+from app.monitoring.prediction_log import engine_url, outcomes_table, predictions_table
+from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, metric_value, running
+
+POSTGRES_URL = os.environ.get("CHURN_TEST_POSTGRES_URL")
+
+
+def logged_rows(monitor: Monitor) -> list[dict]:
+    with monitor.log.connection() as connection:
+        return [dict(row._mapping) for row in connection.execute(select(predictions_table))]
+
+
+def wait_until(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def dropped(monitor: Monitor) -> dict[str, float]:
+    text_ = monitor.metrics.exposition().decode()
+    return {
+        s.labels["reason"]: s.value
+        for f in text_string_to_metric_families(text_)
+        for s in f.samples
+        if s.name == "churn_prediction_log_dropped_total"
+    }
+
+
+def test_rows_are_written_in_batches_by_the_background_thread(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05))
+    inserts: list[tuple[str, int]] = []
+    with running(monitor):
+        monitor.model_loaded(manifest)
+
+        @event.listens_for(monitor.log.engine, "before_cursor_execute")
+        def count_inserts(conn, cursor, statement, parameters, context, executemany):
+            if statement.startswith("INSERT INTO prediction_log"):
+                inserts.append((threading_name(), len(parameters) if executemany else 1))
+
+        events = [make_event(manifest, 1, seed=i) for i in range(30)] + [make_event(manifest, 250, seed=99)]
+        started = time.perf_counter()
+        for item in events:
+            monitor.record(item)
+        record_seconds = time.perf_counter() - started
+        assert wait_until(lambda: len(logged_rows(monitor)) == 280)
+    assert record_seconds < 1.0
+    assert {name for name, _ in inserts} == {"prediction-log-writer"}
+    assert max(size for _, size in inserts) == 100 and sum(size for _, size in inserts) == 280
+    row = next(r for r in logged_rows_after(monitor) if r["prediction_id"] == events[0].prediction_ids[0])
+    assert row["customer_id"] == events[0].customer_ids[0]
+    assert row["model_version"] == manifest.version
+    assert row["score"] == pytest.approx(float(events[0].scores[0]))
+    assert row["predicted_churn"] == bool(events[0].decisions[0])
+    assert row["risk_band"] == events[0].risk_bands[0]
+    assert json.loads(row["inputs"]) == events[0].inputs[0]
+    assert row["latency_seconds"] == pytest.approx(sum(events[0].stage_seconds.values()))
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 280
+
+
+def threading_name() -> str:
+    import threading
+
+    return threading.current_thread().name
+
+
+def logged_rows_after(monitor: Monitor) -> list[dict]:
+    engine = create_engine(engine_url(monitor.settings.database_url))
+    with engine.connect() as connection:
+        rows = [dict(row._mapping) for row in connection.execute(select(predictions_table))]
+    engine.dispose()
+    return rows
+
+
+def test_full_queue_drops_and_counts_without_blocking(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_queue_size=10))
+    monitor.model_loaded(manifest)  # not started: nothing drains the queue
+    monitor.record(make_event(manifest, 8, seed=1))
+    started = time.perf_counter()
+    monitor.record(make_event(manifest, 5, seed=2))  # 8 + 5 > 10
+    monitor.record(make_event(manifest, 2, seed=3))  # fits
+    assert time.perf_counter() - started < 0.5
+    assert dropped(monitor)["queue_full"] == 5
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 10
+    # The dropped records were still counted as predictions.
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_score_count") == 15
+
+
+def test_unwritable_database_is_counted_and_never_raised(tmp_path, manifest):
+    unwritable = tmp_path / "missing-directory" / "nested" / "log.sqlite3"
+    monitor = Monitor(make_settings(tmp_path, database_url=f"sqlite:///{unwritable}"))
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        monitor.record(make_event(manifest, 3, seed=1))  # must not raise
+        monitor.log.flush()
+    text_ = monitor.metrics.exposition().decode()
+    assert metric_value(text_, "churn_prediction_log_errors_total") >= 1
+    assert dropped(monitor)["write_error"] == 3
+    assert metric_value(text_, "churn_prediction_log_written_total") == 0
+
+
+def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
+    # A writer thread that stays asleep, so the flushes below are the only writes.
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        monitor.record(make_event(manifest, 2, seed=1))
+        assert monitor.log.flush() == 2
+        with monitor.log.engine.begin() as connection:
+            connection.execute(text("DROP TABLE prediction_log"))
+        monitor.record(make_event(manifest, 4, seed=2))
+        assert monitor.log.flush() == 0  # this batch is lost and counted
+        monitor.record(make_event(manifest, 5, seed=3))
+        assert monitor.log.flush() == 5  # the table came back on the next write
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") == 1
+    assert dropped(monitor)["write_error"] == 4
+
+
+def test_retention_deletes_old_predictions_and_their_outcomes(tmp_path, manifest):
+    now = time.time()
+    monitor = Monitor(make_settings(tmp_path, prediction_log_retention_days=30))
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        old = make_event(manifest, 3, seed=1, timestamp=now - 31 * 86_400)
+        recent = make_event(manifest, 2, seed=2, timestamp=now - 29 * 86_400)
+        monitor.record(old)
+        monitor.record(recent)
+        monitor.log.flush()
+        with monitor.log.connection() as connection:
+            connection.execute(
+                outcomes_table.insert(),
+                [
+                    {"prediction_id": pid, "churned": True, "received_at": now, "updated_at": now}
+                    for pid in old.prediction_ids
+                ]
+                + [
+                    {"prediction_id": recent.prediction_ids[0], "churned": False, "received_at": now, "updated_at": now}
+                ],
+            )
+        assert monitor.log.enforce_retention(now) == 3
+        remaining = {row["prediction_id"] for row in logged_rows(monitor)}
+        assert remaining == set(recent.prediction_ids)
+        with monitor.log.connection() as connection:
+            assert connection.execute(select(func.count()).select_from(outcomes_table)).scalar_one() == 1
+
+
+def test_several_writers_share_one_sqlite_file(tmp_path, manifest):
+    settings = make_settings(tmp_path)
+    first, second = Monitor(settings), Monitor(settings)
+    with running(first), running(second):
+        first.model_loaded(manifest)
+        second.model_loaded(manifest)
+        for i in range(20):
+            first.record(make_event(manifest, 50, seed=i))
+            second.record(make_event(manifest, 50, seed=100 + i))
+    assert len(logged_rows_after(first)) == 2000
+    for monitor in (first, second):
+        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") == 0
+
+
+def test_request_latency_comes_from_the_middleware_clock(client, monitor):
+    assert client.post("/predict", params={"seed": 4}).status_code == 200
+    monitor.log.flush()
+    [row] = logged_rows(monitor)
+    assert 0 < row["latency_seconds"] < 5  # measured from request start, not the synthetic stage timings
+    assert row["latency_seconds"] != pytest.approx(0.0007)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="set CHURN_TEST_POSTGRES_URL to a PostgreSQL database to test that path")
+def test_postgresql_log_feedback_and_report(tmp_path):
+    schema = f"churn_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(engine_url(POSTGRES_URL))
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
+        manifest = make_manifest()
+        monitor = Monitor(make_settings(tmp_path, database_url=url))
+        with running(monitor):
+            monitor.model_loaded(manifest)
+            batch = make_event(manifest, 300, seed=1)
+            monitor.record(batch)
+            monitor.record(make_event(manifest, 1, seed=2))
+            from app.monitoring.performance import OutcomeIn
+
+            result = monitor.apply_feedback(
+                [
+                    OutcomeIn(prediction_id=batch.prediction_ids[0], churned=True),
+                    OutcomeIn(customer_id="C-2-0", churned=False),
+                ]
+                + [OutcomeIn(customer_id="nobody", churned=True)]
+            )
+            assert (len(result.matched), len(result.unknown)) == (2, 1)
+            assert monitor.log.enforce_retention(time.time() + 400 * 86_400) == 301
+            report = monitor.daily_report()
+            assert report["predictions"] == 0
+        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 301
+        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") == 0
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

@@ -1,0 +1,123 @@
+"""Every model family serves, and the fast paths (row encoder, compiled trees, reasons) match the bundle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.explain import Explainer
+from app.predictor import CompiledTrees, RowEncoder, build_predictor
+from models.bundle import current_bundle_dir, verify_bundle
+from models.features import clean_columns
+from models.scoring import Scorer, load_raw_model
+from tests.conftest import customer_record, service_settings
+
+FAMILIES = ["logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp"]
+FRAMEWORKS = {
+    "logistic_regression": "scikit-learn",
+    "random_forest": "scikit-learn",
+    "xgboost": "xgboost",
+    "lightgbm": "lightgbm",
+    "mlp": "pytorch",
+}
+
+
+def bundle_probabilities(models_dir: Path, records: list[dict[str, Any]]) -> np.ndarray:
+    """The bundle's own scores, computed the way training evaluates: clean columns, encode, score."""
+    bundle = current_bundle_dir(models_dir)
+    manifest = verify_bundle(bundle)
+    scorer = Scorer(load_raw_model(bundle, manifest), manifest.calibration)
+    columns = clean_columns(manifest.schema, {name: [r[name] for r in records] for name in records[0]})
+    return scorer.predict_proba(manifest.schema.encode(columns, len(records)).matrix)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_serves_what_the_bundle_predicts(
+    family: str, family_models_dirs: dict[str, Path], serve: Any, customers: pd.DataFrame
+) -> None:
+    models_dir = family_models_dirs[family]
+    client = serve(models_dir)
+    records = [customer_record(customers, row) for row in range(0, 200, 9)]
+    expected = bundle_probabilities(models_dir, records)
+
+    singles = [client.post("/predict", json=record).json() for record in records]
+    batch = client.post("/predict/batch", json=records, params={"reasons": "true"}).json()["results"]
+
+    assert client.get("/metadata").json()["model"]["framework"] == FRAMEWORKS[family]
+    np.testing.assert_allclose([s["churn_probability"] for s in singles], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose([b["churn_probability"] for b in batch], expected, rtol=0, atol=1e-6)
+    for single, batched in zip(singles, batch, strict=True):
+        assert [r["feature"] for r in single["top_reasons"]] == [r["feature"] for r in batched["top_reasons"]]
+        assert all(reason["contribution"] > 0 for reason in single["top_reasons"])
+
+
+@pytest.mark.parametrize("family", ["random_forest", "xgboost", "lightgbm"])
+def test_compiled_trees_reproduce_the_native_library(family: str, family_models_dirs: dict[str, Path]) -> None:
+    predictor = build_predictor(service_settings(family_models_dirs[family]))
+    model = predictor.scorer.model
+    assert isinstance(model, CompiledTrees)
+    rng = np.random.default_rng(7)
+    matrix = rng.normal(size=(model.max_rows, predictor.schema.n_encoded))
+    matrix[::2] = rng.integers(0, 2, size=matrix[::2].shape)
+
+    np.testing.assert_allclose(model.raw_proba(matrix), model.native.raw_proba(matrix), rtol=0, atol=1e-6)
+
+
+def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customers: pd.DataFrame) -> None:
+    predictor = build_predictor(service_settings(linear_models_dir))
+    encoder = RowEncoder(predictor.schema)
+    fast_rows = 0
+    for row in range(len(customers)):
+        values = predictor.cleaner.clean(customer_record(customers, row)).values
+        fast = encoder.encode(values)
+        full = predictor.schema.encode({name: [value] for name, value in values.items()}, 1)
+        if fast is None:
+            assert full.warnings[0], "the fast path may only decline rows that need a warning"
+            continue
+        fast_rows += 1
+        np.testing.assert_allclose(fast, full.matrix, rtol=0, atol=1e-12)
+    assert fast_rows > len(customers) * 0.9
+
+
+def test_occlusion_contributions_match_one_model_call_per_feature(family_models_dirs: dict[str, Path]) -> None:
+    predictor = build_predictor(service_settings(family_models_dirs["xgboost"]))
+    explainer: Explainer = predictor.explainer
+    matrix = predictor.schema.encode({}, 1).matrix + np.random.default_rng(3).normal(size=(1, predictor.schema.n_encoded))
+
+    _, contributions = explainer.score_and_explain(matrix)
+
+    def logit(p: float) -> float:
+        return float(np.log(p / (1 - p)))
+
+    base = logit(explainer.score(matrix)[0])
+    for group, (_, columns) in enumerate(predictor.schema.encoded_groups()):
+        occluded = matrix.copy()
+        occluded[0, columns] = explainer.reference[columns]
+        assert contributions[0, group] == pytest.approx(base - logit(explainer.score(occluded)[0]), abs=1e-6)
+
+
+def test_torch_is_imported_only_for_an_mlp_bundle(family_models_dirs: dict[str, Path]) -> None:
+    script = (
+        "import sys; from app.predictor import build_predictor; from tests.conftest import service_settings; "
+        "from pathlib import Path; build_predictor(service_settings(Path(sys.argv[1]))); "
+        "print('torch' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parents[2]
+    imported = {
+        family: subprocess.run(
+            [sys.executable, "-c", script, str(family_models_dirs[family])],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for family in ("xgboost", "mlp")
+    }
+
+    assert imported == {"xgboost": "False", "mlp": "True"}
