@@ -39,6 +39,9 @@ def clean_cell(value: Any) -> tuple[Any, bool]:
     """(cleaned value, whether text was trimmed); missing markers become None."""
     if isinstance(value, np.generic):
         value = value.item()
+    if isinstance(value, (list, tuple, set, dict, np.ndarray)):
+        # Nested values (Parquet lists, JSON columns) are kept as their text: one category per distinct value.
+        value = str(value.tolist() if isinstance(value, np.ndarray) else value)
     if is_missing(value):
         return None, False
     if isinstance(value, str):

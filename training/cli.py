@@ -33,6 +33,8 @@ examples:
   python -m training --data sqlite:///crm.db --table customers --models xgboost,lightgbm --time-budget 60
   python -m training --data customers.parquet --threshold-strategy max_profit --offer-cost 20 --saved-value 300
   python -m training generate --schema bank --rows 10000 --out bank.csv
+
+exit status: 0 published; 1 every model family failed; 2 unusable input (one line on stderr)
 """
 
 
@@ -126,7 +128,9 @@ def training_parser() -> argparse.ArgumentParser:
         "--saved-value", type=positive_float, metavar="AMOUNT", help="value of keeping a customer who would churn"
     )
     output = parser.add_argument_group("output")
-    output.add_argument("--model-dir", type=Path, default=Path("models"), help="where bundles go (default: models)")
+    output.add_argument(
+        "--model-dir", type=Path, default=Path("models"), metavar="DIR", help="where bundles go (default: models)"
+    )
     output.add_argument("--no-current", action="store_true", help="publish without making the bundle current")
     output.add_argument("--no-report", action="store_true", help="skip the report and plots")
     output.add_argument("--quiet", action="store_true", help="print only the final summary")

@@ -9,6 +9,7 @@ importance, drift reference, report -> publish atomically.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 import time
@@ -281,6 +282,16 @@ def drift_reference(schema: FeatureSchema, train: dict[str, list[Any]], scores: 
     return DriftReference(features=features, score=numeric_reference("score", scores, kind="score"))
 
 
+def require_writable(model_dir: Path) -> None:
+    """Fail before any work if bundles could not be published."""
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingDataError(f"cannot create model directory {model_dir}: {exc.strerror or exc}") from None
+    if not os.access(model_dir, os.W_OK | os.X_OK):
+        raise TrainingDataError(f"model directory {model_dir} is not writable")
+
+
 def run_training(config: TrainingConfig) -> TrainingResult:
     """Train, evaluate and publish one bundle; TrainingDataError/TrainingError explain failures."""
     try:
@@ -288,6 +299,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     except ValueError as exc:
         raise TrainingDataError(str(exc)) from None
     model_dir = Path(config.model_dir)
+    require_writable(model_dir)
     watch = Stopwatch(config.progress)
     discard_staging(model_dir)
     seed_everything(config.seed)

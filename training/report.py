@@ -254,7 +254,12 @@ def draw_charts(directory: Path, context: Mapping[str, Any]) -> dict[str, str]:
                 saved_value=chosen.get("saved_value"),
                 acceptance_rate=chosen.get("acceptance_rate", 1.0),
             )
-            title = "Precision, recall and F1 by threshold (test set)"
+            measures = (
+                "precision, recall, F1 and expected profit"
+                if "expected_profit" in curve
+                else "precision, recall and F1"
+            )
+            title = f"{measures[0].upper()}{measures[1:]} by threshold (test set)"
             draw("threshold_curve", lambda path: plots.plot_threshold_curve(curve, threshold, path, title=title))
     confusion = (context.get("test_metrics") or {}).get("confusion_matrix")
     if isinstance(confusion, Mapping) and {"tn", "fp", "fn", "tp"} <= set(confusion):

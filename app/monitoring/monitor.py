@@ -101,6 +101,7 @@ class Monitor:
         self._threads: list[threading.Thread] = []
         self._last_error_logged = 0.0
         self.metrics.model_ready.set(0)
+        self.metrics.set_memory(resident_memory_bytes())
 
     def _choose_drift_directory(self) -> Path:
         # Shared with the other workers through the multiprocess directory; private otherwise.

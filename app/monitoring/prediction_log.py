@@ -37,6 +37,8 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -122,6 +124,15 @@ def create_tables(engine: Engine) -> None:
     except SQLAlchemyError:
         time.sleep(0.2)  # most likely lost the race to a sibling worker: check again once
         metadata.create_all(engine, checkfirst=True)
+
+
+def insert_ignoring_duplicates(engine: Engine) -> Any:
+    """INSERT that skips a prediction id already logged, so one duplicate never costs its whole batch."""
+    if engine.dialect.name == "sqlite":
+        return sqlite_insert(predictions_table).on_conflict_do_nothing(index_elements=["prediction_id"])
+    if engine.dialect.name == "postgresql":
+        return postgresql_insert(predictions_table).on_conflict_do_nothing(index_elements=["prediction_id"])
+    return predictions_table.insert()
 
 
 def event_rows(event: PredictionEvent, request_latency: float | None) -> list[dict[str, Any]]:
@@ -266,7 +277,7 @@ class PredictionLog:
                 raise SQLAlchemyError("prediction log tables are not available")
             assert self.engine is not None
             with self.engine.begin() as connection:
-                connection.execute(predictions_table.insert(), rows)
+                connection.execute(insert_ignoring_duplicates(self.engine), rows)
         except Exception as exc:  # down, full, read-only, dropped table: count and carry on
             self.metrics.log_errors.inc()
             self.metrics.log_dropped.labels(reason="write_error").inc(len(rows))

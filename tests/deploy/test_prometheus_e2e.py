@@ -249,7 +249,7 @@ def _send_in_distribution_traffic(stack: Stack, tmp: Path) -> None:
     time.sleep(3)  # a few more rule evaluations on the full window
 
 
-def test_drift_alert_is_inactive_for_in_distribution_traffic(stack: Stack) -> None:
+def test_drift_alerts_are_inactive_for_in_distribution_traffic(stack: Stack) -> None:
     job = f'{{job="{SCRAPE_JOB}"}}'
     window = stack.value(f"churn_drift_window_predictions{job}")
     assert window is not None and window >= DRIFT_MIN_COUNT
@@ -257,6 +257,7 @@ def test_drift_alert_is_inactive_for_in_distribution_traffic(stack: Stack) -> No
     assert stack.value(f"max(max_over_time(churn_feature_drifting{job}[10m]))") == 0
     assert stack.query('ALERTS{alertname="ChurnFeatureDrift"}[10m]') == []
     assert stack.alerts("ChurnFeatureDrift") == []
+    assert stack.alerts("ChurnScoreDrift") == []
     rules = stack.rules()
     assert rules["ChurnFeatureDrift"]["state"] == "inactive"
     # Every rule of the repository evaluates cleanly against the real service's metrics.
@@ -285,7 +286,7 @@ def test_realized_metrics_and_the_model_reach_prometheus(stack: Stack) -> None:
     assert stack.value(f'sum(churn_http_requests_total{{job="{SCRAPE_JOB}", status="422"}})') > 0
 
 
-def test_drift_alert_turns_pending_or_firing_for_drifted_traffic(stack: Stack, tmp_path: Path) -> None:
+def test_drift_alerts_turn_pending_or_firing_for_drifted_traffic(stack: Stack, tmp_path: Path) -> None:
     log = tmp_path / "drifted.log"
     drifted = _simulate(stack.api, log, "--rate", "80", "--batch-size", "10", "--duration", "60", "--drift", "0.8")
     stack.logs["drifted traffic"] = log
@@ -295,6 +296,13 @@ def test_drift_alert_turns_pending_or_firing_for_drifted_traffic(stack: Stack, t
             lambda: any(alert["state"] in {"pending", "firing"} for alert in stack.alerts("ChurnFeatureDrift")),
             60,
             "ChurnFeatureDrift to become pending or firing",
+            stack.tails,
+        )
+        # Riskier customers get higher scores: the score distribution drifts as well.
+        _wait_for(
+            lambda: any(alert["state"] in {"pending", "firing"} for alert in stack.alerts("ChurnScoreDrift")),
+            30,
+            "ChurnScoreDrift to become pending or firing",
             stack.tails,
         )
     finally:

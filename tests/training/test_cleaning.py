@@ -72,3 +72,9 @@ def test_imputation_and_outlier_caps_are_reported() -> None:
     capped = report.outliers_capped["spend"]
     assert capped["training_rows_above"] == 1 and capped["training_rows_below"] == 0
     assert capped["high"] < 10_000
+
+
+def test_nested_values_are_kept_as_text() -> None:
+    cleaned, report = clean_table(pd.DataFrame({"tags": [["a", "b"], ["a", "b"], None], "n": [1, 1, 2]}, dtype=object))
+    assert cleaned["tags"].tolist() == ["['a', 'b']", None]
+    assert report.duplicate_rows_dropped == 1

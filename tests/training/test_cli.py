@@ -83,10 +83,12 @@ def sqlite_url(tmp_path: Path) -> str:
         (lambda tmp, csv: ["--trials", "many"], "expected a whole number"),
         (lambda tmp, csv: ["--threshold-strategy", "max_profit"], "needs --offer-cost and --saved-value"),
         (lambda tmp, csv: ["--table", "a", "--query", "b"], "not allowed with argument"),
+        (lambda tmp, csv: ["--data", str(csv), "--model-dir", str(csv / "m")], "cannot create model directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path: Path, customers_csv: Path, args, message: str) -> None:
-    code, _, err = run_main(capsys, *args(tmp_path, customers_csv), "--model-dir", str(tmp_path / "m"), *FAST)
+    # A --model-dir in the case's own arguments comes later, so it wins.
+    code, _, err = run_main(capsys, "--model-dir", str(tmp_path / "m"), *FAST, *args(tmp_path, customers_csv))
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "m" / "current").exists()
 

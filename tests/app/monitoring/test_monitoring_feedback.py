@@ -132,7 +132,8 @@ def test_feedback_requires_the_api_key(client: TestClient, tmp_path):
         ({"customer_id": "C-1", "churned": True, "extra": 1}, ["body", "single", "extra"], "Extra inputs"),
         ({"outcomes": []}, ["body", "batch", "outcomes"], "at least 1 item"),
         ({"outcomes": "all of them"}, ["body", "batch", "outcomes"], "valid list"),
-        ({"outcomes": [{"customer_id": "C-1", "churned": True}, {"customer_id": "C-2"}]}, ["body", "batch", "outcomes", 1, "churned"], "Field required"),
+        ({"outcomes": [{"customer_id": "C-1", "churned": True}, {"customer_id": "C-2"}]},
+         ["body", "batch", "outcomes", 1, "churned"], "Field required"),
         ([1, 2], ["body", "single"], "valid dictionary"),
     ],
 )  # fmt: skip
@@ -157,10 +158,13 @@ def test_realized_metrics_equal_sklearn_on_the_joined_data(slow_log_client):
     monitor.record(event)
     labelled = rng.choice(400, size=300, replace=False)  # a quarter never gets an outcome
     actual = rng.random(300) < 0.2 + 0.6 * scores[labelled]  # outcomes that follow the score, noisily
+    # Half the outcomes name the customer, half the prediction.
     outcomes = [
-        {"customer_id": f"K-{i}", "churned": bool(a)} if j % 2 else {"prediction_id": event.prediction_ids[i], "churned": bool(a)}
+        {"customer_id": f"K-{i}", "churned": bool(a)}
+        if j % 2
+        else {"prediction_id": event.prediction_ids[i], "churned": bool(a)}
         for j, (i, a) in enumerate(zip(labelled, actual, strict=True))
-    ]  # fmt: skip
+    ]
     body = post(client, {"outcomes": outcomes}).json()
     assert len(body["matched"]) == 300
     decisions = event.decisions[labelled]

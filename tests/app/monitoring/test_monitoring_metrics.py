@@ -166,7 +166,8 @@ def test_batch_record_counts_each_record_once(settings, manifest):
     assert metric_value(text, "churn_prediction_score_count") == 10_000
     assert metric_value(text, "churn_prediction_score_sum") == pytest.approx(float(event.scores.sum()))
     assert metric_value(text, "churn_prediction_stage_duration_seconds_count", stage="inference") == 1
-    assert metric_value(text, "churn_prediction_log_queue_size") == 10_000
+    monitor.log.publish_queue_size()  # what the writer thread does on each wake-up
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 10_000
 
 
 def test_observe_many_equals_observing_one_by_one():

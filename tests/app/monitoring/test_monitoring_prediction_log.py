@@ -96,6 +96,8 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path, manifest):
     monitor.record(make_event(manifest, 2, seed=3))  # fits
     assert time.perf_counter() - started < 0.5
     assert dropped(monitor)["queue_full"] == 5
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 8  # at the drop
+    monitor.log.publish_queue_size()
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 10
     # The dropped records were still counted as predictions.
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_score_count") == 15
@@ -133,7 +135,8 @@ def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
 
 def test_retention_deletes_old_predictions_and_their_outcomes(tmp_path, manifest):
     now = time.time()
-    monitor = Monitor(make_settings(tmp_path, prediction_log_retention_days=30))
+    # The writer thread sleeps, so the retention pass below is the only one.
+    monitor = Monitor(make_settings(tmp_path, prediction_log_retention_days=30, prediction_log_flush_seconds=3600))
     with running(monitor):
         monitor.model_loaded(manifest)
         old = make_event(manifest, 3, seed=1, timestamp=now - 31 * 86_400)
@@ -198,13 +201,12 @@ def test_postgresql_log_feedback_and_report(tmp_path):
             monitor.record(make_event(manifest, 1, seed=2))
             from app.monitoring.performance import OutcomeIn
 
-            result = monitor.apply_feedback(
-                [
-                    OutcomeIn(prediction_id=batch.prediction_ids[0], churned=True),
-                    OutcomeIn(customer_id="C-2-0", churned=False),
-                ]
-                + [OutcomeIn(customer_id="nobody", churned=True)]
-            )
+            outcomes = [
+                OutcomeIn(prediction_id=batch.prediction_ids[0], churned=True),
+                OutcomeIn(customer_id="C-2-0", churned=False),
+                OutcomeIn(customer_id="nobody", churned=True),
+            ]
+            result = monitor.apply_feedback(outcomes)
             assert (len(result.matched), len(result.unknown)) == (2, 1)
             assert monitor.log.enforce_retention(time.time() + 400 * 86_400) == 301
             report = monitor.daily_report()

@@ -1,0 +1,110 @@
+"""``python -m app`` for real: uvicorn workers over HTTP, settings from the environment, shared metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.__main__ import fresh_metrics_dir
+from tests.app.test_families import bundle_probabilities
+from tests.conftest import customer_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(base_url: str, process: subprocess.Popen[Any], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"python -m app exited with {process.returncode}: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("python -m app did not become ready")
+
+
+@pytest.fixture
+def running_service(linear_models_dir: Path, tmp_path: Path) -> Any:
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_12345.db").write_bytes(b"left over from an earlier run")
+    env = {
+        **os.environ,
+        "CHURN_MODEL_DIR": str(linear_models_dir),
+        "CHURN_PORT": str(port),
+        "CHURN_WORKERS": "2",
+        "CHURN_LOG_LEVEL": "warning",
+        "CHURN_DATABASE_URL": f"sqlite:///{tmp_path / 'predictions.sqlite3'}",
+        "CHURN_METRICS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, process)
+        yield base_url, metrics_dir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_served_over_http_equals_the_in_process_prediction(
+    running_service: tuple[str, Path], linear_models_dir: Path, customers: pd.DataFrame
+) -> None:
+    base_url, metrics_dir = running_service
+    records = [customer_record(customers, row) for row in range(20)]
+
+    with httpx.Client(base_url=base_url) as client:
+        served = [client.post("/predict", json=record).json()["churn_probability"] for record in records]
+        metrics = client.get("/metrics")
+
+    np.testing.assert_allclose(served, bundle_probabilities(linear_models_dir, records), rtol=0, atol=1e-9)
+    assert metrics.status_code == 200
+    assert not (metrics_dir / "counter_12345.db").exists(), "the metrics directory is wiped at start"
+
+
+def test_fresh_metrics_dir_wipes_a_configured_directory(tmp_path: Path) -> None:
+    configured = tmp_path / "metrics"
+    configured.mkdir()
+    (configured / "gauge_all_1.db").write_text("stale")
+
+    directory, temporary = fresh_metrics_dir(configured)
+
+    assert (directory, temporary) == (configured, False)
+    assert list(directory.iterdir()) == []
+
+
+def test_fresh_metrics_dir_defaults_to_a_new_temporary_directory() -> None:
+    directory, temporary = fresh_metrics_dir(None)
+    try:
+        assert temporary
+        assert directory.is_dir()
+        assert list(directory.iterdir()) == []
+    finally:
+        directory.rmdir()
