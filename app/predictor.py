@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ class RecordError:
 class CleanRecord:
     index: int
     customer_id: str | None
-    values: dict[str, Any]  # feature -> cleaned value; absent or None means missing
+    values: dict[str, Any]  # every feature in schema order -> cleaned value (None = missing)
 
 
 @dataclass(slots=True)
@@ -120,6 +121,12 @@ class _Invalid:
         self.message = message
 
 
+def new_prediction_ids(count: int) -> list[str]:
+    """Unique 32-hex-digit ids: a random 96-bit prefix per call plus a counter (one urandom call, not one per row)."""
+    prefix = uuid.uuid4().hex[:24]
+    return [f"{prefix}{row:08x}" for row in range(count)]
+
+
 def example_record(schema: FeatureSchema) -> dict[str, Any]:
     """A typical customer as a client would send it: every feature at its training imputation value."""
     return {spec.name: spec.example() for spec in schema.features}
@@ -137,16 +144,20 @@ class RecordCleaner:
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.schema = schema
+        self.names = schema.names
         self.required = [spec.name for spec in schema.features if spec.required]
         self.id_fields = frozenset({CUSTOMER_ID, *([schema.id_column] if schema.id_column else [])})
         self.ignored = frozenset({schema.target, *schema.dropped_names}) - self.id_fields
+        self.allowed = frozenset(schema.names) | self.id_fields | self.ignored
+        self.required_set = frozenset(self.required)
         self._caches: dict[str, dict[tuple[type, Any], Any]] = {name: {} for name in schema.names}
 
     def clean(self, record: Any, index: int = 0) -> CleanRecord | RecordError:
         if not isinstance(record, dict):
             error = FieldError((), "Input should be an object of the customer's fields", "dict_type", record)
             return RecordError(index, None, [error])
-        values: dict[str, Any] = {}
+        # Every feature present, in schema order (None = missing): batches transpose these cheaply.
+        values: dict[str, Any] = dict.fromkeys(self.names)
         errors: list[FieldError] = []
         customer_id: str | None = None
         for key, raw in record.items():
@@ -183,6 +194,70 @@ class RecordCleaner:
         if errors:
             return RecordError(index, customer_id, errors)
         return CleanRecord(index, customer_id, values)
+
+    def clean_many(self, records: Sequence[Any]) -> list[CleanRecord | RecordError]:
+        """``clean`` for a batch, column by column: the same rules at a fraction of the cost.
+
+        Records with only known fields are cleaned a column at a time (each distinct category text
+        is cleaned once; all-number columns are checked with numpy). Any record with a problem is
+        then cleaned again on its own by :meth:`clean`, which words its errors.
+        """
+        results: list[CleanRecord | RecordError | None] = [None] * len(records)
+        simple: list[int] = []
+        for index, record in enumerate(records):
+            if record.__class__ is dict and record.keys() <= self.allowed:
+                simple.append(index)
+            else:
+                results[index] = self.clean(record, index)
+        rows = [records[index] for index in simple]
+        troubled: set[int] = set()
+        columns = []
+        for name in self.schema.names:
+            cleaned, bad = self._clean_column(name, list(map(dict.get, rows, repeat(name))))
+            columns.append(cleaned)
+            troubled.update(bad)
+        ids = [self._simple_customer_id(row) for row in rows]
+        names = self.schema.names
+        for position, (index, values) in enumerate(zip(simple, zip(*columns, strict=True), strict=True)):
+            customer_id = ids[position]
+            if position in troubled or customer_id is _MISSING:
+                results[index] = self.clean(records[index], index)
+            else:
+                results[index] = CleanRecord(index, customer_id, dict(zip(names, values, strict=True)))
+        return results  # type: ignore[return-value]
+
+    def _clean_column(self, name: str, raw: list[Any]) -> tuple[list[Any], list[int]]:
+        """Cleaned values of one feature and the positions that are invalid or missing but required."""
+        spec = self.schema[name]
+        kinds = set(map(type, raw))
+        if spec.kind == "numeric" and kinds and kinds <= {int, float}:
+            numbers = np.asarray(raw, dtype=np.float64)
+            bad = []
+            if spec.lower_bound is not None:
+                bad = np.flatnonzero(numbers < spec.lower_bound).tolist()
+            return numbers.tolist(), bad
+        cache = self._caches[name]
+        if kinds == {str}:  # one type, so the values themselves can key the lookup
+            mapping = {value: self._clean_cached(cache, name, value) for value in set(raw)}
+            cleaned = list(map(mapping.__getitem__, raw))
+        else:
+            cleaned = [self._clean_cached(cache, name, value) for value in raw]
+        required = name in self.required_set
+        bad = [i for i, value in enumerate(cleaned) if value.__class__ is _Invalid or (required and value is None)]
+        for position in bad:
+            cleaned[position] = None
+        return cleaned, bad
+
+    def _simple_customer_id(self, record: dict[str, Any]) -> Any:
+        """The record's id as text, None without one, or _MISSING when it is not a string or integer."""
+        for key in (CUSTOMER_ID, self.schema.id_column):
+            raw = record.get(key) if key else None
+            if raw is None:
+                continue
+            if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+                return _MISSING
+            return str(raw)
+        return None
 
     def _clean_cached(self, cache: dict[tuple[type, Any], Any], name: str, raw: Any) -> Any:
         # The type is part of the key because True == 1 == 1.0 in Python but they clean differently.
@@ -489,19 +564,20 @@ class Predictor:
     def predict_records(self, records: Sequence[Any], explain: bool = True) -> PredictionOutcome:
         """Clean, encode, score and explain ``records``; results keep the input order."""
         started = time.perf_counter()
-        results: list[Prediction | RecordError] = []
-        valid: list[CleanRecord] = []
-        for index, record in enumerate(records):
-            outcome = self.cleaner.clean(record, index)
-            results.append(outcome)  # placeholders for valid records are replaced below
-            if isinstance(outcome, CleanRecord):
-                valid.append(outcome)
+        if len(records) == 1:
+            results: list[Any] = [self.cleaner.clean(records[0], 0)]
+        else:
+            results = self.cleaner.clean_many(records)
+        # Valid records' placeholders are replaced by their predictions below.
+        valid: list[CleanRecord] = [result for result in results if result.__class__ is CleanRecord]
         cleaned_at = time.perf_counter()
         if not valid:
             return PredictionOutcome(results, None, {"validation": cleaned_at - started})
 
         names = self.schema.names
-        columns = {name: [record.values.get(name) for record in valid] for name in names}
+        # Every CleanRecord holds all features in schema order, so one transposition gives the columns.
+        transposed = zip(*(record.values.values() for record in valid), strict=True)
+        columns = {name: list(column) for name, column in zip(names, transposed, strict=True)}
         encoded = self._encode(valid, columns)
         encoded_at = time.perf_counter()
 
@@ -513,21 +589,20 @@ class Predictor:
         scored_at = time.perf_counter()
 
         decisions = scores >= self.threshold
-        bands: list[str] = []
-        for row, record in enumerate(valid):
-            probability = float(scores[row])
-            band = self.risk.band(probability)
-            bands.append(band)
-            reasons = None if contributions is None else self._reasons(contributions[row], record.values)
+        bands = self.risk.bands_of(scores)
+        prediction_ids = new_prediction_ids(len(valid))
+        for row, (record, probability, decision, band) in enumerate(
+            zip(valid, scores.tolist(), decisions.tolist(), bands, strict=True)
+        ):
             results[record.index] = Prediction(
                 index=record.index,
                 customer_id=record.customer_id,
-                prediction_id=uuid.uuid4().hex,
+                prediction_id=prediction_ids[row],
                 churn_probability=probability,
-                predicted_churn=bool(decisions[row]),
+                predicted_churn=decision,
                 risk_category=band,
                 recommended_actions=self.risk.actions(band),
-                top_reasons=reasons,
+                top_reasons=None if contributions is None else self._reasons(contributions[row], record.values),
                 warnings=encoded.warnings[row],
                 model_version=self.version,
             )
@@ -541,9 +616,9 @@ class Predictor:
         event = PredictionEvent(
             timestamp=time.time(),
             model_version=self.version,
-            prediction_ids=[results[record.index].prediction_id for record in valid],
+            prediction_ids=prediction_ids,
             customer_ids=[record.customer_id for record in valid],
-            inputs=[{name: record.values.get(name) for name in names} for record in valid],
+            inputs=[record.values for record in valid],
             columns=columns,
             scores=scores,
             decisions=decisions,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 
 class RiskPolicy:
     """Configurable bands (name -> lower bound of the probability) and the actions for each band."""
@@ -21,6 +23,11 @@ class RiskPolicy:
     def band(self, probability: float) -> str:
         """The band with the highest lower bound not above ``probability``."""
         return self._names[max(bisect_right(self._bounds, probability) - 1, 0)]
+
+    def bands_of(self, probabilities: np.ndarray) -> list[str]:
+        """``band`` for many probabilities at once."""
+        positions = np.maximum(np.searchsorted(self._bounds, probabilities, side="right") - 1, 0)
+        return [self._names[position] for position in positions.tolist()]
 
     def actions(self, band: str) -> list[str]:
         return self.playbook[band]

@@ -1,9 +1,10 @@
 """The model bundle: layout, manifest, checksums, atomic publishing and verified loading.
 
 A bundle is a directory ``<models_dir>/<version>/`` holding the model artifact (joblib for
-scikit-learn, XGBoost and LightGBM; TorchScript for the MLP), optional extras (report, plots)
-and ``manifest.json``: the feature schema (which is also the fitted preprocessing), threshold,
-calibration, metrics, leaderboard, drift reference, library versions and the SHA-256 of every
+scikit-learn, XGBoost, LightGBM and soft-vote ensembles of them; TorchScript for the MLP),
+optional extras (report, plots) and ``manifest.json``: the feature schema (which is also the
+fitted preprocessing), threshold, calibration, metrics, leaderboard, drift reference, library
+versions and the SHA-256 of every
 other file. ``<models_dir>/current`` names the bundle to serve.
 
 Publishing writes into a hidden staging directory, fsyncs, renames it into place and only then
@@ -32,7 +33,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "current"
 STAGING_PREFIX = ".staging-"
-MODEL_FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp")
+MODEL_FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp", "soft_vote")
 ARTIFACT_FORMATS = ("joblib", "torchscript")
 
 
@@ -81,6 +82,7 @@ class Manifest:
             "xgboost": "xgboost",
             "lightgbm": "lightgbm",
             "mlp": "pytorch",
+            "soft_vote": "ensemble",  # members' libraries are listed under "libraries"
         }.get(self.model_family, self.model_family)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,10 @@ Class imbalance: logistic regression and random forest may choose class weights,
 trees may choose ``scale_pos_weight`` = negatives / positives, and the MLP always weights
 positives by negatives / positives. Weighting shifts raw probabilities; calibration on the
 validation split corrects that afterwards.
+
+Once the families are trained, :func:`build_soft_vote` adds one more candidate: a soft-vote
+ensemble of the best linear model and the best boosted tree, whose errors differ more than any two
+tree models' do. It competes on validation like every family.
 """
 
 from __future__ import annotations
@@ -24,14 +28,19 @@ import numpy as np
 from lightgbm import LGBMClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
-from models.scoring import wrap_estimator
+from models.scoring import SoftVote, wrap_estimator
 from training import mlp
-from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, tune
+from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, cross_validated_auc, stratified_folds, tune
 
 FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp")
+# Built from the trained families rather than tuned, so it is not one of the selectable FAMILIES.
+SOFT_VOTE = "soft_vote"
+# The ensemble's two slots: the linear model and the better of the boosted trees (on validation).
+SOFT_VOTE_SLOTS = (("logistic_regression",), ("xgboost", "lightgbm"))
 # Serving runs one thread per worker whatever is set here. The forest parallelises over trees with
 # plain threads, which degrade gracefully when the machine is busy. The boosted trees use OpenMP,
 # whose spin-waiting threads collapse on a shared two-core machine (LightGBM measured 0.5 s with one
@@ -90,9 +99,11 @@ def default_budget(total_seconds: float | None, trials: int | None) -> dict[str,
     }
 
 
-def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+def _check_family(family: str, *, ensemble: bool = False) -> None:
+    """Reject unknown families; ``ensemble`` also accepts the soft vote (fit, predict and save, never tune)."""
+    known = (*FAMILIES, SOFT_VOTE) if ensemble else FAMILIES
+    if family not in known:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(known)}")
 
 
 def _imbalance_ratio(y: np.ndarray) -> float:
@@ -171,8 +182,14 @@ def _build_estimator(family: str, params: dict[str, Any], y_train: np.ndarray, s
 
 
 def fit_with_params(family: str, params: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray, *, seed: int) -> Any:
-    """Fit one configuration from scratch on ``(X_train, y_train)``; missing parameters take the family default."""
-    _check_family(family)
+    """Fit one configuration from scratch on ``(X_train, y_train)``; missing parameters take the family default.
+
+    For the soft vote, ``params`` lists the members (``{"members": [{"family", "params", "weight"}, ...]}``)
+    and every member is refitted.
+    """
+    _check_family(family, ensemble=True)
+    if family == SOFT_VOTE:
+        return _fit_soft_vote(params, X_train, y_train, seed=seed)
     full = {**DEFAULT_PARAMS[family], **params}
     if family == "mlp":
         return mlp.fit_mlp(X_train, y_train, full, seed=seed)
@@ -188,7 +205,7 @@ def predict_raw(family: str, estimator: Any, X: np.ndarray) -> np.ndarray:
 
     The serving wrappers set the estimator to one thread, which is also how the artifact should be saved.
     """
-    _check_family(family)
+    _check_family(family, ensemble=True)
     if family == "mlp":
         return mlp.predict_mlp(estimator, X)
     return wrap_estimator(family, estimator).raw_proba(np.asarray(X, dtype=np.float64))
@@ -196,7 +213,7 @@ def predict_raw(family: str, estimator: Any, X: np.ndarray) -> np.ndarray:
 
 def save_artifact(family: str, estimator: Any, directory: Path) -> tuple[str, str]:
     """Write the model file serving loads; returns ``(file name, artifact format)``."""
-    _check_family(family)
+    _check_family(family, ensemble=True)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if family == "mlp":
@@ -247,4 +264,72 @@ def train_candidate(
         val_raw=predict_raw(family, estimator, X_val),
         fit_seconds=time.perf_counter() - started,
         trials=tuned.trials,
+    )
+
+
+# ---- soft-vote ensemble ---------------------------------------------------------------------
+def _fit_soft_vote(params: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray, *, seed: int) -> SoftVote:
+    members = []
+    for member in params["members"]:
+        estimator = fit_with_params(member["family"], member["params"], X_train, y_train, seed=seed)
+        members.append((member["family"], estimator, float(member["weight"])))
+    return SoftVote(members=members)
+
+
+def _validation_auc(result: CandidateResult, y_val: np.ndarray) -> float:
+    return float(roc_auc_score(y_val, result.val_raw))
+
+
+def soft_vote_members(results: list[CandidateResult], y_val: np.ndarray) -> list[CandidateResult]:
+    """The best result (validation ROC-AUC) of each slot in ``SOFT_VOTE_SLOTS``; empty if a slot has none."""
+    chosen = []
+    for slot in SOFT_VOTE_SLOTS:
+        in_slot = [result for result in results if result.family in slot]
+        if not in_slot:
+            return []
+        chosen.append(max(in_slot, key=lambda result: _validation_auc(result, y_val)))
+    return chosen
+
+
+def build_soft_vote(
+    results: list[CandidateResult],
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    seed: int,
+    n_folds: int = DEFAULT_FOLDS,
+) -> CandidateResult | None:
+    """Equal-weight soft vote of the chosen members, or None when a member slot has no trained family.
+
+    The members' fitted estimators are reused for the artifact and the validation scores; the
+    cross-validated ROC-AUC refits every member on the same stratified folds tuning used, so it is
+    as honest as the families' own.
+    """
+    members = soft_vote_members(results, np.asarray(y_val))
+    if not members:
+        return None
+    started = time.perf_counter()
+    y_train = np.asarray(y_train, dtype=np.int64)
+    weight = 1.0 / len(members)
+    params = {"members": [{"family": m.family, "params": m.params, "weight": weight} for m in members]}
+    vote = SoftVote(members=[(m.family, m.estimator, weight) for m in members])
+    cv_mean, cv_std = cross_validated_auc(
+        lambda p, X, y: fit_with_params(SOFT_VOTE, p, X, y, seed=seed),
+        lambda model, X: predict_raw(SOFT_VOTE, model, X),
+        params,
+        X_train,
+        y_train,
+        stratified_folds(y_train, n_folds, seed),
+    )
+    return CandidateResult(
+        family=SOFT_VOTE,
+        estimator=vote,
+        params=params,
+        cv_roc_auc=cv_mean,
+        cv_roc_auc_std=cv_std,
+        val_raw=predict_raw(SOFT_VOTE, vote, X_val),
+        fit_seconds=time.perf_counter() - started,
+        trials=1,  # one configuration cross-validated, nothing searched
     )

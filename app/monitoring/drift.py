@@ -83,6 +83,11 @@ class FeatureBinner:
             return self._missing
         return bisect_right(self._edges, value)
 
+    def single_value_plan(self) -> tuple[str, int, dict[Any, int] | None, int, int, list[float]]:
+        """(name, offset, category lookup or None, unseen bin, missing bin, edges) for inlined binning."""
+        lookup = self._lookup if self.categorical else None
+        return self.name, self.offset, lookup, self._unseen, self._missing, self._edges
+
     def bin_many(self, values: list[Any]) -> np.ndarray:
         if self.categorical:
             return np.fromiter(map(self._lookup.get, values, repeat(self._unseen)), dtype=np.intp, count=len(values))
@@ -365,6 +370,7 @@ class DriftTracker:
         # Batches waiting to be binned. deque.append is atomic, so the request path takes no lock.
         self._pending: deque[tuple[float, dict[str, list[Any]], np.ndarray, np.ndarray]] = deque()
         self._apply_lock = threading.Lock()
+        self._plan = [binner.single_value_plan() for binner in self.layout.features]
 
     def count(self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> None:
         """Request path: remember the scored batch (a deque append); :meth:`apply_pending` bins it later."""
@@ -399,12 +405,21 @@ class DriftTracker:
             return counted
 
     def _columns_of_one(self, columns: dict[str, list[Any]], score: float, decision: bool) -> list[int]:
+        # FeatureBinner.bin_one inlined: this runs once per feature per single-record prediction.
+        indices: list[int] = []
+        append = indices.append
+        for name, offset, lookup, unseen, missing, edges in self._plan:
+            values = columns.get(name)
+            if values is None:
+                continue
+            value = values[0]
+            if lookup is not None:
+                append(offset + lookup.get(value, unseen))
+            elif value is None or value != value:  # None or NaN
+                append(offset + missing)
+            else:
+                append(offset + bisect_right(edges, value))
         layout = self.layout
-        indices = [
-            binner.offset + binner.bin_one(values[0])
-            for binner in layout.features
-            if (values := columns.get(binner.name)) is not None
-        ]
         indices.append(layout.score.offset + layout.score.bin_one(float(score)))
         indices.append(layout.decision_offset + int(bool(decision)))
         return indices

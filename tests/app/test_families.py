@@ -88,7 +88,9 @@ def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customer
 def test_occlusion_contributions_match_one_model_call_per_feature(family_models_dirs: dict[str, Path]) -> None:
     predictor = build_predictor(service_settings(family_models_dirs["xgboost"]))
     explainer: Explainer = predictor.explainer
-    matrix = predictor.schema.encode({}, 1).matrix + np.random.default_rng(3).normal(size=(1, predictor.schema.n_encoded))
+    matrix = predictor.schema.encode({}, 1).matrix + np.random.default_rng(3).normal(
+        size=(1, predictor.schema.n_encoded)
+    )
 
     _, contributions = explainer.score_and_explain(matrix)
 

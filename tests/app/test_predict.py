@@ -43,7 +43,9 @@ def test_predict_returns_a_complete_explained_prediction(client: Any, record: di
     assert body["customer_id"] == "C-42"
     assert 0.0 <= body["churn_probability"] <= 1.0
     assert body["predicted_churn"] == (body["churn_probability"] >= 0.4)  # the bundle's threshold
-    expected_band = "high" if body["churn_probability"] >= 0.6 else "medium" if body["churn_probability"] >= 0.3 else "low"
+    expected_band = (
+        "high" if body["churn_probability"] >= 0.6 else "medium" if body["churn_probability"] >= 0.3 else "low"
+    )
     assert body["risk_category"] == expected_band
     assert body["recommended_actions"]
     assert body["model_version"] == client.get("/ready").json()["model_version"]
@@ -163,7 +165,13 @@ def test_missing_required_fields_are_all_listed(client: Any, record: dict[str, A
 
 @pytest.mark.parametrize(
     ("body", "kind"),
-    [(b"{not json", "json_invalid"), (b"", "missing"), (b"   ", "missing"), (b"[1, 2]", "dict_type"), (b"42", "dict_type")],
+    [
+        (b"{not json", "json_invalid"),
+        (b"", "missing"),
+        (b"   ", "missing"),
+        (b"[1, 2]", "dict_type"),
+        (b"42", "dict_type"),
+    ],
 )
 def test_malformed_or_empty_body_is_422(client: Any, body: bytes, kind: str) -> None:
     response = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
@@ -238,7 +246,9 @@ def test_batch_results_equal_single_predictions_including_reasons(client: Any, c
         assert result["top_reasons"] == single["top_reasons"]
 
 
-@pytest.mark.parametrize(("body", "kind"), [(b"[]", "too_short"), (b'{"tenure": 1}', "list_type"), (b"[{", "json_invalid")])
+@pytest.mark.parametrize(
+    ("body", "kind"), [(b"[]", "too_short"), (b'{"tenure": 1}', "list_type"), (b"[{", "json_invalid")]
+)
 def test_batch_that_cannot_be_a_batch_is_422(client: Any, body: bytes, kind: str) -> None:
     response = client.post("/predict/batch", content=body)
 
