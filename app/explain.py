@@ -40,6 +40,11 @@ class Explainer:
         # The reference customer: every value missing, so each feature takes its imputation value.
         self.reference = schema.encode({}, 1).matrix[0]
         self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
+        # Compiled tree ensembles re-walk only the trees that split on the occluded feature.
+        self._group_trees = [model.trees_using(columns) for columns in self._slices] if self._compiled() else None
+
+    def _compiled(self) -> bool:
+        return hasattr(self.model, "occlusion") and hasattr(self.model, "trees_using")
 
     def score(self, matrix: np.ndarray) -> np.ndarray:
         """Raw (uncalibrated) probabilities only."""
@@ -61,11 +66,16 @@ class Explainer:
         occluded = matrix[rows]
         for group, columns in enumerate(self._slices):
             occluded[groups == group, columns] = self.reference[columns]
-        scores = self.model.raw_proba(np.concatenate([matrix, occluded]))
-        logits = _logit(scores)
+        if self._group_trees is not None and n_rows <= self.model.max_rows:
+            scores, occluded_scores = self.model.occlusion(
+                matrix, occluded, rows, [self._group_trees[group] for group in groups.tolist()]
+            )
+        else:
+            both = self.model.raw_proba(np.concatenate([matrix, occluded]))
+            scores, occluded_scores = both[:n_rows], both[n_rows:]
         contributions = np.zeros((n_rows, n_groups))
-        contributions[rows, groups] = logits[rows] - logits[n_rows:]
-        return scores[:n_rows], contributions
+        contributions[rows, groups] = _logit(scores)[rows] - _logit(occluded_scores)
+        return scores, contributions
 
     @staticmethod
     def top_features(contributions: np.ndarray, limit: int) -> list[tuple[int, float]]:

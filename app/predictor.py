@@ -352,6 +352,8 @@ class CompiledTrees:
         self.threshold = nodes["threshold"]
         self.left, self.right, self.value = nodes["left"], nodes["right"], nodes["value"]
         self.roots = np.asarray(roots, dtype=np.intp)
+        # Each tree's nodes are contiguous and start at its root (trees are added one after another).
+        self.tree_of_node = np.searchsorted(self.roots, np.arange(self.feature.size), side="right") - 1
         self.depth = depth
         self.strict_less: bool = rule["strict_less"]  # XGBoost splits on x < t, the others on x <= t
         self.float32: bool = rule["float32"]  # XGBoost and scikit-learn compare in float32
@@ -360,21 +362,53 @@ class CompiledTrees:
         self.max_rows: int = rule.get("max_rows", 1 << 30)
 
     def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
-        n_rows = matrix.shape[0]
-        if n_rows > self.max_rows:
+        if matrix.shape[0] > self.max_rows:
             return self.native.raw_proba(matrix)
-        values = np.ascontiguousarray(matrix, dtype=np.float32 if self.float32 else np.float64).ravel()
-        row_offsets = (np.arange(n_rows, dtype=np.intp) * matrix.shape[1])[:, None]
-        node = np.broadcast_to(self.roots, (n_rows, self.roots.size))
+        return self._probability(self._leaves(matrix).sum(axis=1))
+
+    def _leaves(self, matrix: np.ndarray) -> np.ndarray:
+        """Leaf value each row reaches in each tree, (rows, trees)."""
+        offsets = (np.arange(matrix.shape[0], dtype=np.intp) * matrix.shape[1])[:, None]
+        return self._walk(self._flat(matrix), offsets, np.broadcast_to(self.roots, (matrix.shape[0], self.roots.size)))
+
+    def _flat(self, matrix: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(matrix, dtype=np.float32 if self.float32 else np.float64).ravel()
+
+    def _walk(self, values: np.ndarray, offsets: np.ndarray, node: np.ndarray) -> np.ndarray:
         for _ in range(self.depth):
-            feature_values = values[row_offsets + self.feature[node]]
+            feature_values = values[offsets + self.feature[node]]
             thresholds = self.threshold[node]
             go_left = feature_values < thresholds if self.strict_less else feature_values <= thresholds
             node = np.where(go_left, self.left[node], self.right[node])
-        leaves = self.value[node]
+        return self.value[node]
+
+    def _probability(self, leaf_sum: np.ndarray) -> np.ndarray:
         if self.average:
-            return leaves.mean(axis=1)
-        return 1.0 / (1.0 + np.exp(-(leaves.sum(axis=1) + self.offset)))
+            return leaf_sum / self.roots.size
+        return 1.0 / (1.0 + np.exp(-(leaf_sum + self.offset)))
+
+    def trees_using(self, columns: slice) -> np.ndarray:
+        """Indices of the trees with a split on any of ``columns``; only they can see those columns change."""
+        internal = self.left != np.arange(self.left.size)
+        uses = internal & (self.feature >= columns.start) & (self.feature < columns.stop)
+        return np.unique(self.tree_of_node[uses])
+
+    def occlusion(
+        self, matrix: np.ndarray, occluded: np.ndarray, pair_rows: np.ndarray, pair_trees: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of ``matrix`` and of each occluded row, re-walking only the trees that can change.
+
+        ``occluded[k]`` is ``matrix[pair_rows[k]]`` with one feature set to its reference value and
+        ``pair_trees[k]`` the trees that split on that feature; every other tree keeps its leaf.
+        """
+        leaves = self._leaves(matrix)
+        leaf_sum = leaves.sum(axis=1)
+        counts = np.fromiter((trees.size for trees in pair_trees), dtype=np.intp, count=len(pair_trees))
+        pair = np.repeat(np.arange(len(pair_trees), dtype=np.intp), counts)
+        trees = np.concatenate(pair_trees) if pair_trees else np.zeros(0, dtype=np.intp)
+        new = self._walk(self._flat(occluded), pair * occluded.shape[1], self.roots[trees])
+        change = np.bincount(pair, weights=new - leaves[pair_rows[pair], trees], minlength=len(pair_trees))
+        return self._probability(leaf_sum), self._probability(leaf_sum[pair_rows] + change)
 
 
 class _TreeBuilder:

@@ -424,6 +424,7 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.ready_after_s: float | None = None
+        self.ready_cpu_s: float | None = None  # CPU the server's processes had used when it got ready
 
     @property
     def pid(self) -> int:
@@ -463,6 +464,8 @@ class ServiceProcess:
                 status = 0
             if status == 200:
                 self.ready_after_s = time.perf_counter() - self.started_at
+                pids = [self.pid, *descendants(self.pid)]
+                self.ready_cpu_s = sum(cpu_seconds(pid) or 0.0 for pid in pids)
                 return self.ready_after_s
             time.sleep(poll_s)
         raise BenchmarkError(f"{self.name}: {path} did not answer 200 within {timeout_s:.0f} s\n{self.log_tail()}")

@@ -4,8 +4,7 @@ A bundle is a directory ``<models_dir>/<version>/`` holding the model artifact (
 scikit-learn, XGBoost, LightGBM and soft-vote ensembles of them; TorchScript for the MLP),
 optional extras (report, plots) and ``manifest.json``: the feature schema (which is also the
 fitted preprocessing), threshold, calibration, metrics, leaderboard, drift reference, library
-versions and the SHA-256 of every
-other file. ``<models_dir>/current`` names the bundle to serve.
+versions and the SHA-256 of every other file. ``<models_dir>/current`` names the bundle to serve.
 
 Publishing writes into a hidden staging directory, fsyncs, renames it into place and only then
 replaces ``current`` atomically, so a crash at any point leaves the previous bundle current and

@@ -40,6 +40,10 @@ FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp"
 # Built from the trained families rather than tuned, so it is not one of the selectable FAMILIES.
 SOFT_VOTE = "soft_vote"
 # The ensemble's two slots: the linear model and the better of the boosted trees (on validation).
+# On IBM Telco (5-fold CV, default parameters) logistic regression + a boosted tree scores 0.8504-0.8505
+# ROC-AUC against 0.8495 for XGBoost + LightGBM, the pair a plain top-two-on-validation rule
+# usually picks: two tree models make the same mistakes. Equal weights: giving the linear model
+# 0.3 to 0.7 moved ROC-AUC by at most 0.0003, less than is worth fitting on validation.
 SOFT_VOTE_SLOTS = (("logistic_regression",), ("xgboost", "lightgbm"))
 # Serving runs one thread per worker whatever is set here. The forest parallelises over trees with
 # plain threads, which degrade gracefully when the machine is busy. The boosted trees use OpenMP,

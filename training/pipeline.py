@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ from training.data import LoadedTable, TrainingDataError, as_raw_objects, load_t
 from training.roles import RoleSet, infer_feature_roles, infer_target, target_vector
 from training.split import SplitIndices, stratified_split
 
+MIN_BUDGET_SHARE = 0.25  # a family behind schedule still gets this share of its nominal tuning time
+
 
 class TrainingError(Exception):
     """Training could not produce a model (the data was fine); the message says why."""
@@ -76,6 +78,7 @@ class PreparedData:
     y: np.ndarray
     matrices: dict[str, np.ndarray]  # split name -> encoded matrix
     columns: dict[str, dict[str, list[Any]]]  # split name -> cleaned feature values
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> tuning budget it was given
 
     def labels(self, part: str) -> np.ndarray:
         return self.y[getattr(self.split, part)]
@@ -202,11 +205,17 @@ def train_families(config: TrainingConfig, data: PreparedData, watch: Stopwatch)
     """Tune every requested family; one family's failure is recorded, not fatal."""
     from training.candidates import train_candidate
 
-    budgets = family_budgets(config)
+    nominal = family_budgets(config)
     results, leaderboard = [], []
     y_train, y_val = data.labels("train"), data.labels("validation")
-    for family in config.models:
-        budget = budgets[family]
+    total_seconds = sum(b.seconds for b in nominal.values()) if all(b.seconds for b in nominal.values()) else None
+    tuning_started = time.perf_counter()
+    for position, family in enumerate(config.models):
+        budget = nominal[family]
+        if total_seconds is not None:
+            seconds_left = total_seconds - (time.perf_counter() - tuning_started)
+            budget = share_remaining_time(nominal, family, config.models[position:], seconds_left)
+        data.budgets[family] = {"trials": budget.trials, "seconds": budget.seconds}
         with watch.step(f"tune_{family}", f"tuning {family} (budget: {describe_budget(budget)})"):
             try:
                 seed_everything(config.seed)
@@ -231,6 +240,43 @@ def train_families(config: TrainingConfig, data: PreparedData, watch: Stopwatch)
         errors = "; ".join(f"{row['family']}: {row['error']}" for row in leaderboard)
         raise TrainingError(f"every model family failed ({errors})")
     return results, leaderboard
+
+
+def add_soft_vote(
+    config: TrainingConfig, data: PreparedData, results: list[Any], leaderboard: list[dict], watch: Stopwatch
+) -> None:
+    """Add the soft-vote ensemble of the trained families as one more candidate; its failure is not fatal."""
+    from training.candidates import SOFT_VOTE, build_soft_vote
+
+    y_val = data.labels("validation")
+    with watch.step(f"tune_{SOFT_VOTE}", "building the soft-vote ensemble"):
+        try:
+            X_train, y_train = data.matrices["train"], data.labels("train")
+            ensemble = build_soft_vote(results, X_train, y_train, data.matrices["validation"], y_val, seed=config.seed)
+        except Exception as exc:  # the families' own results stay usable
+            leaderboard.append({"family": SOFT_VOTE, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            watch.say(f"{SOFT_VOTE} failed: {type(exc).__name__}: {exc}")
+            return
+    if ensemble is None:
+        watch.say(f"{SOFT_VOTE}: skipped (needs logistic regression and a boosted tree)")
+        return
+    results.append(ensemble)
+    leaderboard.append(leaderboard_entry(ensemble, y_val))
+    watch.say(f"{SOFT_VOTE}: CV ROC-AUC {ensemble.cv_roc_auc:.4f}, validation {leaderboard[-1]['val_roc_auc']:.4f}")
+
+
+def share_remaining_time(nominal: dict[str, Any], family: str, pending: tuple[str, ...], seconds_left: float) -> Any:
+    """``family``'s proportional share of the tuning time still left.
+
+    A total time budget is a promise about the whole run: a family that overran (a slow default
+    trial, the final refit) shortens the families after it, and one that finished early lends
+    them its time. A family never drops below MIN_BUDGET_SHARE of its nominal time.
+    """
+    from training.candidates import Budget
+
+    share = nominal[family].seconds / sum(nominal[name].seconds for name in pending)
+    seconds = max(seconds_left * share, MIN_BUDGET_SHARE * nominal[family].seconds)
+    return Budget(trials=nominal[family].trials, seconds=round(seconds, 1))
 
 
 def describe_budget(budget: Any) -> str:
@@ -305,6 +351,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     seed_everything(config.seed)
     data = prepare_data(config, watch)
     results, leaderboard = train_families(config, data, watch)
+    add_soft_vote(config, data, results, leaderboard, watch)
     winner = pick_winner(results, leaderboard)
     watch.say(f"winner: {winner.family}")
     version = new_version()
@@ -438,14 +485,13 @@ def training_info(
     importance: dict[str, float],
     watch: Stopwatch,
 ) -> dict[str, Any]:
-    budgets = family_budgets(config)
     timings = dict(watch.timings)
     timings["total"] = watch.total()
     return {
         "data": data_summary(data),
         "seed": config.seed,
         "models": list(config.models),
-        "budget": {family: {"trials": b.trials, "seconds": b.seconds} for family, b in budgets.items()},
+        "budget": dict(data.budgets),
         "winner": {"family": winner.family, "params": winner.params, "cv_roc_auc": winner.cv_roc_auc},
         "threshold": threshold,
         "calibration": calibration_info,

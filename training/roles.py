@@ -168,17 +168,13 @@ class ColumnProfile:
     """What one column's present values look like."""
 
     n_rows: int
-    present: list[Any]
+    n_present: int
     counts: Counter  # canonical text -> count
     raw_for_text: dict[str, Any]  # canonical text -> first raw value seen (the table's own label)
-    numbers: list[float]
+    numbers: np.ndarray  # every present value that reads as a number (repeats included)
     unreadable_numbers: int
     date_like: int
     text_values: int
-
-    @property
-    def n_present(self) -> int:
-        return len(self.present)
 
     @property
     def n_distinct(self) -> int:
@@ -186,7 +182,7 @@ class ColumnProfile:
 
     @property
     def numeric_share(self) -> float:
-        return len(self.numbers) / self.n_present if self.n_present else 0.0
+        return self.numbers.size / self.n_present if self.n_present else 0.0
 
     @property
     def all_unique(self) -> bool:
@@ -194,27 +190,31 @@ class ColumnProfile:
 
 
 def profile_column(values: pd.Series) -> ColumnProfile:
-    present = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    # Each distinct raw value is examined once and weighted by how often it occurs.
+    raw_counts = Counter(v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v)))
     counts: Counter = Counter()
     raw_for_text: dict[str, Any] = {}
-    numbers: list[float] = []
+    numbers, repeats = [], []
     unreadable = date_like = text_values = 0
-    for value in present:
-        text = clean_category(value) if not isinstance(value, (datetime, date)) else value.isoformat()
-        counts[text] += 1
+    for value, count in raw_counts.items():
+        text = value.isoformat() if isinstance(value, (datetime, date)) else clean_category(value)
+        counts[text] += count
         raw_for_text.setdefault(text, value.item() if isinstance(value, np.generic) else value)
         if isinstance(value, (datetime, date)) or (isinstance(value, str) and DATE_TEXT.match(value)):
-            date_like += 1
+            date_like += count
             continue
-        text_values += isinstance(value, str)
+        text_values += count * isinstance(value, str)
         try:
             number = clean_numeric(value)
         except FeatureValueError:
-            unreadable += 1
+            unreadable += count
             continue
         if number is not None:
             numbers.append(number)
-    return ColumnProfile(len(values), present, counts, raw_for_text, numbers, unreadable, date_like, text_values)
+            repeats.append(count)
+    present = sum(raw_counts.values())
+    all_numbers = np.repeat(np.asarray(numbers, dtype=np.float64), np.asarray(repeats, dtype=np.int64))
+    return ColumnProfile(len(values), present, counts, raw_for_text, all_numbers, unreadable, date_like, text_values)
 
 
 def looks_like_id_name(name: str) -> bool:
@@ -297,8 +297,7 @@ def boolean_labels(profile: ColumnProfile) -> tuple[Any, Any] | None:
 
 
 def numeric_role(name: str, profile: ColumnProfile) -> ColumnRole:
-    numbers = np.asarray(profile.numbers)
-    if is_sequence_identifier(name, profile, numbers):
+    if is_sequence_identifier(name, profile, profile.numbers):
         return dropped(name, "identifier", "unique whole numbers like a row number or an id: they identify rows")
     if profile.text_values:
         reason = "numeric stored as text"

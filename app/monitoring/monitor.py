@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -111,7 +112,9 @@ class Monitor:
             self._owns_drift_dir = False
             return directory
         self._owns_drift_dir = True
-        return Path(tempfile.mkdtemp(prefix="churn-drift-"))
+        directory = Path(tempfile.mkdtemp(prefix="churn-drift-"))
+        weakref.finalize(self, shutil.rmtree, directory, True)  # also gone if stop() is never called
+        return directory
 
     # ---- lifespan -----------------------------------------------------------------------------------
     async def start(self) -> None:

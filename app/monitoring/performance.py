@@ -27,6 +27,7 @@ from app.monitoring.prediction_log import outcomes_table, predictions_table
 
 MAX_OUTCOMES_PER_CALL = 50_000
 IN_CLAUSE_CHUNK = 500  # stays well under SQLite's bound-parameter limit
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # identifiers never hold control characters (PostgreSQL rejects NUL)
 
 
 # ---- request and response bodies ----------------------------------------------------------------
@@ -35,8 +36,8 @@ class OutcomeIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    prediction_id: str | None = Field(default=None, min_length=1, max_length=64)
-    customer_id: str | None = Field(default=None, min_length=1, max_length=256)
+    prediction_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
+    customer_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
     churned: bool
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """The daily monitoring report: one UTC day of the prediction log, plus the current drift figures.
 
-Latency percentiles come from the latency logged with each prediction (a batch's records share
-their call's latency, so a batch weighs as many predictions as it holds). Drift is the latest
+Latency percentiles come from the latency logged with each prediction (request start to scoring
+done), over all predictions and apart for single-record calls and for batch records, whose records
+share their call's latency. Drift is the latest
 sliding-window figure, not the day's: the window is the monitoring view of "now".
 """
 
@@ -63,21 +64,30 @@ def _model_versions(connection: Connection, start: float, end: float) -> list[di
     ]
 
 
-def _latency(connection: Connection, start: float, end: float) -> dict[str, float | None]:
-    p = predictions_table.c
-    latencies = np.fromiter(
-        (
-            row[0]
-            for row in connection.execute(
-                select(p.latency_seconds).where(p.predicted_at >= start, p.predicted_at < end)
-            )
-        ),
-        dtype=np.float64,
-    )
+def _percentiles(latencies: np.ndarray) -> dict[str, float | None]:
     if latencies.size == 0:
-        return {f"p{q}": None for q in PERCENTILES} | {"mean": None}
+        return {f"p{q}": None for q in PERCENTILES} | {"mean": None, "predictions": 0}
     figures = {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(latencies, PERCENTILES), strict=True)}
-    return figures | {"mean": float(latencies.mean())}
+    return figures | {"mean": float(latencies.mean()), "predictions": int(latencies.size)}
+
+
+def _latency(connection: Connection, start: float, end: float) -> dict[str, dict[str, float | None]]:
+    """Percentiles over all predictions, and apart for single-record calls and batch records.
+
+    Kept apart because a batch's records share their call's (much longer) latency and would
+    otherwise dominate the percentiles of a day with a few large batches.
+    """
+    p = predictions_table.c
+    rows = connection.execute(
+        select(p.latency_seconds, p.batch_size).where(p.predicted_at >= start, p.predicted_at < end)
+    ).all()
+    latencies = np.array([row[0] for row in rows], dtype=np.float64)
+    single = np.array([row[1] == 1 for row in rows], dtype=bool)
+    return {
+        "all": _percentiles(latencies),
+        "single": _percentiles(latencies[single]),
+        "batch": _percentiles(latencies[~single]),
+    }
 
 
 def _iso(timestamp: float | None) -> str | None:

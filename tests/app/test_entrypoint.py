@@ -86,6 +86,13 @@ def test_served_over_http_equals_the_in_process_prediction(
 
     np.testing.assert_allclose(served, bundle_probabilities(linear_models_dir, records), rtol=0, atol=1e-9)
     assert metrics.status_code == 200
+    # Both workers' counters add up in one scrape (multiprocess mode via the wiped shared directory).
+    scored = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.text.splitlines()
+        if line.startswith("churn_predictions_total{")
+    ]
+    assert sum(scored) == len(records)
     assert not (metrics_dir / "counter_12345.db").exists(), "the metrics directory is wiped at start"
 
 

@@ -85,8 +85,11 @@ def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customer
     assert fast_rows > len(customers) * 0.9
 
 
-def test_occlusion_contributions_match_one_model_call_per_feature(family_models_dirs: dict[str, Path]) -> None:
-    predictor = build_predictor(service_settings(family_models_dirs["xgboost"]))
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm", "random_forest", "mlp"])
+def test_occlusion_contributions_match_one_model_call_per_feature(
+    family: str, family_models_dirs: dict[str, Path]
+) -> None:
+    predictor = build_predictor(service_settings(family_models_dirs[family]))
     explainer: Explainer = predictor.explainer
     matrix = predictor.schema.encode({}, 1).matrix + np.random.default_rng(3).normal(
         size=(1, predictor.schema.n_encoded)
@@ -123,3 +126,36 @@ def test_torch_is_imported_only_for_an_mlp_bundle(family_models_dirs: dict[str, 
     }
 
     assert imported == {"xgboost": "False", "mlp": "True"}
+
+
+@pytest.mark.slow
+def test_a_bundle_from_the_training_pipeline_serves(tmp_path: Path, serve: Any) -> None:
+    from training.config import TrainingConfig
+    from training.pipeline import run_training
+    from training.synthetic import generate_customers
+
+    table = generate_customers(1500, seed=5)
+    config = TrainingConfig(
+        data=table,
+        model_dir=tmp_path / "models",
+        models=("logistic_regression",),
+        trials=1,
+        report=False,
+        progress=False,
+    )
+    result = run_training(config)
+    client = serve(tmp_path / "models")
+    raw_rows = table.head(25).to_dict(orient="records")  # straight from the training table, id and target included
+
+    batch = client.post("/predict/batch", json=raw_rows).json()
+
+    assert client.get("/ready").json()["model_version"] == result.manifest.version
+    assert batch["failed"] == 0, batch["results"][:1]
+    features = {spec.name for spec in result.manifest.schema.features}
+    expected = bundle_probabilities(
+        tmp_path / "models", [{k: v for k, v in r.items() if k in features} for r in raw_rows]
+    )
+    np.testing.assert_allclose([r["churn_probability"] for r in batch["results"]], expected, rtol=0, atol=1e-9)
+    id_column = result.manifest.schema.id_column
+    if id_column:
+        assert [r["customer_id"] for r in batch["results"]] == [str(r[id_column]) for r in raw_rows]

@@ -346,3 +346,5 @@ def test_metrics_give_the_batch_route_and_stage_totals():
     samples = serving.parse_prometheus(METRICS)
     assert ("churn_requests_total", {}, 3.0) in samples
     assert serving.metric_sums(METRICS, "/predict/batch") == {"request": 0.25, "validation": 0.125, "inference": 0.5}
+    counted = METRICS + 'churn_http_request_duration_seconds_count{method="POST",route="/predict/batch"} 4.0\n'
+    assert serving.metric_sums(counted, "/predict/batch")["request_count"] == 4.0

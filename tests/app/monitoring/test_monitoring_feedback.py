@@ -129,6 +129,8 @@ def test_feedback_requires_the_api_key(client: TestClient, tmp_path):
         ({"churned": True}, ["body", "single"], "exactly one of prediction_id or customer_id"),
         ({"customer_id": "C", "prediction_id": "p", "churned": True}, ["body", "single"], "exactly one"),
         ({"customer_id": "", "churned": True}, ["body", "single", "customer_id"], "at least 1 character"),
+        ({"prediction_id": "a\u0000b", "churned": True}, ["body", "single", "prediction_id"], "match pattern"),
+        ({"customer_id": "x" * 257, "churned": True}, ["body", "single", "customer_id"], "at most 256"),
         ({"customer_id": "C-1", "churned": True, "extra": 1}, ["body", "single", "extra"], "Extra inputs"),
         ({"outcomes": []}, ["body", "batch", "outcomes"], "at least 1 item"),
         ({"outcomes": "all of them"}, ["body", "batch", "outcomes"], "valid list"),
@@ -238,8 +240,12 @@ def test_daily_report_shape_and_figures(slow_log_client):
     decisions = np.concatenate([event.decisions for event in day])
     assert report["predicted_churn_rate"] == pytest.approx(decisions.mean())
     latencies = np.concatenate([[sum(e.stage_seconds.values())] * len(e.prediction_ids) for e in day])
+    single = np.array([sum(e.stage_seconds.values()) for e in day if len(e.prediction_ids) == 1])
     for q in (50, 95, 99):
-        assert report["latency_seconds"][f"p{q}"] == pytest.approx(np.percentile(latencies, q))
+        assert report["latency_seconds"]["all"][f"p{q}"] == pytest.approx(np.percentile(latencies, q))
+        assert report["latency_seconds"]["single"][f"p{q}"] == pytest.approx(np.percentile(single, q))
+    assert report["latency_seconds"]["single"]["predictions"] == 20
+    assert report["latency_seconds"]["batch"]["predictions"] == 80
     assert report["model_versions"] == [
         {
             "version": manifest.version,

@@ -129,7 +129,8 @@ def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
         assert monitor.log.flush() == 0  # this batch is lost and counted
         monitor.record(make_event(manifest, 5, seed=3))
         assert monitor.log.flush() == 5  # the table came back on the next write
-    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") == 1
+    # At least the failed write (the performance refresh may also have met the missing table).
+    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") >= 1
     assert dropped(monitor)["write_error"] == 4
 
 

@@ -1,0 +1,44 @@
+# The churn prediction service (and the training CLI, for the one-shot trainer in docker-compose.yml).
+#   docker build -t churn-service .
+#   docker run -p 8000:8000 -v churn-data:/data churn-service
+# Bundles are read from the /data/models volume (train into it with
+#   docker run -v churn-data:/data churn-service python -m training --model-dir /data/models
+# ), the prediction log goes to /data/predictions.sqlite3. /data is outside /app on purpose: `models/`
+# in the code is also the Python package with the bundle contract, and a volume there would hide it.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    OMP_NUM_THREADS=1
+
+WORKDIR /app
+
+# Dependencies first, so code changes reuse this layer. CPU-only torch from the PyTorch index
+# (the default wheel pulls in gigabytes of CUDA); requirements.txt then finds it already satisfied.
+COPY requirements.txt .
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install -r requirements.txt
+
+COPY app ./app
+COPY models ./models
+COPY training ./training
+
+RUN useradd --create-home --uid 10001 churn \
+    && mkdir -p /data/models \
+    && chown -R churn:churn /data
+USER churn
+
+ENV CHURN_HOST=0.0.0.0 \
+    CHURN_PORT=8000 \
+    CHURN_MODEL_DIR=/data/models \
+    CHURN_DATABASE_URL=sqlite:////data/predictions.sqlite3
+VOLUME ["/data"]
+EXPOSE 8000
+
+# Liveness only (/health); orchestrators should gate traffic on /ready.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c 'import os, sys, urllib.request as u; port = os.environ.get("CHURN_PORT", "8000"); sys.exit(u.urlopen("http://127.0.0.1:" + port + "/health", timeout=2).status != 200)'
+
+CMD ["python", "-m", "app"]
