@@ -38,6 +38,11 @@ def main() -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    # The service's own log (model loaded, not ready and why) goes where uvicorn's does.
+    log_config = {**LOGGING_CONFIG, "loggers": {**LOGGING_CONFIG["loggers"]}}
+    log_config["loggers"]["app"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
 
     try:
         # The factory import string lets every worker build its own app (required for workers > 1).
@@ -48,6 +53,7 @@ def main() -> None:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level.lower(),
+            log_config=log_config,
             access_log=settings.access_log,
             loop="uvloop",
             http="httptools",

@@ -8,6 +8,7 @@ ready, and ``/ready`` and the log say exactly what is wrong until ``POST /admin/
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     monitor = app.state.monitor
     await monitor.start()
     await load_at_startup(app, settings)
+    # Everything loaded so far lives for the whole process: moving it out of the cyclic
+    # collector's generations keeps each collection from rescanning the model and libraries.
+    gc.freeze()
     try:
         yield
     finally:

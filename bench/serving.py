@@ -698,6 +698,17 @@ def _check_batch_response(body: bytes, n: int) -> None:
         raise BenchmarkError(f"/predict/batch rejected {failed} of {n} records; the benchmark sends valid records")
 
 
+def _round_range(report: Report, numerator: str, denominator: str) -> str:
+    """The spread of a throughput ratio over the interleaved rounds, e.g. "rounds: 0.78-0.93"."""
+    by_round: dict[int, dict[str, float]] = {}
+    for segment in report.runs.get("single_record", {}).get("segments", []):
+        by_round.setdefault(segment["round"], {})[segment["service"]] = segment["requests_per_s"]
+    ratios = [r[numerator] / r[denominator] for r in by_round.values() if r.get(denominator) and numerator in r]
+    if len(ratios) < 2:
+        return ""
+    return f"rounds: {_fmt(min(ratios))} to {_fmt(max(ratios))}"
+
+
 def _mib(kib: int | None) -> float | None:
     return None if kib is None else kib / 1024
 
@@ -797,7 +808,14 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
         )
     if reference is not None:
         ratio = ours.requests_per_s / reference.requests_per_s if reference.requests_per_s else None
-        add("throughput_ratio", "throughput ours / reference", ratio, "x", "throughput_ratio_vs_reference")
+        add(
+            "throughput_ratio",
+            "throughput ours / reference",
+            ratio,
+            "x",
+            "throughput_ratio_vs_reference",
+            _round_range(report, OURS, REFERENCE),
+        )
     cpu_us = bench.cpu_per_request_us
     if reference is not None:
         add("reference_cpu_us", "reference: service CPU per request", cpu_us[REFERENCE], "us")
@@ -811,6 +829,14 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
             note="less sensitive to other load than requests/s",
         )
     add("ours_cores_busy", "ours: cores busy under load", bench.cpu_share[OURS], note="1.00 = one full core")
+    if reference is not None:
+        add("reference_cores_busy", "reference: cores busy under load", bench.cpu_share[REFERENCE])
+        if bench.cpu_share[OURS] < 0.9:
+            report.notes.append(
+                f"other processes competed for the CPUs: under load our worker got {bench.cpu_share[OURS]:.2f} of a "
+                f"core and the reference {bench.cpu_share[REFERENCE]:.2f} (the scheduler shares CPU per thread, and "
+                "the reference runs several); the CPU-per-request ratio is the fairer comparison in such a run"
+            )
     for key, value in bench.server_us.get(OURS, {}).items():
         what = "whole request in the server" if key == "request" else f"stage: {key}"
         add(f"ours_server_{key}_us", f"ours /predict, {what} (mean)", value, "us", note="from /metrics")
@@ -823,6 +849,7 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
         ours.requests_per_s / off.requests_per_s if off.requests_per_s else None,
         "",
         "monitoring_on_over_off",
+        _round_range(report, OURS, OURS_OFF),
     )
     server_ms = batch["server_ms_median"]
     n = batch["records"]

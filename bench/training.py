@@ -85,7 +85,11 @@ def run_training_process(args: list[str], model_dir: Path, log: Path) -> dict[st
             for row in manifest.leaderboard
         ],
         timings=manifest.training.get("timings", {}),
-        schema={"target": manifest.schema.target, "id": manifest.schema.id_column, "dropped": manifest.schema.dropped},
+        schema={
+            "target": manifest.schema.target,
+            "id": manifest.schema.id_column,
+            "dropped": {column.name: column.reason for column in manifest.schema.dropped},
+        },
     )
     return run
 

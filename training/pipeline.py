@@ -134,7 +134,7 @@ def prepare_data(config: TrainingConfig, watch: Stopwatch) -> PreparedData:
         train = table.iloc[split.train]
         roles = infer_feature_roles(train, target, config.id_column)
         if not roles.features:
-            raise TrainingDataError("no usable feature columns: every column was dropped (see the roles in --help)")
+            raise TrainingDataError(f"no usable feature columns: {describe_unused(roles)}")
         schema = fit_schema(roles, train, cleaning)
         columns, matrices = {}, {}
         for part in ("train", "validation", "test"):
@@ -146,6 +146,13 @@ def prepare_data(config: TrainingConfig, watch: Stopwatch) -> PreparedData:
         f"({schema.n_encoded} encoded), {len(roles.dropped)} columns dropped"
     )
     return PreparedData(loaded.source, table, cleaning, roles, split, schema, y, matrices, columns)
+
+
+def describe_unused(roles: RoleSet) -> str:
+    """Why no column can be a feature, e.g. "customerID is the id; x dropped (identifier)"."""
+    parts = [f"{roles.id_column} is the id"] if roles.id_column else []
+    parts += [f"{column.name} dropped ({column.reason})" for column in roles.dropped]
+    return "; ".join(parts) if parts else f"the table has no column besides the target {roles.target.column!r}"
 
 
 def fit_schema(roles: RoleSet, train: pd.DataFrame, cleaning: CleaningReport | None = None) -> FeatureSchema:

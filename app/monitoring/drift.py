@@ -1,17 +1,17 @@
 """Data and score drift against the bundle's frozen reference bins, shared by all workers.
 
 Request path (well under a microsecond): the scored batch is appended to an in-memory deque.
-The background thread bins the values with the reference edges (plain Python for one record,
-numpy for a batch) and adds the counts to this worker's *slot table*, a small memory-mapped ``int64`` array file with
-one row per time slot (``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot
-number the row currently counts, the other columns the bin counts of every feature, then the
-score, then the decision (no churn / churn). A row whose slot number is not the current one is
-zeroed before reuse, so memory and disk stay fixed whatever the traffic.
 
-Background (every ``drift_update_seconds``): any worker sums the rows of *all* workers' tables
-whose slot lies inside the window (``drift_window_seconds``) and computes PSI and the
-Jensen-Shannon distance per feature and for the score. Every worker sees the same shared counts,
-so every worker exports the same figures. A new model version starts new tables (the file name
+Background, every ``drift_update_seconds``: each worker bins its remembered batches with the
+reference edges (plain Python for one record, numpy for a batch) and adds the counts to its own
+*slot table*, a small memory-mapped ``int64`` array file with one row per time slot
+(``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot number the row currently
+counts, the other columns the bin counts of every feature, then the score, then the decision (no
+churn / churn). A row holding an older slot is zeroed before reuse, so memory and disk stay fixed
+whatever the traffic. Then it sums the rows of *all* workers' tables whose slot lies inside the
+window (``drift_window_seconds``) and computes PSI and the Jensen-Shannon distance per feature and
+for the score. Every worker sees the same shared counts (each worker's latest batches join them at
+its next update), so every worker exports the same figures. A new model version starts new tables (the file name
 carries a key of the version and its reference), which resets the window to the new reference.
 
 Why the threshold moves with the window: with no drift at all, ``n * PSI`` over ``k`` bins is
@@ -346,7 +346,7 @@ def compute_snapshot(
 
 # ---- the per-worker drift tracker -----------------------------------------------------------------
 class DriftTracker:
-    """One model version's drift state in this worker: counting on the request path, figures in the background."""
+    """One model version's drift state in this worker: remembering on the request path, the rest in the background."""
 
     def __init__(
         self,

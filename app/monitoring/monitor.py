@@ -1,7 +1,7 @@
 """The monitor the service talks to: metrics, drift, prediction log and realized performance in one object.
 
-The request path calls :meth:`Monitor.record` (and the middleware); both only bin, count and
-enqueue. Everything that reads files or databases runs in background threads started by
+The request path calls :meth:`Monitor.record` (and the middleware); both only increment counters
+and append to in-memory queues. Everything that reads files or databases runs in background threads started by
 :meth:`Monitor.start`: drift figures every ``drift_update_seconds``, realized performance every
 ``performance_update_seconds`` (and right after feedback), the memory gauge, and the prediction
 log writer.
@@ -137,7 +137,8 @@ class Monitor:
         self.log.stop()
         with self._model_lock:
             if self.drift is not None:
-                self.drift.close()
+                self.drift.close()  # the table stays for the other workers until it leaves the window
+                self.drift = None
         self.metrics.mark_dead()
         if self._owns_drift_dir:
             shutil.rmtree(self._drift_dir, ignore_errors=True)

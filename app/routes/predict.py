@@ -12,6 +12,10 @@ size limit: 413).
 
 from __future__ import annotations
 
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import orjson
@@ -108,7 +112,38 @@ async def predict_batch(
     return Response(content, media_type="application/json")
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while a batch builds its objects.
+
+    A 10,000-record batch allocates a few hundred thousand acyclic containers (parsed JSON, cleaned
+    records, results); each one counts toward the collector's thresholds, so it would otherwise run
+    repeatedly and rescan them all: about a third of the batch's time. Reference counting still
+    frees everything; the collector resumes when the last concurrent batch finishes.
+    """
+    global _gc_pausers
+    with _gc_lock:
+        _gc_pausers += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0:
+                gc.enable()
+
+
 def _score_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
+    with cyclic_gc_paused():
+        return _score_parsed_batch(predictor, body, max_batch_size, reasons)
+
+
+def _score_parsed_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
     records = parse_json(body)
     if not isinstance(records, list):
         problem = field_problem(["body"], "Input should be a JSON list of customer objects", "list_type")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from app.explain import Explainer
-from app.predictor import CompiledTrees, RowEncoder, build_predictor
+from app.predictor import ColumnEncoder, CompiledTrees, RowEncoder, build_predictor
 from models.bundle import current_bundle_dir, verify_bundle
 from models.features import clean_columns
 from models.scoring import Scorer, load_raw_model
@@ -83,6 +83,26 @@ def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customer
         fast_rows += 1
         np.testing.assert_allclose(fast, full.matrix, rtol=0, atol=1e-12)
     assert fast_rows > len(customers) * 0.9
+
+
+def test_column_encoder_equals_the_schema_encoder_with_gaps_and_unseen_values(
+    linear_models_dir: Path, customers: pd.DataFrame
+) -> None:
+    predictor = build_predictor(service_settings(linear_models_dir))
+    rows = [predictor.cleaner.clean(customer_record(customers, row)).values for row in range(300)]
+    for row in range(0, 300, 7):
+        rows[row]["TotalCharges"] = None  # optional: imputed
+    for row in range(0, 300, 11):
+        rows[row]["PaymentMethod"] = "Voucher"  # unseen: the "other" column
+    columns = {name: [values[name] for values in rows] for name in predictor.schema.names}
+
+    fast = ColumnEncoder(predictor.schema).encode(columns, len(rows))
+    exact = predictor.schema.encode(columns, len(rows))
+
+    np.testing.assert_array_equal(fast.matrix, exact.matrix)
+    assert fast.warnings == exact.warnings
+    assert sorted(fast.imputed) == sorted(exact.imputed)
+    assert sorted(fast.unseen) == sorted(exact.unseen)
 
 
 @pytest.mark.parametrize("family", ["xgboost", "lightgbm", "random_forest", "mlp"])

@@ -348,3 +348,17 @@ def test_metrics_give_the_batch_route_and_stage_totals():
     assert serving.metric_sums(METRICS, "/predict/batch") == {"request": 0.25, "validation": 0.125, "inference": 0.5}
     counted = METRICS + 'churn_http_request_duration_seconds_count{method="POST",route="/predict/batch"} 4.0\n'
     assert serving.metric_sums(counted, "/predict/batch")["request_count"] == 4.0
+
+
+def test_ratio_spread_over_rounds():
+    report = serving.Report("t", "c", {}, {})
+    report.runs["single_record"] = {
+        "segments": [
+            {"round": 0, "service": "ours", "requests_per_s": 300.0},
+            {"round": 0, "service": "reference", "requests_per_s": 20.0},
+            {"round": 1, "service": "reference", "requests_per_s": 25.0},
+            {"round": 1, "service": "ours", "requests_per_s": 250.0},
+        ]
+    }
+    assert serving._round_range(report, "ours", "reference") == "rounds: 10.0 to 15.0"
+    assert serving._round_range(report, "ours", "absent") == ""

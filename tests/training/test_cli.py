@@ -105,6 +105,12 @@ def test_data_problems_found_after_loading(capsys, tmp_path: Path) -> None:
     code, _, err = run_main(capsys, "--data", str(few), "--model-dir", str(tmp_path), *FAST)
     assert_one_line_error(code, err, "too few churned customers for a 70/15/15 split: 10, need at least 34")
 
+    only_ids = tmp_path / "only_ids.csv"
+    ids = pd.DataFrame({"customerID": [f"c{i}" for i in range(300)], "row": range(300), "Churn": ["Yes", "No"] * 150})
+    ids.to_csv(only_ids, index=False)
+    code, _, err = run_main(capsys, "--data", str(only_ids), "--model-dir", str(tmp_path), *FAST)
+    assert_one_line_error(code, err, "no usable feature columns: customerID is the id; row dropped (identifier)")
+
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     code, _, err = run_main(capsys, "--data", str(empty), "--model-dir", str(tmp_path), *FAST)
