@@ -2,7 +2,9 @@
 
 Before anything imports the Prometheus client, PROMETHEUS_MULTIPROC_DIR is pointed at a fresh,
 empty directory so the metrics of every worker process add up (and stale files from an earlier
-run cannot). Numeric libraries get one thread each: parallelism comes from worker processes.
+run cannot). With several workers, CHURN_RELOAD_DIR is pointed at a fresh directory inside it, where
+a reload taken by one worker is announced to all the others. Numeric libraries get one thread each:
+parallelism comes from worker processes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 APP_FACTORY = "app.main:create_app"
+RELOAD_DIR_ENV = "CHURN_RELOAD_DIR"
 _ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -26,6 +29,15 @@ def fresh_metrics_dir(configured: Path | None) -> tuple[Path, bool]:
     return configured, False
 
 
+def share_reloads(metrics_dir: Path, workers: int) -> None:
+    """Give several workers a directory to announce reloads in: fresh, because the metrics one is."""
+    if workers < 2:
+        return  # one process: nobody else to tell (and its settings are already read)
+    reload_dir = metrics_dir / "reload"
+    reload_dir.mkdir()
+    os.environ[RELOAD_DIR_ENV] = str(reload_dir)
+
+
 def main() -> None:
     for variable in _ONE_THREAD:
         os.environ.setdefault(variable, "1")
@@ -36,6 +48,7 @@ def main() -> None:
     metrics_dir, temporary = fresh_metrics_dir(settings.metrics_multiproc_dir)
     # Workers are separate processes that inherit this environment.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    share_reloads(metrics_dir, settings.workers)
 
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG

@@ -6,7 +6,10 @@ whose every feature takes its training imputation value (median or most common c
 * logistic regression: exact, ``coef · (x - x_ref)`` summed over the feature's encoded columns;
 * every other family: occlusion, ``logit p(x) - logit p(x with feature j set to its reference)``,
   scored in the same single model call as the prediction itself (one extra row per feature that
-  differs from the reference; a feature at its reference value contributes exactly 0).
+  differs from the reference; a feature at its reference value contributes exactly 0);
+* soft-vote ensemble: its log-odds are the weighted mean of its members' log-odds, so its
+  occlusion is exactly the weighted mean of the members' own attributions, each member explained
+  by its own family's rule above (exact for the linear part, tree-by-tree for compiled trees).
 
 Both are per input feature (a one-hot category group counts once), model-agnostic where needed,
 and honest about what they measure. Calibration is monotone, so a feature that raises the raw
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.features import FeatureSchema
-from models.scoring import LinearModel, RawModel
+from models.scoring import EnsembleModel, LinearModel, RawModel
 
 _EPSILON = 1e-7
 
@@ -40,11 +43,20 @@ class Explainer:
         # The reference customer: every value missing, so each feature takes its imputation value.
         self.reference = schema.encode({}, 1).matrix[0]
         self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
-        # Compiled tree ensembles re-walk only the trees that split on the occluded feature.
+        # Compiled tree ensembles re-walk only the trees that split on the occluded feature; one row
+        # (the /predict case) is explained by a walk planned here, at load time.
         self._group_trees = [model.trees_using(columns) for columns in self._slices] if self._compiled() else None
+        self._row_plan = model.row_occlusion(self._slices, self.reference) if self._compiled() else None
+        # Which matrix columns each feature owns, to build every occluded row in one step.
+        self._group_masks = np.zeros((len(self._slices), schema.n_encoded), dtype=bool)
+        for group, columns in enumerate(self._slices):
+            self._group_masks[group, columns] = True
+        self._members = (
+            [Explainer(schema, member) for _, member, _ in model.members] if isinstance(model, EnsembleModel) else None
+        )
 
     def _compiled(self) -> bool:
-        return hasattr(self.model, "occlusion") and hasattr(self.model, "trees_using")
+        return all(hasattr(self.model, name) for name in ("occlusion", "trees_using", "row_occlusion"))
 
     def score(self, matrix: np.ndarray) -> np.ndarray:
         """Raw (uncalibrated) probabilities only."""
@@ -55,17 +67,32 @@ class Explainer:
         if isinstance(self.model, LinearModel):
             contributions = self.model.logit_contributions(matrix, self.reference)
             return self.model.raw_proba(matrix), np.add.reduceat(contributions, self._group_starts, axis=1)
+        if self._members is not None:
+            return self._vote(matrix)
         return self._occlusion(matrix)
+
+    def _vote(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A soft vote's score and attributions from its members' (log-odds are weighted means)."""
+        assert isinstance(self.model, EnsembleModel) and self._members is not None
+        explained = [member.score_and_explain(matrix) for member in self._members]
+        weights = self.model.weights
+        # The same arithmetic as EnsembleModel.raw_proba, so the score equals the plain call's.
+        member_logits = np.stack([_logit(scores) for scores, _ in explained])
+        scores = 1.0 / (1.0 + np.exp(-(weights @ member_logits)))
+        contributions = sum(weight * part for weight, (_, part) in zip(weights.tolist(), explained, strict=True))
+        return scores, contributions
 
     def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_groups = matrix.shape[0], len(self._slices)
+        if self._row_plan is not None and n_rows == 1:
+            score, occluded_scores = self._row_plan.explain(matrix[0])
+            scores = np.array([score])
+            return scores, (_logit(scores) - _logit(occluded_scores))[None, :]
         # Only features that differ from the reference can contribute; the others are exactly 0
         # and need no model row (typically half of a customer's features sit at the reference).
         differs = np.add.reduceat(matrix != self.reference, self._group_starts, axis=1) > 0
         rows, groups = np.nonzero(differs)
-        occluded = matrix[rows]
-        for group, columns in enumerate(self._slices):
-            occluded[groups == group, columns] = self.reference[columns]
+        occluded = np.where(self._group_masks[groups], self.reference, matrix[rows])
         if self._group_trees is not None and n_rows <= self.model.max_rows:
             scores, occluded_scores = self.model.occlusion(
                 matrix, occluded, rows, [self._group_trees[group] for group in groups.tolist()]

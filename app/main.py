@@ -3,11 +3,13 @@
 Startup loads the ``current`` bundle once (checksums verified before anything is unpickled, then
 a warm-up prediction). A missing or corrupt bundle never stops the process: it stays up, not
 ready, and ``/ready`` and the log say exactly what is wrong until ``POST /admin/reload`` succeeds.
+With several workers, each one also follows the reloads the others announce (see ``app.reload``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from app import request_schema
 from app.errors import install_error_handlers
 from app.monitoring import create_monitor
 from app.predictor import build_predictor
+from app.reload import WorkerSync, follow_reloads
 from app.routes import api_router
 from app.settings import Settings, get_settings
 from models.bundle import BundleError
@@ -42,7 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor = monitor
     app.state.predictor = None
     app.state.model_error = "the model is still loading"
+    # One reload at a time in this worker, whether asked for here or announced by another worker.
     app.state.reload_lock = asyncio.Lock()
+    app.state.worker_sync = None
+    app.state.reload_generation = 0
     install_error_handlers(app)
     app.include_router(api_router())
     app.include_router(monitor.router)
@@ -57,14 +63,46 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     monitor = app.state.monitor
     await monitor.start()
+    sync = join_workers(app, settings)
     await load_at_startup(app, settings)
+    follower = start_following(app, sync)
     # Everything loaded so far lives for the whole process: moving it out of the cyclic
     # collector's generations keeps each collection from rescanning the model and libraries.
     gc.freeze()
     try:
         yield
     finally:
+        await stop_following(follower, sync)
         await monitor.stop()
+
+
+def join_workers(app: FastAPI, settings: Settings) -> WorkerSync | None:
+    """Share reloads with the other workers of this run, when ``python -m app`` gave them a directory."""
+    if settings.reload_dir is None:
+        return None
+    sync = WorkerSync(settings.reload_dir)
+    app.state.worker_sync = sync
+    # Read before loading: a reload announced while this worker loads ``current`` is still followed.
+    announcement = sync.read_announcement()
+    app.state.reload_generation = announcement.generation if announcement else 0
+    return sync
+
+
+def start_following(app: FastAPI, sync: WorkerSync | None) -> asyncio.Task[None] | None:
+    if sync is None:
+        return None
+    predictor = app.state.predictor
+    sync.report(app.state.reload_generation, predictor.version if predictor else None, app.state.model_error)
+    return asyncio.create_task(follow_reloads(app), name="follow-reloads")
+
+
+async def stop_following(follower: asyncio.Task[None] | None, sync: WorkerSync | None) -> None:
+    if follower is not None:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    if sync is not None:
+        sync.withdraw()  # a worker that is gone no longer counts for reload confirmations
 
 
 async def load_at_startup(app: FastAPI, settings: Settings) -> None:

@@ -26,7 +26,7 @@ from app.risk import RiskPolicy
 from app.settings import Settings
 from models.bundle import BundleError, Manifest, current_bundle_dir, verify_bundle
 from models.features import EncodeResult, FeatureSchema, FeatureSpec, FeatureValueError
-from models.scoring import RawModel, Scorer, apply_calibration, load_raw_model
+from models.scoring import EnsembleModel, RawModel, Scorer, apply_calibration, load_raw_model
 
 CUSTOMER_ID = "customer_id"
 # Distinct raw values remembered per feature: categories repeat, so cleaning a 10,000-record
@@ -456,11 +456,21 @@ class CompiledTrees:
             return leaf_sum / self.roots.size
         return 1.0 / (1.0 + np.exp(-(leaf_sum + self.offset)))
 
+    def probability_of(self, leaf_sum: float) -> float:
+        """``_probability`` for one row, in plain floats (a numpy call costs more than the arithmetic)."""
+        if self.average:
+            return leaf_sum / self.roots.size
+        return 1.0 / (1.0 + math.exp(-(leaf_sum + self.offset)))
+
     def trees_using(self, columns: slice) -> np.ndarray:
         """Indices of the trees with a split on any of ``columns``; only they can see those columns change."""
         internal = self.left != np.arange(self.left.size)
         uses = internal & (self.feature >= columns.start) & (self.feature < columns.stop)
         return np.unique(self.tree_of_node[uses])
+
+    def row_occlusion(self, groups: list[slice], reference: np.ndarray) -> RowOcclusion | None:
+        """The load-time plan that explains one row per feature group (see :class:`RowOcclusion`)."""
+        return RowOcclusion(self, groups, reference) if RowOcclusion.fits(self, groups) else None
 
     def occlusion(
         self, matrix: np.ndarray, occluded: np.ndarray, pair_rows: np.ndarray, pair_trees: list[np.ndarray]
@@ -485,6 +495,85 @@ class CompiledTrees:
             pair, weights=walked[n_rows * n_trees :] - leaves[pair_rows[pair], trees], minlength=len(pair_trees)
         )
         return self._probability(leaf_sum), self._probability(leaf_sum[pair_rows] + change)
+
+
+# Above this many planned node copies a row is explained the general way (memory stays bounded).
+_ROW_PLAN_MAX_NODES = 1_000_000
+
+
+class RowOcclusion:
+    """Explains one row of a compiled tree ensemble in a single walk, without building occluded rows.
+
+    The walk has one lane per tree as the row was sent, then one per (feature, tree that splits on
+    that feature) pair of the model. Each lane walks its own copy of its tree, planned at load
+    time: in a pair's copy, the nodes that split on the pair's feature read the reference
+    customer's comparison instead of the row's, so the lane ends in the leaf that tree reaches with
+    that one feature occluded; trees that do not split on a feature keep their leaf. A feature at
+    its reference value reaches the same leaves, so its change is exactly 0. Per request this is
+    one comparison per node and four small numpy calls per tree level.
+    """
+
+    def __init__(self, trees: CompiledTrees, groups: list[slice], reference: np.ndarray) -> None:
+        self.trees = trees
+        self.n_groups = len(groups)
+        self.n_trees = n_trees = trees.roots.size
+        n_nodes = trees.feature.size
+        column_group = np.full(max(reference.size, int(trees.feature.max(initial=0)) + 1), -1, dtype=np.intp)
+        for group, columns in enumerate(groups):
+            column_group[columns] = group
+        per_group = [trees.trees_using(columns) for columns in groups]
+        self.pair_group = np.repeat(np.arange(self.n_groups, dtype=np.intp), [t.size for t in per_group])
+        self.pair_tree = np.concatenate(per_group) if per_group else np.zeros(0, dtype=np.intp)
+        lane_tree = np.concatenate([np.arange(n_trees, dtype=np.intp), self.pair_tree])
+        lane_group = np.concatenate([np.full(n_trees, -2, dtype=np.intp), self.pair_group])
+        tree_start = trees.roots
+        tree_size = np.diff(np.append(tree_start, n_nodes))
+        # Copies of each lane's tree, laid out one after another: copy c stands for node original[c].
+        sizes = tree_size[lane_tree]
+        lane_base = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+        lane_of_copy = np.repeat(np.arange(lane_tree.size, dtype=np.intp), sizes)
+        original = tree_start[lane_tree][lane_of_copy] + (
+            np.arange(sizes.sum(), dtype=np.intp) - lane_base[lane_of_copy]
+        )
+        shift = lane_base[lane_of_copy] - tree_start[lane_tree][lane_of_copy]  # original node -> copy id
+        occluded = column_group[trees.feature[original]] == lane_group[lane_of_copy]
+        # Copy ids are carried doubled, so "next node" is one lookup: next[2c + went_left].
+        self.compare_at = np.repeat(original + n_nodes * occluded, 2)
+        self.next = np.empty(2 * original.size, dtype=np.intp)
+        self.next[0::2] = 2 * (trees.right[original] + shift)
+        self.next[1::2] = 2 * (trees.left[original] + shift)
+        self.leaf_value = np.repeat(trees.value[original], 2)
+        self.start = 2 * lane_base
+        self.dtype = np.float32 if trees.float32 else np.float64
+        self.reference_goes_left = self._goes_left(reference)
+
+    @staticmethod
+    def fits(trees: CompiledTrees, groups: list[slice]) -> bool:
+        """Whether the planned copies stay within memory bounds for this model."""
+        tree_size = np.diff(np.append(trees.roots, trees.feature.size))
+        copies = tree_size.sum() + sum(int(tree_size[trees.trees_using(columns)].sum()) for columns in groups)
+        return copies <= _ROW_PLAN_MAX_NODES
+
+    def _goes_left(self, row: np.ndarray) -> np.ndarray:
+        trees = self.trees
+        values = np.asarray(row, dtype=self.dtype)[trees.feature]
+        return values < trees.threshold if trees.strict_less else values <= trees.threshold
+
+    def explain(self, row: np.ndarray) -> tuple[float, np.ndarray]:
+        """The row's raw probability and, per feature group, its raw probability with that group occluded."""
+        # As integers: each level adds them to a position (no bool-to-int conversion per level).
+        goes_left = np.concatenate([self._goes_left(row), self.reference_goes_left], dtype=np.intp)
+        compare_at, following = self.compare_at, self.next
+        position = self.start
+        for _ in range(self.trees.depth):
+            position = following[position + goes_left[compare_at[position]]]
+        leaves = self.leaf_value[position]
+        base = leaves[: self.n_trees]
+        leaf_sum = base.sum()
+        change = np.bincount(
+            self.pair_group, weights=leaves[self.n_trees :] - base[self.pair_tree], minlength=self.n_groups
+        )
+        return self.trees.probability_of(float(leaf_sum)), self.trees._probability(leaf_sum + change)
 
 
 class _TreeBuilder:
@@ -594,7 +683,15 @@ def _forest_trees(model: Any) -> CompiledTrees | None:
 
 
 def compile_trees(family: str, model: RawModel, width: int) -> RawModel:
-    """``model`` with a compiled small-batch path when it reproduces the native scores, else ``model``."""
+    """``model`` with a compiled small-batch path when it reproduces the native scores, else ``model``.
+
+    A soft-vote ensemble keeps its members and weights; each tree member is compiled under its own
+    family's rules, so a single record never reaches a native library's per-call overhead.
+    """
+    if isinstance(model, EnsembleModel):
+        return EnsembleModel(
+            [(member, compile_trees(member, raw, width), weight) for member, raw, weight in model.members]
+        )
     builders = {"lightgbm": _lightgbm_trees, "xgboost": _xgboost_trees, "random_forest": _forest_trees}
     if family not in builders:
         return model
@@ -732,7 +829,6 @@ class Predictor:
             model_version=self.version,
             prediction_ids=prediction_ids,
             customer_ids=[record.customer_id for record in valid],
-            inputs=[record.values for record in valid],
             columns=columns,
             scores=scores,
             decisions=decisions,

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     access_log: bool = False
     # Where worker processes share Prometheus metrics; wiped at every start. Default: a fresh temp dir.
     metrics_multiproc_dir: Path | None = None
+    # Where the workers of one run announce reloads to each other; ``python -m app`` sets it when it
+    # starts several workers. Unset (one process): a reload concerns this process only.
+    reload_dir: Path | None = None
+    # How often each worker looks for a reload another worker announced (a small file read).
+    reload_poll_seconds: float = Field(default=0.5, gt=0)
+    # How long POST /admin/reload waits for every worker to report the new version before answering.
+    reload_wait_seconds: float = Field(default=30.0, ge=0)
 
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
     api_key: SecretStr | None = None

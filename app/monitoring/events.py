@@ -16,8 +16,10 @@ class PredictionEvent:
     model_version: str
     prediction_ids: list[str]
     customer_ids: list[str | None]
-    inputs: list[dict[str, Any]]  # each record's cleaned feature values (None = missing), JSON-serialisable
-    columns: dict[str, list[Any]]  # the same values by feature, for drift binning
+    # Each feature's cleaned values in schema order (None = missing), one per record: drift bins
+    # them and the prediction log writes each record's row from them, both in the background, so
+    # the request path never builds a dictionary per record.
+    columns: dict[str, list[Any]]
     scores: np.ndarray  # calibrated churn probabilities
     decisions: np.ndarray  # bool: score >= threshold
     risk_bands: list[str]

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -140,34 +141,40 @@ def insert_statement(engine: Engine) -> str:
 
 
 def event_rows(event: PredictionEvent, request_latency: float | None) -> list[tuple[Any, ...]]:
-    """One row per record of a scored batch, in ROW_COLUMNS order."""
+    """One row per record of a scored batch, in ROW_COLUMNS order.
+
+    Runs on the writer thread: each record's ``inputs`` JSON (feature -> cleaned value, in schema
+    order) is built here from the event's columns, so the request path never builds those rows.
+    """
     latency = request_latency if request_latency is not None else float(sum(event.stage_seconds.values()))
     size = len(event.prediction_ids)
-    scores = event.scores.tolist()
-    decisions = event.decisions.tolist()
-    dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
-    timestamp, version, ids, customers, inputs, bands = (
-        event.timestamp,
-        event.model_version,
-        event.prediction_ids,
-        event.customer_ids,
-        event.inputs,
-        event.risk_bands,
-    )
-    return [
-        (
-            ids[i],
-            timestamp,
-            version,
-            customers[i],
-            dumps(inputs[i], option=option).decode(),
-            float(scores[i]),
-            bool(decisions[i]),
-            bands[i],
-            latency,
-            size,
+    timestamp, version = event.timestamp, event.model_version
+    return list(
+        zip(
+            event.prediction_ids,
+            repeat(timestamp, size),
+            repeat(version, size),
+            event.customer_ids,
+            record_inputs_json(event.columns, size),
+            event.scores.astype(float).tolist(),
+            event.decisions.astype(bool).tolist(),
+            event.risk_bands,
+            repeat(latency, size),
+            repeat(size, size),
+            strict=True,
         )
-        for i in range(size)
+    )
+
+
+def record_inputs_json(columns: dict[str, list[Any]], size: int) -> list[str]:
+    """Each record's cleaned feature values as a JSON object, from the values stored by feature."""
+    names = list(columns)
+    dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    if not names:
+        return ["{}"] * size
+    return [
+        dumps(dict(zip(names, values, strict=True)), option=option).decode()
+        for values in zip(*columns.values(), strict=True)
     ]
 
 

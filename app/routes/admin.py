@@ -1,54 +1,84 @@
-"""POST /admin/reload: load the newest ``current`` bundle and swap it in, or keep serving the old one."""
+"""POST /admin/reload: bring every worker to the newest ``current`` bundle, or keep serving the old one.
+
+The worker that takes the request loads, verifies, warms and swaps in the bundle and announces it;
+the other workers follow (``app.reload``). The answer waits until every live worker reports the
+new version, so it tells what the whole service serves.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from app.errors import json_response
-from app.predictor import build_predictor
+from app.reload import Reloaded, WorkerReport, await_workers, reload_service
 from app.request_schema import MessageOut, ReloadOut
-from app.routes import MonitorDep, SettingsDep
+from app.routes import MonitorDep
 from app.security import ApiKeyRequired
 from models.bundle import BundleError
 
 router = APIRouter(tags=["admin"])
 
 
+class WorkerOut(BaseModel):
+    pid: int
+    generation: int
+    model_version: str | None
+    error: str | None = None
+
+
+class ServiceReloadOut(ReloadOut):
+    workers: list[WorkerOut]
+    detail: str | None = None
+
+
 @router.post(
     "/admin/reload",
-    summary="Load, verify and warm the current bundle, then swap it in atomically",
+    summary="Load, verify and warm the current bundle, then swap it in atomically in every worker",
     responses={
-        200: {"model": ReloadOut},
+        200: {"model": ServiceReloadOut, "description": "Every worker serves the new version"},
+        202: {"model": ServiceReloadOut, "description": "Swapped; some workers had not switched when the wait ended"},
         401: {"model": MessageOut},
         403: {"model": MessageOut},
         409: {"model": MessageOut, "description": "The new bundle is unusable; the previous model keeps serving"},
+        500: {"model": ServiceReloadOut, "description": "Some workers could not load the new bundle; detail says why"},
     },
 )
-async def reload_model(request: Request, _: ApiKeyRequired, settings: SettingsDep, monitor: MonitorDep) -> Response:
-    state = request.app.state
-    # One reload at a time; requests keep being served by the old predictor meanwhile.
-    async with state.reload_lock:
-        previous = state.predictor
-        try:
-            # Built and warmed fully off to the side (and off the event loop) before anyone sees it.
-            candidate = await run_in_threadpool(build_predictor, settings)
-        except BundleError as exc:
-            monitor.reload_attempted(False)
-            serving = f"still serving {previous.version}" if previous else "no model is serving"
-            return json_response({"detail": f"reload failed, {serving}: {exc}"}, status.HTTP_409_CONFLICT)
-        # One reference assignment: atomic, and in-flight requests hold their own reference to the old one.
-        state.predictor = candidate
-        state.model_error = None
-        request.app.openapi_schema = None  # the request schema follows the new bundle
-        monitor.reload_attempted(True)
-        monitor.model_loaded(candidate.manifest)
-    return json_response(
-        {
-            "status": "reloaded",
-            "model_version": candidate.version,
-            "previous_version": previous.version if previous else None,
-            "load_seconds": round(candidate.load_seconds, 4),
-        }
-    )
+async def reload_model(request: Request, _: ApiKeyRequired, monitor: MonitorDep) -> Response:
+    app = request.app
+    try:
+        reloaded = await reload_service(app)
+    except BundleError as exc:
+        monitor.reload_attempted(False)
+        serving = app.state.predictor
+        still = f"still serving {serving.version}" if serving else "no model is serving"
+        return json_response({"detail": f"reload failed, {still}: {exc}"}, status.HTTP_409_CONFLICT)
+    # Counted once per reload of the service, not once per worker that follows it.
+    monitor.reload_attempted(True)
+    return reload_answer(reloaded, await await_workers(app, reloaded))
+
+
+def reload_answer(reloaded: Reloaded, reports: list[WorkerReport]) -> Response:
+    """200 when every worker serves the new version; 500 when one failed to; 202 when one is still loading."""
+    body = {
+        "status": "reloaded",
+        "model_version": reloaded.predictor.version,
+        "previous_version": reloaded.previous_version,
+        "load_seconds": round(reloaded.predictor.load_seconds, 4),
+        "workers": [asdict(report) for report in reports],
+    }
+    handled = [report for report in reports if report.generation >= reloaded.generation]
+    failed = [report for report in handled if report.error]
+    pending = [report for report in reports if report.generation < reloaded.generation]
+    if failed:
+        reasons = "; ".join(f"worker {r.pid} still serves {r.model_version}: {r.error}" for r in failed)
+        body.update(status="incomplete", detail=f"reload incomplete: {reasons}")
+        return json_response(body, status.HTTP_500_INTERNAL_SERVER_ERROR)
+    if pending:
+        waiting = ", ".join(str(report.pid) for report in pending)
+        body.update(status="propagating", detail=f"workers {waiting} had not switched yet; they follow shortly")
+        return json_response(body, status.HTTP_202_ACCEPTED)
+    return json_response(body)

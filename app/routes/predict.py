@@ -14,19 +14,22 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from app.errors import RequestProblem, field_problem, json_response
+from app.errors import ModelUnavailable, RequestProblem, field_problem, json_response
 from app.predictor import Predictor, RecordError
 from app.request_schema import BatchOut, MessageOut, PredictionOut, ValidationErrorOut
 from app.routes import MonitorDep, PredictorDep, SettingsDep
+from app.settings import Settings
 
 router = APIRouter(tags=["prediction"])
 
@@ -38,18 +41,28 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before it is all in memory."""
+    """The raw body, refusing more than ``limit`` bytes before it is all in memory.
+
+    Reads the ASGI messages directly: a single-record body is one message, and an async generator
+    per request (``Request.stream``) costs more than the rest of reading it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
@@ -69,13 +82,31 @@ def _too_large(message: str) -> RequestProblem:
     return RequestProblem(status.HTTP_413_CONTENT_TOO_LARGE, message)
 
 
-@router.post(
-    "/predict",
-    summary="Churn prediction for one customer",
-    responses={200: {"model": PredictionOut}, **_ERRORS},
-    openapi_extra={"x-request-body": "single"},
-)
-async def predict(request: Request, predictor: PredictorDep, monitor: MonitorDep, settings: SettingsDep) -> Response:
+class LeanRoute(APIRoute):
+    """A route documented like any other but served by its endpoint alone.
+
+    The endpoint takes the ``Request`` and returns a ``Response``, so FastAPI's per-request
+    dependency solving (a large share of a sub-millisecond prediction) has nothing to do and is
+    skipped; the OpenAPI operation is generated from the same declaration as before.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint
+
+
+def serving_state(request: Request) -> tuple[Predictor, Any, Settings]:
+    """The predictor serving now (kept by this request even if a reload swaps it), the monitor and settings."""
+    state = request.app.state
+    predictor = state.predictor
+    if predictor is None:
+        raise ModelUnavailable(state.model_error or "the model is still loading")
+    return predictor, state.monitor, state.settings
+
+
+async def predict(request: Request) -> Response:
+    # On the event loop: the whole prediction takes a few hundred microseconds of CPU, less than
+    # handing it to the thread pool and back would.
+    predictor, monitor, settings = serving_state(request)
     record = parse_json(await read_body(request, settings.max_body_bytes))
     if not isinstance(record, dict):
         problem = field_problem(["body"], "Input should be a JSON object of the customer's fields", "dict_type")
@@ -87,6 +118,17 @@ async def predict(request: Request, predictor: PredictorDep, monitor: MonitorDep
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
     monitor.record(outcome.event)
     return json_response(result.to_dict())
+
+
+router.add_api_route(
+    "/predict",
+    predict,
+    methods=["POST"],
+    summary="Churn prediction for one customer",
+    responses={200: {"model": PredictionOut}, **_ERRORS},
+    openapi_extra={"x-request-body": "single"},
+    route_class_override=LeanRoute,
+)
 
 
 @router.post(

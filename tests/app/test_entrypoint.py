@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.__main__ import fresh_metrics_dir
+from app.__main__ import RELOAD_DIR_ENV, fresh_metrics_dir, share_reloads
 from tests.app.test_families import bundle_probabilities
 from tests.conftest import customer_record
 
@@ -115,3 +115,23 @@ def test_fresh_metrics_dir_defaults_to_a_new_temporary_directory() -> None:
         assert list(directory.iterdir()) == []
     finally:
         directory.rmdir()
+
+
+def test_several_workers_get_a_fresh_directory_to_share_reloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(RELOAD_DIR_ENV, raising=False)
+
+    share_reloads(tmp_path, workers=2)
+
+    assert os.environ[RELOAD_DIR_ENV] == str(tmp_path / "reload")
+    assert list((tmp_path / "reload").iterdir()) == []
+
+
+def test_a_single_worker_shares_reloads_with_nobody(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RELOAD_DIR_ENV, raising=False)
+
+    share_reloads(tmp_path, workers=1)
+
+    assert RELOAD_DIR_ENV not in os.environ
+    assert list(tmp_path.iterdir()) == []

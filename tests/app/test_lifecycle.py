@@ -1,10 +1,12 @@
-"""Startup, readiness, missing and corrupt bundles, and hot reload (success, failure, under load)."""
+"""Startup, readiness, missing and corrupt bundles, and hot reload (success, failure, under load, announced)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from app.reload import Announcement, WorkerReport, WorkerSync
 from models.bundle import MANIFEST, current_bundle_dir, set_current
 from tests.conftest import API_KEY, build_bundle, customer_record
 
@@ -197,3 +200,97 @@ def test_metadata_lets_a_client_build_a_valid_request(serve: Any, models_dir: Pa
     assert contract["categories"] == ["Month-to-month", "One year", "Two year"]
     built = {item["name"]: item["example"] for item in metadata["inputs"]}
     assert client.post("/predict", json=built).status_code == 200
+
+
+# ---- several workers: following reloads announced in the shared directory ---------------------------
+def wait_for_version(client: Any, version: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/ready").json().get("model_version") != version:
+        assert time.monotonic() < deadline, f"the service never switched to {version}"
+        time.sleep(0.05)
+
+
+def wait_for_report(reload_dir: Path, generation: int, timeout: float = 10.0) -> WorkerReport:
+    sync = WorkerSync(reload_dir, pid=os.getpid())
+    deadline = time.monotonic() + timeout
+    while True:
+        report = next((r for r in sync.live_reports() if r.pid == os.getpid()), None)
+        if report is not None and report.generation >= generation:
+            return report
+        assert time.monotonic() < deadline, f"no report for reload generation {generation}"
+        time.sleep(0.05)
+
+
+def test_a_reload_announced_by_another_worker_loads_exactly_that_version(
+    serve: Any, models_dir: Path, tmp_path: Path
+) -> None:
+    reload_dir = tmp_path / "reload"
+    client = serve(models_dir, reload_dir=reload_dir, reload_poll_seconds=0.05)
+    current_version = current_bundle_dir(models_dir).name
+    announced = build_bundle(models_dir, "random_forest", seed=4, make_current=False).name
+
+    another_worker = WorkerSync(reload_dir, pid=os.getppid())
+    with another_worker.service_wide_lock():
+        another_worker.announce(announced)
+
+    wait_for_version(client, announced)
+    assert current_bundle_dir(models_dir).name == current_version, "current was never touched"
+    assert client.get("/metadata").json()["model"]["family"] == "random_forest"
+    assert wait_for_report(reload_dir, 1) == WorkerReport(os.getpid(), 1, announced, None)
+
+
+def test_a_worker_that_cannot_load_the_announced_version_keeps_serving_and_says_why(
+    serve: Any, models_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reload_dir = tmp_path / "reload"
+    client = serve(models_dir, reload_dir=reload_dir, reload_poll_seconds=0.05)
+    old_version = client.get("/ready").json()["model_version"]
+
+    with caplog.at_level(logging.ERROR, logger="app"):
+        WorkerSync(reload_dir, pid=os.getppid()).announce("20990101T000000Z-gone00")
+        report = wait_for_report(reload_dir, 1)
+
+    assert report.model_version == old_version
+    assert "bundle 20990101T000000Z-gone00 does not exist" in report.error
+    assert f"still serving {old_version}" in caplog.text
+    assert client.get("/ready").json()["model_version"] == old_version
+
+
+def test_a_reload_taken_here_is_announced_to_the_other_workers(serve: Any, models_dir: Path, tmp_path: Path) -> None:
+    reload_dir = tmp_path / "reload"
+    client = serve(models_dir, reload_dir=reload_dir, reload_wait_seconds=5)
+    new_version = build_bundle(models_dir, "logistic_regression", seed=5).name
+
+    response = client.post("/admin/reload", headers=KEY)
+
+    assert response.status_code == 200
+    assert response.json()["workers"] == [
+        {"pid": os.getpid(), "generation": 1, "model_version": new_version, "error": None}
+    ]
+    assert WorkerSync(reload_dir).read_announcement() == Announcement(generation=1, version=new_version)
+
+
+def test_a_failed_reload_announces_nothing(serve: Any, models_dir: Path, tmp_path: Path) -> None:
+    reload_dir = tmp_path / "reload"
+    client = serve(models_dir, reload_dir=reload_dir)
+    broken = build_bundle(models_dir, "logistic_regression", seed=6)
+    (broken / "model.joblib").write_bytes(b"not a model")
+
+    assert client.post("/admin/reload", headers=KEY).status_code == 409
+    assert WorkerSync(reload_dir).read_announcement() is None
+
+
+def test_a_broken_announced_bundle_is_reported_with_its_real_location(
+    serve: Any, models_dir: Path, tmp_path: Path
+) -> None:
+    reload_dir = tmp_path / "reload"
+    client = serve(models_dir, reload_dir=reload_dir, reload_poll_seconds=0.05)
+    old_version = client.get("/ready").json()["model_version"]
+    broken = build_bundle(models_dir, "logistic_regression", seed=7, make_current=False)
+    (broken / "model.joblib").unlink()
+
+    WorkerSync(reload_dir, pid=os.getppid()).announce(broken.name)
+    report = wait_for_report(reload_dir, 1)
+
+    assert report.error == f"model.joblib is listed in the manifest but missing from {broken}"
+    assert client.get("/ready").json()["model_version"] == old_version

@@ -73,7 +73,6 @@ def telco_event(manifest, n: int, rng: np.random.Generator) -> PredictionEvent:
         model_version=manifest.version,
         prediction_ids=[uuid.uuid4().hex for _ in range(n)],
         customer_ids=[f"c{i}" for i in range(n)],
-        inputs=[{}] * n,
         columns=columns,
         scores=scores,
         decisions=scores >= manifest.threshold,

@@ -135,7 +135,6 @@ def make_event(
     if scores is None:
         scores = sample_scores(reference.score, n, rng, shift)
     decisions = scores >= manifest.threshold
-    inputs = [{name: values[i] for name, values in columns.items()} for i in range(n)]
     imputed = [(i, "monthly_charges") for i, v in enumerate(columns["monthly_charges"]) if v is None]
     unseen = [(i, "contract") for i, v in enumerate(columns["contract"]) if v not in CONTRACTS and v is not None]
     return PredictionEvent(
@@ -143,7 +142,6 @@ def make_event(
         model_version=version or manifest.version,
         prediction_ids=[uuid.uuid4().hex for _ in range(n)],
         customer_ids=customer_ids if customer_ids is not None else [f"C-{seed}-{i}" for i in range(n)],
-        inputs=inputs,
         columns=columns,
         scores=scores,
         decisions=decisions,

@@ -197,7 +197,6 @@ def test_record_never_raises_on_a_malformed_event(settings, manifest):
         model_version=manifest.version,
         prediction_ids=["x"],
         customer_ids=[None],
-        inputs=[{}],
         columns={"tenure": [["not", "a", "number"]]},
         scores=np.array([0.5]),
         decisions=np.array([True]),

@@ -68,7 +68,7 @@ def test_rows_are_written_in_batches_by_the_background_thread(tmp_path, manifest
     assert row["score"] == pytest.approx(float(events[0].scores[0]))
     assert row["predicted_churn"] == bool(events[0].decisions[0])
     assert row["risk_band"] == events[0].risk_bands[0]
-    assert json.loads(row["inputs"]) == events[0].inputs[0]
+    assert json.loads(row["inputs"]) == {name: values[0] for name, values in events[0].columns.items()}
     assert row["latency_seconds"] == pytest.approx(sum(events[0].stage_seconds.values()))
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 280
 
