@@ -460,7 +460,8 @@ class CompiledTrees:
         """``_probability`` for one row, in plain floats (a numpy call costs more than the arithmetic)."""
         if self.average:
             return leaf_sum / self.roots.size
-        return 1.0 / (1.0 + math.exp(-(leaf_sum + self.offset)))
+        # Capped so a huge negative margin gives ~0 rather than an OverflowError.
+        return 1.0 / (1.0 + math.exp(min(-(leaf_sum + self.offset), 700.0)))
 
     def trees_using(self, columns: slice) -> np.ndarray:
         """Indices of the trees with a split on any of ``columns``; only they can see those columns change."""
