@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ CUSTOMER_ID = "customer_id"
 # batch becomes mostly dictionary hits; the cap keeps free-form numbers from growing it forever.
 _CLEAN_CACHE_SIZE = 4096
 _MISSING = object()
+# Python types orjson gives JSON scalars; numbers of one type and text never compare equal.
+_NUMBER_TYPES = frozenset({bool, int, float})
+_JSON_SCALARS = frozenset({str, bool, int, float, type(None)})
+_JSON_NUMBER_OR_NULL = frozenset({int, float, type(None)})
 # Up to how many rows the compiled trees beat the native library (measured on the Telco bundles:
 # LightGBM's own call is cheap enough beyond one row, XGBoost's and scikit-learn's are not).
 _COMPILED_MAX_ROWS = {"lightgbm": 1, "xgboost": 32, "random_forest": 64}
@@ -75,41 +80,110 @@ class CleanRecord:
 
 
 @dataclass(slots=True)
-class Prediction:
-    index: int
-    customer_id: str | None
-    prediction_id: str
-    churn_probability: float
-    predicted_churn: bool
-    risk_category: str
-    recommended_actions: list[str]
-    top_reasons: list[dict[str, Any]] | None
-    warnings: list[str]
+class CleanBatch:
+    """The valid records of one call, by column: all that encoding, scoring and monitoring need.
+
+    Kept by column so a 10,000-record batch never builds a dictionary per record.
+    """
+
+    indices: list[int]  # each valid record's position in the request
+    customer_ids: list[str | None]
+    columns: dict[str, list[Any]]  # every feature in schema order -> cleaned values (None = missing)
+
+    @classmethod
+    def of_one(cls, record: CleanRecord) -> CleanBatch:
+        return cls([record.index], [record.customer_id], {name: [value] for name, value in record.values.items()})
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def row_values(self, row: int) -> dict[str, Any]:
+        return {name: values[row] for name, values in self.columns.items()}
+
+
+@dataclass(slots=True)
+class ScoredRecords:
+    """The predictions of one call's valid records, by column, in input order."""
+
+    indices: list[int]
+    customer_ids: list[str | None]
+    prediction_ids: list[str]
+    probabilities: list[float]
+    decisions: list[bool]
+    risk_bands: list[str]
+    actions: list[list[str]]
+    warnings: list[list[str]]
+    reasons: list[list[dict[str, Any]]] | None  # None when not requested
     model_version: str
 
-    def to_dict(self) -> dict[str, Any]:
-        result = {
-            "customer_id": self.customer_id,
-            "prediction_id": self.prediction_id,
-            "churn_probability": self.churn_probability,
-            "predicted_churn": self.predicted_churn,
-            "risk_category": self.risk_category,
-            "recommended_actions": self.recommended_actions,
-            "warnings": self.warnings,
-            "model_version": self.model_version,
-        }
-        if self.top_reasons is not None:
-            result["top_reasons"] = self.top_reasons
-        return result
+    def dicts(self) -> list[dict[str, Any]]:
+        """Each prediction as the API returns it (``PredictionOut``)."""
+        version = self.model_version
+        columns = (
+            self.customer_ids,
+            self.prediction_ids,
+            self.probabilities,
+            self.decisions,
+            self.risk_bands,
+            self.actions,
+            self.warnings,
+        )
+        if self.reasons is None:
+            return [
+                {
+                    "customer_id": customer,
+                    "prediction_id": prediction,
+                    "churn_probability": probability,
+                    "predicted_churn": decision,
+                    "risk_category": band,
+                    "recommended_actions": actions,
+                    "warnings": warnings,
+                    "model_version": version,
+                }
+                for customer, prediction, probability, decision, band, actions, warnings in zip(*columns, strict=True)
+            ]
+        return [
+            {
+                "customer_id": customer,
+                "prediction_id": prediction,
+                "churn_probability": probability,
+                "predicted_churn": decision,
+                "risk_category": band,
+                "recommended_actions": actions,
+                "warnings": warnings,
+                "model_version": version,
+                "top_reasons": reasons,
+            }
+            for customer, prediction, probability, decision, band, actions, warnings, reasons in zip(
+                *columns, self.reasons, strict=True
+            )
+        ]
 
 
 @dataclass(slots=True)
 class PredictionOutcome:
-    """Results in input order (a Prediction or a RecordError each) and the event for monitoring."""
+    """The scored records, the records that could not be scored, and the event for monitoring."""
 
-    results: list[Prediction | RecordError]
+    scored: ScoredRecords | None
+    errors: list[RecordError]
     event: PredictionEvent | None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.errors) + (len(self.scored.indices) if self.scored is not None else 0)
+
+    def result_dicts(self, error_dict: Callable[[RecordError], dict[str, Any]]) -> list[dict[str, Any]]:
+        """One result per input record, in input order: a prediction or ``error_dict`` of its error."""
+        predictions = self.scored.dicts() if self.scored is not None else []
+        if not self.errors:
+            return predictions
+        results: list[Any] = [None] * self.count
+        for error in self.errors:
+            results[error.index] = error_dict(error)
+        for index, prediction in zip(self.scored.indices if self.scored else [], predictions, strict=True):
+            results[index] = prediction
+        return results
 
 
 class _Invalid:
@@ -119,6 +193,13 @@ class _Invalid:
 
     def __init__(self, message: str) -> None:
         self.message = message
+
+
+def _id_text(raw: Any) -> Any:
+    """A customer id as text, or _MISSING when it is neither a string nor an integer."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        return _MISSING
+    return str(raw)
 
 
 def new_prediction_ids(count: int) -> list[str]:
@@ -195,71 +276,143 @@ class RecordCleaner:
             return RecordError(index, customer_id, errors)
         return CleanRecord(index, customer_id, values)
 
-    def clean_many(self, records: Sequence[Any]) -> tuple[list[CleanRecord | RecordError], dict[str, list[Any]] | None]:
+    def clean_many(self, records: Sequence[Any]) -> tuple[list[RecordError], CleanBatch]:
         """``clean`` for a batch, column by column: the same rules at a fraction of the cost.
 
         Records with only known fields are cleaned a column at a time (each distinct category text
         is cleaned once; all-number columns are checked with numpy). Any record with a problem is
-        then cleaned again on its own by :meth:`clean`, which words its errors. When every record
-        was valid the cleaned columns come back too, so the caller need not rebuild them.
+        then cleaned again on its own by :meth:`clean`, which words its errors. Returns the errors
+        (in input order) and the valid records by column.
         """
-        results: list[Any] = [None] * len(records)
+        simple, troubled = self._simple_records(records)
+        rows = records if len(simple) == len(records) else [records[index] for index in simple]
+        columns: dict[str, list[Any]] = {}
+        for name, raw in zip(self.names, self._raw_columns(rows), strict=True):
+            columns[name], bad = self._clean_column(name, raw)
+            troubled.update(simple[position] for position in bad)
+        ids = self._customer_ids(rows)
+        if _MISSING in ids:
+            troubled.update(simple[position] for position, value in enumerate(ids) if value is _MISSING)
+        if not troubled:
+            return [], CleanBatch(simple, ids, columns)
+        return self._split_troubled(records, simple, ids, columns, troubled)
+
+    def _split_troubled(
+        self,
+        records: Sequence[Any],
+        simple: list[int],
+        ids: list[Any],
+        columns: dict[str, list[Any]],
+        troubled: set[int],
+    ) -> tuple[list[RecordError], CleanBatch]:
+        """Words the errors of the troubled records and keeps the others' columns."""
+        errors: list[RecordError] = []
+        rescued: list[CleanRecord] = []  # rejected by the column pass, valid on their own (defensive)
+        for index in sorted(troubled):
+            result = self.clean(records[index], index)
+            if result.__class__ is RecordError:
+                errors.append(result)  # type: ignore[arg-type]
+            else:
+                rescued.append(result)  # type: ignore[arg-type]
+        keep = [position for position, index in enumerate(simple) if index not in troubled]
+        indices = [simple[position] for position in keep]
+        kept_ids = [ids[position] for position in keep]
+        kept = {name: [values[position] for position in keep] for name, values in columns.items()}
+        if rescued:
+            rows = sorted(
+                [
+                    (index, customer, [kept[name][row] for name in self.names])
+                    for row, (index, customer) in enumerate(zip(indices, kept_ids, strict=True))
+                ]
+                + [
+                    (record.index, record.customer_id, [record.values[name] for name in self.names])
+                    for record in rescued
+                ]
+            )
+            indices, kept_ids = [row[0] for row in rows], [row[1] for row in rows]
+            kept = {name: [row[2][position] for row in rows] for position, name in enumerate(self.names)}
+        return errors, CleanBatch(indices, kept_ids, kept)
+
+    def _simple_records(self, records: Sequence[Any]) -> tuple[list[int], set[int]]:
+        """Positions of the records that are objects with only known fields, and of the others."""
         simple: list[int] = []
+        troubled: set[int] = set()
         for index, record in enumerate(records):
             if record.__class__ is dict and record.keys() <= self.allowed:
                 simple.append(index)
             else:
-                results[index] = self.clean(record, index)
-        rows = [records[index] for index in simple]
-        troubled: set[int] = set()
-        columns: dict[str, list[Any]] = {}
-        for name in self.names:
-            columns[name], bad = self._clean_column(name, list(map(dict.get, rows, repeat(name))))
-            troubled.update(bad)
-        ids = [self._simple_customer_id(row) for row in rows]
-        for position, (index, values) in enumerate(zip(simple, zip(*columns.values(), strict=True), strict=True)):
-            customer_id = ids[position]
-            if position in troubled or customer_id is _MISSING:
-                results[index] = self.clean(records[index], index)
+                troubled.add(index)
+        return simple, troubled
+
+    def _raw_columns(self, rows: list[dict[str, Any]]) -> list[Sequence[Any]]:
+        """Each feature's raw values (None where absent), in schema order.
+
+        Records that carry every feature (the usual case) are transposed in C, twice as fast as
+        one dictionary lookup per feature per record.
+        """
+        names = self.names
+        if len(names) > 1 and rows:
+            try:
+                return list(zip(*map(itemgetter(*names), rows), strict=True))
+            except KeyError:
+                pass  # some record omits an optional feature: look each one up
+        return [list(map(dict.get, rows, repeat(name))) for name in names]
+
+    def _customer_ids(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """Each record's id as text, None without one, or _MISSING when it is not a string or integer.
+
+        ``customer_id`` wins over the training table's id column, as in :meth:`clean`.
+        """
+        ids: list[Any] = [None] * len(rows)
+        keys = [key for key in (CUSTOMER_ID, self.schema.id_column) if key]
+        for key in reversed(keys):  # the preferred key is applied last
+            column = list(map(dict.get, rows, repeat(key)))
+            if set(map(type, column)) <= {str, type(None)}:
+                ids = [value if value is not None else current for value, current in zip(column, ids, strict=True)]
             else:
-                results[index] = CleanRecord(index, customer_id, dict(zip(self.names, values, strict=True)))
-        all_valid = not troubled and len(simple) == len(records) and _MISSING not in ids
-        return results, columns if all_valid else None
+                ids = [
+                    _id_text(value) if value is not None else current
+                    for value, current in zip(column, ids, strict=True)
+                ]
+        return ids
 
     def _clean_column(self, name: str, raw: list[Any]) -> tuple[list[Any], list[int]]:
         """Cleaned values of one feature and the positions that are invalid or missing but required."""
         spec = self.schema[name]
         kinds = set(map(type, raw))
-        if spec.kind == "numeric" and kinds and kinds <= {int, float}:
-            numbers = np.asarray(raw, dtype=np.float64)
-            bad = []
-            if spec.lower_bound is not None:
-                bad = np.flatnonzero(numbers < spec.lower_bound).tolist()
-            return numbers.tolist(), bad
-        cache = self._caches[name]
         required = name in self.required_set
-        if kinds == {str}:  # one type, so the values themselves can key the lookup
+        if spec.kind == "numeric" and kinds and kinds <= _JSON_NUMBER_OR_NULL:
+            return self._clean_numbers(spec, raw, required)
+        if kinds <= _JSON_SCALARS and len(kinds & _NUMBER_TYPES) <= 1:
+            # No two kinds here compare equal (True == 1 == 1.0 would), so the values alone can key
+            # the lookup: each distinct value is cleaned once.
+            cache = self._caches[name]
             mapping = {value: self._clean_cached(cache, name, value) for value in set(raw)}
             cleaned = list(map(mapping.__getitem__, raw))
             if not any(value.__class__ is _Invalid or (required and value is None) for value in mapping.values()):
                 return cleaned, []
         else:
+            cache = self._caches[name]
             cleaned = [self._clean_cached(cache, name, value) for value in raw]
         bad = [i for i, value in enumerate(cleaned) if value.__class__ is _Invalid or (required and value is None)]
         for position in bad:
             cleaned[position] = None
         return cleaned, bad
 
-    def _simple_customer_id(self, record: dict[str, Any]) -> Any:
-        """The record's id as text, None without one, or _MISSING when it is not a string or integer."""
-        for key in (CUSTOMER_ID, self.schema.id_column):
-            raw = record.get(key) if key else None
-            if raw is None:
-                continue
-            if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-                return _MISSING
-            return str(raw)
-        return None
+    @staticmethod
+    def _clean_numbers(spec: FeatureSpec, raw: list[Any], required: bool) -> tuple[list[Any], list[int]]:
+        """A column of JSON numbers and nulls, checked with numpy (null is missing, like in ``clean_value``)."""
+        numbers = np.array(raw, dtype=np.float64)  # None becomes NaN
+        missing = np.isnan(numbers)
+        cleaned = numbers.tolist()
+        bad = np.flatnonzero(numbers < spec.lower_bound).tolist() if spec.lower_bound is not None else []
+        if missing.any():
+            positions = np.flatnonzero(missing).tolist()
+            for position in positions:
+                cleaned[position] = None
+            if required:
+                bad = sorted({*bad, *positions})
+        return cleaned, bad
 
     def _clean_cached(self, cache: dict[tuple[type, Any], Any], name: str, raw: Any) -> Any:
         # The type is part of the key because True == 1 == 1.0 in Python but they clean differently.
@@ -361,10 +514,12 @@ class ColumnEncoder:
                 needs_schema |= ~known
                 matrix[rows[known], positions[known]] = 1.0
             elif spec.kind == "boolean":
-                needs_schema |= np.fromiter(map(_is_none, values), dtype=bool, count=n_rows)
-                matrix[:, column] = np.fromiter(map(_is_true, values), dtype=np.float64, count=n_rows)
+                # Cleaned booleans are True, False or None: one dictionary lookup each, in C.
+                bits = np.fromiter(map(_BOOLEAN_BITS.get, values, repeat(-1)), dtype=np.int8, count=n_rows)
+                needs_schema |= bits < 0
+                matrix[:, column] = np.maximum(bits, 0)
             else:
-                raw = np.array([np.nan if value is None else value for value in values], dtype=np.float64)
+                raw = np.array(values, dtype=np.float64)  # None (missing) becomes NaN
                 missing = np.isnan(raw)
                 needs_schema |= missing
                 if spec.cap_low is not None:
@@ -386,12 +541,8 @@ class ColumnEncoder:
         return result
 
 
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
-def _is_true(value: Any) -> float:
-    return 1.0 if value else 0.0
+# A cleaned boolean's matrix value; a missing one (None) is absent and goes to the schema encoder.
+_BOOLEAN_BITS = {True: 1, False: 0}
 
 
 def _scaled(spec: Any, value: float) -> float:
@@ -763,34 +914,23 @@ class Predictor:
         example = example_record(self.schema)
         outcome = self.predict_records([example, example], explain=True)
         self.predict_records([example], explain=False)
-        for result in outcome.results:
-            if isinstance(result, RecordError):
-                raise BundleError(f"warm-up prediction rejected the schema's own example: {result.errors[0].msg}")
-            if not math.isfinite(result.churn_probability) or not 0.0 <= result.churn_probability <= 1.0:
-                raise BundleError(f"warm-up prediction returned {result.churn_probability!r}, not a probability")
+        if outcome.errors:
+            reason = outcome.errors[0].errors[0].msg
+            raise BundleError(f"warm-up prediction rejected the schema's own example: {reason}")
+        for probability in outcome.scored.probabilities if outcome.scored is not None else []:
+            if not math.isfinite(probability) or not 0.0 <= probability <= 1.0:
+                raise BundleError(f"warm-up prediction returned {probability!r}, not a probability")
 
     # ---- prediction -------------------------------------------------------------------------
     def predict_records(self, records: Sequence[Any], explain: bool = True) -> PredictionOutcome:
         """Clean, encode, score and explain ``records``; results keep the input order."""
         started = time.perf_counter()
-        clean_columns: dict[str, list[Any]] | None = None
-        if len(records) == 1:
-            results: list[Any] = [self.cleaner.clean(records[0], 0)]
-        else:
-            results, clean_columns = self.cleaner.clean_many(records)
-        # Valid records' placeholders are replaced by their predictions below.
-        valid: list[CleanRecord] = [result for result in results if result.__class__ is CleanRecord]
+        errors, batch, values = self._clean(records)
         cleaned_at = time.perf_counter()
-        if not valid:
-            return PredictionOutcome(results, None, {"validation": cleaned_at - started})
+        if batch is None:
+            return PredictionOutcome(None, errors, None, {"validation": cleaned_at - started})
 
-        names = self.schema.names
-        columns = clean_columns
-        if columns is None:
-            # Every CleanRecord holds all features in schema order, so one transposition gives the columns.
-            transposed = zip(*(record.values.values() for record in valid), strict=True)
-            columns = {name: list(column) for name, column in zip(names, transposed, strict=True)}
-        encoded = self._encode(valid, columns)
+        encoded = self._encode(batch, values)
         encoded_at = time.perf_counter()
 
         if explain and self.top_reasons > 0:
@@ -802,22 +942,19 @@ class Predictor:
 
         decisions = scores >= self.threshold
         bands = self.risk.bands_of(scores)
-        prediction_ids = new_prediction_ids(len(valid))
-        for row, (record, probability, decision, band) in enumerate(
-            zip(valid, scores.tolist(), decisions.tolist(), bands, strict=True)
-        ):
-            results[record.index] = Prediction(
-                index=record.index,
-                customer_id=record.customer_id,
-                prediction_id=prediction_ids[row],
-                churn_probability=probability,
-                predicted_churn=decision,
-                risk_category=band,
-                recommended_actions=self.risk.actions(band),
-                top_reasons=None if contributions is None else self._reasons(contributions[row], record.values),
-                warnings=encoded.warnings[row],
-                model_version=self.version,
-            )
+        prediction_ids = new_prediction_ids(len(batch))
+        scored = ScoredRecords(
+            indices=batch.indices,
+            customer_ids=batch.customer_ids,
+            prediction_ids=prediction_ids,
+            probabilities=scores.tolist(),
+            decisions=decisions.tolist(),
+            risk_bands=bands,
+            actions=list(map(self.risk.actions, bands)),
+            warnings=encoded.warnings,
+            reasons=None if contributions is None else self._all_reasons(contributions, batch.columns),
+            model_version=self.version,
+        )
         finished = time.perf_counter()
         stages = {
             "validation": cleaned_at - started,
@@ -829,8 +966,8 @@ class Predictor:
             timestamp=time.time(),
             model_version=self.version,
             prediction_ids=prediction_ids,
-            customer_ids=[record.customer_id for record in valid],
-            columns=columns,
+            customer_ids=batch.customer_ids,
+            columns=batch.columns,
             scores=scores,
             decisions=decisions,
             risk_bands=bands,
@@ -838,22 +975,35 @@ class Predictor:
             unseen=encoded.unseen,
             stage_seconds=stages,
         )
-        return PredictionOutcome(results, event, stages)
+        return PredictionOutcome(scored, errors, event, stages)
 
-    def _encode(self, valid: list[CleanRecord], columns: dict[str, list[Any]]) -> EncodeResult:
-        if len(valid) == 1:
-            matrix = self.row_encoder.encode(valid[0].values)
+    def _clean(self, records: Sequence[Any]) -> tuple[list[RecordError], CleanBatch | None, dict[str, Any] | None]:
+        """The errors, the valid records by column (None if there are none) and a single record's values."""
+        if len(records) != 1:
+            errors, batch = self.cleaner.clean_many(records)
+            return errors, batch if len(batch) else None, None
+        result = self.cleaner.clean(records[0], 0)
+        if isinstance(result, RecordError):
+            return [result], None, None
+        return [], CleanBatch.of_one(result), result.values
+
+    def _encode(self, batch: CleanBatch, values: dict[str, Any] | None) -> EncodeResult:
+        if values is not None:
+            matrix = self.row_encoder.encode(values)
             if matrix is not None:
                 return EncodeResult(matrix=matrix, warnings=[[]], imputed=[], unseen=[])
-            return self.schema.encode(columns, 1)
-        return self.column_encoder.encode(columns, len(valid))
+            return self.schema.encode(batch.columns, 1)
+        return self.column_encoder.encode(batch.columns, len(batch))
 
-    def _reasons(self, contributions: np.ndarray, values: dict[str, Any]) -> list[dict[str, Any]]:
+    def _all_reasons(self, contributions: np.ndarray, columns: dict[str, list[Any]]) -> list[list[dict[str, Any]]]:
+        return [self._reasons(row_contributions, columns, row) for row, row_contributions in enumerate(contributions)]
+
+    def _reasons(self, contributions: np.ndarray, columns: dict[str, list[Any]], row: int) -> list[dict[str, Any]]:
         names = self.explainer.feature_names
         return [
             {
                 "feature": names[position],
-                "value": self.display_value(names[position], values.get(names[position])),
+                "value": self.display_value(names[position], columns[names[position]][row]),
                 "contribution": round(contribution, 6),
             }
             for position, contribution in self.explainer.top_features(contributions, self.top_reasons)

@@ -149,6 +149,22 @@ def event_rows(event: PredictionEvent, request_latency: float | None) -> list[tu
     latency = request_latency if request_latency is not None else float(sum(event.stage_seconds.values()))
     size = len(event.prediction_ids)
     timestamp, version = event.timestamp, event.model_version
+    if size == 1 and len(event.customer_ids) == len(event.risk_bands) == 1:  # /predict: skip the column machinery
+        inputs = {name: values[0] for name, values in event.columns.items()}
+        return [
+            (
+                event.prediction_ids[0],
+                timestamp,
+                version,
+                event.customer_ids[0],
+                orjson.dumps(inputs, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                float(event.scores[0]),
+                bool(event.decisions[0]),
+                event.risk_bands[0],
+                latency,
+                1,
+            )
+        ]
     return list(
         zip(
             event.prediction_ids,

@@ -112,12 +112,11 @@ async def predict(request: Request) -> Response:
         problem = field_problem(["body"], "Input should be a JSON object of the customer's fields", "dict_type")
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
     outcome = predictor.predict_records([record])
-    result = outcome.results[0]
-    if isinstance(result, RecordError):
-        errors = [error.to_dict(("body",)) for error in result.errors]
+    if outcome.errors or outcome.scored is None:
+        errors = [error.to_dict(("body",)) for error in outcome.errors[0].errors]
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
     monitor.record(outcome.event)
-    return json_response(result.to_dict())
+    return json_response(outcome.scored.dicts()[0])
 
 
 router.add_api_route(
@@ -196,22 +195,20 @@ def _score_parsed_batch(predictor: Predictor, body: bytes, max_batch_size: int, 
     if len(records) > max_batch_size:
         raise _too_large(f"batch of {len(records)} records exceeds the maximum of {max_batch_size} per request")
     outcome = predictor.predict_records(records, explain=reasons)
-    failed = sum(isinstance(result, RecordError) for result in outcome.results)
+    failed = len(outcome.errors)
     content = orjson.dumps(
         {
             "model_version": predictor.version,
             "count": len(records),
             "succeeded": len(records) - failed,
             "failed": failed,
-            "results": [_result_dict(result) for result in outcome.results],
+            "results": outcome.result_dicts(_error_dict),
         }
     )
     return content, outcome.event
 
 
-def _result_dict(result: Any) -> dict[str, Any]:
-    if isinstance(result, RecordError):
-        error = result.to_dict()
-        error["errors"] = [problem.to_dict(("body", result.index)) for problem in result.errors]
-        return error
-    return result.to_dict()
+def _error_dict(result: RecordError) -> dict[str, Any]:
+    error = result.to_dict()
+    error["errors"] = [problem.to_dict(("body", result.index)) for problem in result.errors]
+    return error

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -179,3 +180,78 @@ def test_a_bundle_from_the_training_pipeline_serves(tmp_path: Path, serve: Any) 
     id_column = result.manifest.schema.id_column
     if id_column:
         assert [r["customer_id"] for r in batch["results"]] == [str(r[id_column]) for r in raw_rows]
+
+
+def build_soft_vote_bundle(models_dir: Path) -> Path:
+    """A published soft-vote bundle (logistic regression + LightGBM), laid out like ``python -m training``'s."""
+    from models.bundle import Calibration, Manifest, library_versions, new_version, publish, staging_dir, utc_now_iso
+    from models.scoring import SoftVote
+    from tests.conftest import TARGET, _drift_reference, _fit_estimator, clean_frame, fit_schema, synthetic_customers
+
+    frame = synthetic_customers(seed=1)
+    schema = fit_schema(frame)
+    columns = clean_frame(schema, frame)
+    matrix = schema.encode(columns, len(frame)).matrix
+    labels = (frame[TARGET].astype(str) == "Yes").to_numpy().astype(int)
+    members = [(family, _fit_estimator(family, matrix, labels, 0), weight) for family, weight in VOTE_MEMBERS]
+    version = new_version()
+    staged = staging_dir(models_dir, version)
+    joblib.dump(SoftVote(members), staged / "model.joblib")
+    manifest = Manifest(
+        version=version,
+        created_at=utc_now_iso(),
+        model_family="soft_vote",
+        artifact="model.joblib",
+        artifact_format="joblib",
+        schema=schema,
+        drift_reference=_drift_reference(schema, columns, np.linspace(0, 1, len(frame))),
+        threshold=0.4,
+        calibration=Calibration(method="platt", platt_a=1.1, platt_b=-0.2),
+        metrics={"roc_auc": 0.8},
+        training={"rows": len(frame), "seed": 0, "source": "synthetic test table"},
+        libraries=library_versions(),
+    )
+    return publish(staged, manifest, models_dir, make_current=True)
+
+
+VOTE_MEMBERS = [("logistic_regression", 0.4), ("lightgbm", 0.6)]
+
+
+def test_a_soft_vote_bundle_serves_what_the_in_process_scorer_predicts(
+    tmp_path: Path, serve: Any, customers: pd.DataFrame
+) -> None:
+    models_dir = tmp_path / "models"
+    build_soft_vote_bundle(models_dir)
+    predictor = build_predictor(service_settings(models_dir))
+    client = serve(models_dir)
+    records = [customer_record(customers, row) for row in range(0, 300, 7)]
+    expected = bundle_probabilities(models_dir, records)
+
+    singles = [client.post("/predict", json=record).json() for record in records]
+    batch = client.post("/predict/batch", json=records, params={"reasons": "true"}).json()["results"]
+
+    # Each tree member is compiled; the linear member stays a dot product.
+    members = [type(model).__name__ for _, model, _ in predictor.scorer.model.members]
+    assert members == ["LinearModel", "CompiledTrees"]
+    np.testing.assert_allclose([s["churn_probability"] for s in singles], expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose([b["churn_probability"] for b in batch], expected, rtol=0, atol=1e-9)
+    for single, batched in zip(singles, batch, strict=True):
+        assert single["top_reasons"] == batched["top_reasons"]
+
+
+def test_soft_vote_reasons_equal_occlusion_of_the_whole_ensemble(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    bundle = build_soft_vote_bundle(models_dir)
+    predictor = build_predictor(service_settings(models_dir))
+    manifest = verify_bundle(bundle)
+    # The whole native ensemble, occluded one model row per feature that differs from the reference.
+    native = Explainer(manifest.schema, load_raw_model(bundle, manifest))
+    rng = np.random.default_rng(5)
+    base = predictor.schema.encode({}, 1).matrix
+
+    for rows in (1, 4):
+        matrix = base + rng.normal(size=(rows, predictor.schema.n_encoded))
+        scores, contributions = predictor.explainer.score_and_explain(matrix)
+        expected_scores, expected = native._occlusion(matrix)
+        np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(contributions, expected, rtol=0, atol=1e-9)
