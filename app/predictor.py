@@ -914,11 +914,11 @@ class Predictor:
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, model_dir: Path, risk: RiskPolicy, top_reasons: int = 3) -> Predictor:
-        """Load the bundle ``model_dir/current`` names; BundleError with the exact reason on any failure."""
+    def load(cls, model_dir: Path, risk: RiskPolicy, top_reasons: int = 3, version: str | None = None) -> Predictor:
+        """Load the bundle ``model_dir/current`` names (or exactly ``version``); BundleError with the reason."""
         started = time.perf_counter()
         try:
-            bundle_dir = current_bundle_dir(model_dir)
+            bundle_dir = current_bundle_dir(model_dir) if version is None else model_dir / version
             manifest = verify_bundle(bundle_dir)  # every SHA-256 checked before anything is unpickled
             native = load_raw_model(bundle_dir, manifest)
             model = compile_trees(manifest.model_family, native, manifest.schema.n_encoded)
@@ -1044,7 +1044,7 @@ class Predictor:
         return cleaned
 
 
-def build_predictor(settings: Settings) -> Predictor:
-    """The predictor for ``settings.model_dir/current`` with the configured bands, playbook and reasons."""
+def build_predictor(settings: Settings, version: str | None = None) -> Predictor:
+    """The predictor for ``settings.model_dir/current`` (or ``version``) with the configured bands and playbook."""
     risk = RiskPolicy(settings.risk_bands, settings.playbook)
-    return Predictor.load(settings.model_dir, risk, settings.top_reasons)
+    return Predictor.load(settings.model_dir, risk, settings.top_reasons, version=version)

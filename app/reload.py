@@ -24,7 +24,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.predictor import Predictor, build_predictor
 from app.settings import Settings
-from models.bundle import CURRENT, BundleError
+from models.bundle import BundleError
 
 logger = logging.getLogger("app")
 
@@ -173,35 +172,15 @@ def parse_report(data: dict[str, Any] | None) -> WorkerReport | None:
 
 # ---- loading ------------------------------------------------------------------------------------
 def load_version(settings: Settings, version: str) -> Predictor:
-    """Load, verify and warm exactly ``version``, whatever ``current`` names by now.
-
-    The predictor loads what ``current`` names, so it is pointed at a private view: a temporary
-    directory whose ``current`` names ``version`` and whose ``version`` links to the real bundle.
-    """
+    """Load, verify and warm exactly ``version``, whatever ``current`` names by now."""
     if not version or "/" in version or version.startswith("."):
         raise BundleError(f"{version!r} does not name a bundle")
-    bundle_dir = settings.model_dir / version
-    if not bundle_dir.is_dir():
+    if not (settings.model_dir / version).is_dir():
         raise BundleError(f"bundle {version} does not exist in {settings.model_dir}")
-    try:
-        with tempfile.TemporaryDirectory(prefix="churn-pinned-") as view:
-            predictor = load_through_view(settings, Path(view), version)
-    except OSError as exc:  # the view itself could not be made: as unusable as a bad bundle, and said so
-        raise BundleError(f"cannot load bundle {version}: {exc}") from exc
-    predictor.bundle_dir = bundle_dir  # the view is gone; name the directory the files really live in
+    predictor = build_predictor(settings, version)
     if predictor.version != version:
         raise BundleError(f"bundle directory {version} holds version {predictor.version}")
     return predictor
-
-
-def load_through_view(settings: Settings, view_dir: Path, version: str) -> Predictor:
-    (view_dir / version).symlink_to((settings.model_dir / version).resolve(), target_is_directory=True)
-    (view_dir / CURRENT).write_text(version + "\n")
-    try:
-        return build_predictor(settings.model_copy(update={"model_dir": view_dir}))
-    except BundleError as exc:
-        # Reasons name the real models directory, never the short-lived view.
-        raise BundleError(str(exc).replace(str(view_dir), str(settings.model_dir))) from exc
 
 
 def load_current_and_announce(settings: Settings, sync: WorkerSync | None) -> tuple[Predictor, int]:
