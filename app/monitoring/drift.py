@@ -40,8 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.spatial.distance import jensenshannon
-from scipy.stats import chi2
 
 from models.drift_reference import DriftReference, FeatureReference
 
@@ -255,6 +253,8 @@ def jensen_shannon_distance(live_counts: np.ndarray, reference: np.ndarray) -> f
     n = live_counts.sum()
     if n <= 0:
         return math.nan
+    from scipy.spatial.distance import jensenshannon  # imported here: scipy adds ~1 s to process start
+
     distance = jensenshannon(live_counts / n, np.asarray(reference, dtype=np.float64), base=2)
     return float(min(max(distance, 0.0), 1.0))
 
@@ -270,6 +270,8 @@ def psi_threshold(base: float, n: int, reference: FeatureReference) -> float:
     populated = sum(1 for share in reference.proportions if share > 0)
     degrees = max(populated - 1, 1)
     noise = 1.0 / n + (1.0 / reference.count if reference.count > 0 else 0.0)
+    from scipy.stats import chi2  # imported here: scipy adds ~1 s to process start
+
     return float(max(base, chi2.ppf(NULL_QUANTILE, degrees) * noise))
 
 
