@@ -42,8 +42,10 @@ class Explainer:
         groups = schema.encoded_groups()
         self._slices = [columns for _, columns in groups]
         self._group_starts = np.array([columns.start for columns in self._slices], dtype=np.intp)
-        # The reference customer: every value missing, so each feature takes its imputation value.
-        self.reference = schema.encode({}, 1).matrix[0]
+        # The reference customer: every feature present at its imputation value (median or most common
+        # category). Present, not missing: a missing value also sets its missing-indicator column, and
+        # an ordinary customer at the median must not differ from the reference there.
+        self.reference = reference_row(schema)
         self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
         # Compiled tree ensembles re-walk only the trees that split on the occluded feature; one row
         # (the /predict case) is explained by a walk planned here, at load time.
@@ -121,3 +123,8 @@ class Explainer:
         )
         ranked = sorted(((int(i), float(contributions[i])) for i in order), key=lambda item: -item[1])
         return [(position, value) for position, value in ranked if value > _EPSILON]
+
+
+def reference_row(schema: FeatureSchema) -> np.ndarray:
+    """The encoded reference customer that contributions are measured against."""
+    return schema.encode({spec.name: [spec.impute] for spec in schema.features}, 1).matrix[0]
