@@ -129,21 +129,7 @@ class ScoredRecords:
             self.actions,
             self.warnings,
         )
-        if self.reasons is None:
-            return [
-                {
-                    "customer_id": customer,
-                    "prediction_id": prediction,
-                    "churn_probability": probability,
-                    "predicted_churn": decision,
-                    "risk_category": band,
-                    "recommended_actions": actions,
-                    "warnings": warnings,
-                    "model_version": version,
-                }
-                for customer, prediction, probability, decision, band, actions, warnings in zip(*columns, strict=True)
-            ]
-        return [
+        rows = [
             {
                 "customer_id": customer,
                 "prediction_id": prediction,
@@ -153,12 +139,13 @@ class ScoredRecords:
                 "recommended_actions": actions,
                 "warnings": warnings,
                 "model_version": version,
-                "top_reasons": reasons,
             }
-            for customer, prediction, probability, decision, band, actions, warnings, reasons in zip(
-                *columns, self.reasons, strict=True
-            )
+            for customer, prediction, probability, decision, band, actions, warnings in zip(*columns, strict=True)
         ]
+        if self.reasons is not None:
+            for row, reasons in zip(rows, self.reasons, strict=True):
+                row["top_reasons"] = reasons
+        return rows
 
 
 @dataclass(slots=True)
