@@ -1,7 +1,9 @@
 """Pure ASGI middleware: request count, duration and in-flight gauge, labelled by route template.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) because it adds no task or stream wrapping to every
-request: the whole cost is two clock reads, one dictionary lookup and three metric updates.
+request: the whole cost is two clock reads, two dictionary lookups, the exact in-flight gauge and
+two deferred updates (plain Python, applied to the metrics by the monitor's flush; see
+:class:`~app.monitoring.metrics.DeferredCounter`).
 The route template comes from ``scope["route"]``, which the router fills in when it matches, so
 ``/customers/42`` is counted as ``/customers/{customer_id}`` and label cardinality stays bounded.
 """
@@ -72,11 +74,15 @@ class MonitoringMiddleware:
         key = (route, method, status)
         counter = self._requests.get(key)
         if counter is None:
-            counter = self._requests[key] = self.metrics.http_requests.labels(route, method, str(status))
+            counter = self._requests[key] = self.metrics.deferred_counter(
+                self.metrics.http_requests.labels(route, method, str(status))
+            )
         counter.inc()
         duration = self._durations.get(key[:2])
         if duration is None:
-            duration = self._durations[key[:2]] = self.metrics.http_duration.labels(route, method)
+            duration = self._durations[key[:2]] = self.metrics.deferred_histogram(
+                self.metrics.http_duration.labels(route, method)
+            )
         duration.observe(elapsed)
 
 

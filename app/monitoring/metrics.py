@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,6 +56,9 @@ class Metrics:
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.multiprocess_dir = multiprocess_dir
         self.registry: CollectorRegistry | None = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
+        self._deferred_lock = threading.Lock()  # guards the pending amounts; held for a few dict operations
+        self._flush_lock = threading.Lock()  # a scrape waits for a flush in progress, so it misses nothing
+        self._deferred: list[DeferredCounter | DeferredHistogram] = []
         self._build_http()
         self._build_predictions()
         self._build_model()
@@ -191,8 +196,40 @@ class Metrics:
     def set_memory(self, resident_bytes: float) -> None:
         self._memory_child.set(resident_bytes)
 
+    def deferred_counter(self, child: Any) -> DeferredCounter:
+        """A request-path stand-in for one counter series whose increments reach it at the next flush."""
+        deferred = DeferredCounter(child, self._deferred_lock)
+        with self._deferred_lock:
+            self._deferred.append(deferred)
+        return deferred
+
+    def deferred_histogram(self, child: Any) -> DeferredHistogram | Any:
+        """A request-path stand-in for one histogram series (the series itself where its buckets are unknown)."""
+        if not has_bucket_internals(child):
+            return child
+        deferred = DeferredHistogram(child, self._deferred_lock)
+        with self._deferred_lock:
+            self._deferred.append(deferred)
+        return deferred
+
+    def flush_pending(self) -> None:
+        """Apply every deferred increment and observation to the metrics. Safe from any thread.
+
+        Amounts are taken under the lock (plain Python, fast) and written to the metrics outside it,
+        so the request path never waits for the metric writes.
+        """
+        with self._flush_lock:
+            with self._deferred_lock:
+                taken = [(deferred, deferred.take()) for deferred in self._deferred if deferred.pending]
+            for deferred, amounts in taken:
+                deferred.apply(amounts)
+
     def exposition(self) -> bytes:
-        """The Prometheus text format of everything, merged across workers in multiprocess mode."""
+        """The Prometheus text format of everything, merged across workers in multiprocess mode.
+
+        This worker's deferred updates are applied first, so a scrape it serves is up to date.
+        """
+        self.flush_pending()
         if self.multiprocess_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiprocess_dir)
@@ -220,24 +257,131 @@ class Metrics:
             return
 
 
+class DeferredCounter:
+    """Increments of one counter series, held in plain Python until :meth:`Metrics.flush_pending`.
+
+    A counter write in multiprocess mode costs a lock and a memory-mapped file write (microseconds);
+    adding to an attribute under a shared uncontended lock costs a tenth of that. Prometheus scrapes
+    every few seconds, and every scrape served by this worker flushes first, so the short lag is
+    invisible and the exported counter stays monotonic.
+    """
+
+    __slots__ = ("_amount", "_lock", "child", "pending")
+
+    def __init__(self, child: Any, lock: threading.Lock) -> None:
+        self.child = child
+        self._lock = lock
+        self._amount = 0.0
+        self.pending = False
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        with self._lock:
+            self._amount += amount
+            self.pending = True
+
+    def take(self) -> float:  # called with the lock held
+        amount, self._amount, self.pending = self._amount, 0.0, False
+        return amount
+
+    def apply(self, amount: float) -> None:
+        self.child.inc(amount)
+
+
+class DeferredHistogram:
+    """Observations of one histogram series, kept as per-bucket counts and a sum until the next flush.
+
+    Bucketing is the client's own: an amount counts in the first bucket whose upper bound is at least
+    the amount, and NaN only adds to the sum, so the exposition equals that of direct observations.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_lock", "_sum", "child", "pending")
+
+    def __init__(self, child: Any, lock: threading.Lock) -> None:
+        self.child = child
+        self._lock = lock
+        self._bounds = [float(bound) for bound in child._upper_bounds]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self.pending = False
+
+    def observe(self, amount: float) -> None:
+        amount = float(amount)
+        index = bisect_left(self._bounds, amount) if amount == amount else -1
+        with self._lock:
+            if index >= 0:
+                self._counts[index] += 1
+            self._sum += amount
+            self.pending = True
+
+    def observe_many(self, amounts: np.ndarray) -> None:
+        """Like :func:`observe_many` on the series itself."""
+        counts, total = bucket_counts(self._bounds, amounts)
+        if not counts.any():
+            return
+        with self._lock:
+            for position in np.flatnonzero(counts).tolist():
+                self._counts[position] += int(counts[position])
+            self._sum += total
+            self.pending = True
+
+    def take(self) -> tuple[list[int], float]:  # called with the lock held
+        taken = (self._counts, self._sum)
+        self._counts, self._sum, self.pending = [0] * len(self._bounds), 0.0, False
+        return taken
+
+    def apply(self, taken: tuple[list[int], float]) -> None:
+        counts, total = taken
+        add_to_histogram(self.child, counts, total)
+
+
+def has_bucket_internals(histogram: Any) -> bool:
+    return getattr(histogram, "_buckets", None) is not None and getattr(histogram, "_upper_bounds", None) is not None
+
+
+def add_to_histogram(histogram: Any, counts: Iterable[int], total: float) -> None:
+    """Add per-bucket counts (non-cumulative, in bound order) and their sum to one histogram series.
+
+    prometheus_client has no bulk observe; its ``Histogram`` keeps one value per bucket
+    (``_buckets``, non-cumulative, cumulated at exposition) and ``_sum``, in memory or in the
+    multiprocess files. Incrementing those directly is exactly what ``observe`` does per value.
+    The only place that writes these private attributes; a test checks the exposition against
+    direct observations.
+    """
+    histogram._sum.inc(total)
+    buckets = histogram._buckets
+    for position, count in enumerate(counts):
+        if count:
+            buckets[position].inc(count)
+
+
+def bucket_counts(bounds: Iterable[float], amounts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-bucket counts and the NaN-ignoring sum of many amounts (NaN counts in the last bucket)."""
+    amounts = np.asarray(amounts, dtype=np.float64)
+    edges = np.asarray(list(bounds), dtype=np.float64)
+    if amounts.size == 0:
+        return np.zeros(len(edges), dtype=np.int64), 0.0
+    index = np.searchsorted(edges, amounts, side="left")
+    np.minimum(index, len(edges) - 1, out=index)  # NaN sorts past +Inf
+    return np.bincount(index, minlength=len(edges)), float(np.nansum(amounts))
+
+
 def observe_many(histogram: Any, amounts: np.ndarray) -> None:
     """Observe many values with one increment per bucket instead of one call per value.
 
     Equivalent to ``for a in amounts: histogram.observe(a)`` (prometheus_client keeps
     non-cumulative bucket values and a sum), but costs microseconds for ten thousand values.
     """
+    if isinstance(histogram, DeferredHistogram):
+        histogram.observe_many(amounts)
+        return
     amounts = np.asarray(amounts, dtype=np.float64)
     if amounts.size == 0:
         return
-    buckets = getattr(histogram, "_buckets", None)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    if buckets is None or bounds is None:  # a client version without these internals: the slow, sure way
+    if not has_bucket_internals(histogram):  # a client version without these internals: the slow, sure way
         for amount in amounts.tolist():
             histogram.observe(amount)
         return
-    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), amounts, side="left")
-    np.minimum(index, len(bounds) - 1, out=index)  # NaN sorts past +Inf
-    counts = np.bincount(index, minlength=len(bounds))
-    histogram._sum.inc(float(np.nansum(amounts)))
-    for position in np.flatnonzero(counts).tolist():
-        buckets[position].inc(int(counts[position]))
+    counts, total = bucket_counts(histogram._upper_bounds, amounts)
+    add_to_histogram(histogram, counts.tolist(), total)

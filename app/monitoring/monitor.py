@@ -1,7 +1,10 @@
 """The monitor the service talks to: metrics, drift, prediction log and realized performance in one object.
 
-The request path calls :meth:`Monitor.record` (and the middleware); both only increment counters
-and append to in-memory queues. Everything that reads files or databases runs in background threads started by
+The request path calls :meth:`Monitor.record` (and the middleware); both only add to plain Python
+counters and append to in-memory queues. The counters reach the Prometheus metrics when the
+prediction log writer wakes (at least every ``prediction_log_flush_seconds``), before every scrape
+this worker serves, and at stop; the in-flight gauge alone is written directly, so it is exact.
+Everything that reads files or databases runs in background threads started by
 :meth:`Monitor.start`: drift figures every ``drift_update_seconds``, realized performance every
 ``performance_update_seconds`` (and right after feedback), the memory gauge, and the prediction
 log writer.
@@ -97,6 +100,7 @@ class Monitor:
         self._churn_children: dict[str, Any] = {}
         self._stage_children: dict[str, Any] = {}
         self._warning_children: dict[tuple[str, str], Any] = {}
+        self._score = self.metrics.deferred_histogram(self.metrics.score)
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -135,6 +139,7 @@ class Monitor:
             thread.join(timeout=10)
         self._threads.clear()
         self.log.stop()
+        self.flush_metrics()
         with self._model_lock:
             if self.drift is not None:
                 self.drift.close()  # the table stays for the other workers until it leaves the window
@@ -232,14 +237,14 @@ class Monitor:
             self._band_child(event.risk_bands[0], version).inc()
             if event.decisions[0]:
                 self._churn_child(version).inc()
-            self.metrics.score.observe(float(event.scores[0]))
+            self._score.observe(float(event.scores[0]))
         else:
             for band, count in Counter(event.risk_bands).items():
                 self._band_child(band, version).inc(count)
             positives = int(np.count_nonzero(event.decisions))
             if positives:
                 self._churn_child(version).inc(positives)
-            observe_many(self.metrics.score, event.scores)
+            observe_many(self._score, event.scores)
         for stage, seconds in event.stage_seconds.items():
             self._stage_child(stage).observe(seconds)
         if event.imputed or event.unseen:
@@ -250,29 +255,38 @@ class Monitor:
         started = request_started_at.get()
         self.log.enqueue(event, max(event.timestamp - started, 0.0) if started is not None else None)
 
-    # Label children cached per metric: labels() costs a lock and validation, a dict hit ~0.1 us.
+    # Label children cached per metric: labels() costs a lock and validation, a dict hit ~0.1 us. Each
+    # is a deferred stand-in: a metric write costs microseconds in multiprocess mode, these a fraction.
     def _band_child(self, band: str, version: str) -> Any:
         child = self._band_children.get((band, version))
         if child is None:
-            child = self._band_children[(band, version)] = self.metrics.predictions.labels(band, version)
+            child = self._band_children[(band, version)] = self.metrics.deferred_counter(
+                self.metrics.predictions.labels(band, version)
+            )
         return child
 
     def _churn_child(self, version: str) -> Any:
         child = self._churn_children.get(version)
         if child is None:
-            child = self._churn_children[version] = self.metrics.predicted_churn.labels(version)
+            child = self._churn_children[version] = self.metrics.deferred_counter(
+                self.metrics.predicted_churn.labels(version)
+            )
         return child
 
     def _stage_child(self, stage: str) -> Any:
         child = self._stage_children.get(stage)
         if child is None:
-            child = self._stage_children[stage] = self.metrics.stage_duration.labels(stage)
+            child = self._stage_children[stage] = self.metrics.deferred_histogram(
+                self.metrics.stage_duration.labels(stage)
+            )
         return child
 
     def _warning_child(self, feature: str, kind: str) -> Any:
         child = self._warning_children.get((feature, kind))
         if child is None:
-            child = self._warning_children[(feature, kind)] = self.metrics.feature_warnings.labels(feature, kind)
+            child = self._warning_children[(feature, kind)] = self.metrics.deferred_counter(
+                self.metrics.feature_warnings.labels(feature, kind)
+            )
         return child
 
     def _count_warnings(self, event: PredictionEvent) -> None:
@@ -291,6 +305,7 @@ class Monitor:
     # ---- drift -----------------------------------------------------------------------------------------
     def update_drift(self, now: float | None = None) -> DriftSnapshot | None:
         """Recompute the window's drift figures from all workers' counts and export them."""
+        self.flush_metrics()  # the counters published alongside the drift figures cover the same predictions
         drift = self.drift
         if drift is None:
             return None
@@ -328,6 +343,14 @@ class Monitor:
             if now - last_memory >= MEMORY_UPDATE_SECONDS:
                 last_memory = now
                 self.metrics.set_memory(resident_memory_bytes())
+
+    # ---- deferred metric updates ---------------------------------------------------------------------------
+    def flush_metrics(self) -> None:
+        """Apply the request path's pending counter and histogram updates to the metrics."""
+        try:
+            self.metrics.flush_pending()
+        except Exception as exc:
+            self._contained_failure("metrics", exc)
 
     # ---- feedback and realized performance ---------------------------------------------------------------
     def apply_feedback(self, outcomes: list[OutcomeIn]) -> FeedbackResult:

@@ -276,6 +276,7 @@ class PredictionLog:
             self.publish_queue_size()  # the backlog the writer found
             self.flush()
             self.publish_queue_size()  # what arrived while it wrote
+            self._flush_metrics()
             self._maybe_enforce_retention()
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -285,6 +286,15 @@ class PredictionLog:
             self._pending.clear()
             self._pending_records = 0
         return taken
+
+    def _flush_metrics(self) -> None:
+        # The request path's deferred counter and histogram updates reach the metrics here, at least
+        # every flush_seconds: no thread of their own to wake.
+        try:
+            self.metrics.flush_pending()
+        except Exception as exc:
+            self.metrics.monitoring_errors.labels(where="metrics").inc()
+            self._log_failure("applying deferred metric updates failed: %s", exc)
 
     def publish_queue_size(self) -> None:
         self.metrics.log_queue.set(self._pending_records)

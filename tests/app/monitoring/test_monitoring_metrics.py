@@ -7,12 +7,12 @@ import inspect
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.monitoring import Monitor, NullMonitor, create_monitor
 from app.monitoring.events import PredictionEvent
-from app.monitoring.metrics import SCORE_BUCKETS, observe_many
+from app.monitoring.metrics import LATENCY_BUCKETS, SCORE_BUCKETS, Metrics, observe_many
 from app.monitoring.routes import DISABLED_DETAIL
 from tests.app.monitoring.monitoring_helpers import (
     API_KEY,
@@ -187,6 +187,57 @@ def test_observe_many_equals_observing_one_by_one():
     got, expected = samples("batched"), samples("single")
     assert [g[:2] for g in got] == [e[:2] for e in expected]
     np.testing.assert_allclose([g[2] for g in got], [e[2] for e in expected], rtol=1e-12)
+
+
+def test_deferred_updates_expose_exactly_what_direct_updates_do():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.exponential(0.002, 3000), np.array(LATENCY_BUCKETS), [0.0, 50.0, float("inf")]])
+    metrics = Metrics()
+    direct_registry = CollectorRegistry()
+    direct_histogram = Histogram("h", "h", ["route"], buckets=LATENCY_BUCKETS, registry=direct_registry)
+    direct_counter = Counter("c", "c", ["route"], registry=direct_registry)
+    deferred_registry = CollectorRegistry()
+    histogram = Histogram("h", "h", ["route"], buckets=LATENCY_BUCKETS, registry=deferred_registry)
+    counter = Counter("c", "c", ["route"], registry=deferred_registry)
+    deferred_histogram = metrics.deferred_histogram(histogram.labels("/x"))
+    deferred_counter = metrics.deferred_counter(counter.labels("/x"))
+    for position, value in enumerate(values.tolist()):
+        direct_histogram.labels("/x").observe(value)
+        direct_counter.labels("/x").inc(2)
+        deferred_histogram.observe(value)
+        deferred_counter.inc(2)
+        if position % 1000 == 0:
+            metrics.flush_pending()  # several flushes add up
+    direct_histogram.labels("/x").observe(float("nan"))
+    deferred_histogram.observe(float("nan"))
+    assert generate_latest(deferred_registry) != generate_latest(direct_registry)  # not applied yet
+    metrics.flush_pending()
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+    assert exposition(deferred_registry) == exposition(direct_registry)
+    metrics.flush_pending()  # nothing pending: nothing changes
+    assert exposition(deferred_registry) == exposition(direct_registry)
+    with pytest.raises(ValueError):
+        deferred_counter.inc(-1)
+
+
+def test_a_scrape_applies_this_workers_pending_updates(settings, manifest):
+    monitor = Monitor(settings)
+    monitor.model_loaded(manifest)
+    monitor.record(make_event(manifest, 1))
+    text = monitor.metrics.exposition().decode()
+    assert metric_value(text, "churn_prediction_score_count") == 1
+    assert (
+        sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "churn_predictions_total"
+        )
+        == 1
+    )
 
 
 def test_record_never_raises_on_a_malformed_event(settings, manifest):
