@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from training.config import ALL_FAMILIES, THRESHOLD_STRATEGIES, TrainingConfig
 
@@ -38,34 +38,25 @@ exit status: 0 published; 1 every model family failed; 2 unusable input (one lin
 """
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded_number(parse: Callable[[str], Any], kind: str, minimum: float, *, inclusive: bool) -> Callable[[str], Any]:
+    """An argparse type that reads a number and refuses values below (or at) ``minimum``, and NaN."""
+    bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
+
+    def read(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum):  # written so NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return read
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+positive_int = bounded_number(int, "a whole number", 1, inclusive=True)
+positive_float = bounded_number(float, "a number", 0, inclusive=False)
+non_negative_float = bounded_number(float, "a number", 0, inclusive=True)
 
 
 def model_list(text: str) -> tuple[str, ...]:
