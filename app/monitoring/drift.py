@@ -1,9 +1,10 @@
 """Data and score drift against the bundle's frozen reference bins, shared by all workers.
 
-Request path (well under a microsecond): the scored batch is appended to an in-memory deque.
+Nothing runs on the request path: the monitor's drain hands each scored batch over (a deque append).
 
 Background, every ``drift_update_seconds``: each worker bins its remembered batches with the
-reference edges (plain Python for one record, numpy for a batch) and adds the counts to its own
+reference edges (numpy, feature by feature; single-record predictions are first gathered into
+columns) and adds the counts to its own
 *slot table*, a small memory-mapped ``int64`` array file with one row per time slot
 (``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot number the row currently
 counts, the other columns the bin counts of every feature, then the score, then the decision (no
@@ -80,11 +81,6 @@ class FeatureBinner:
         if value is None or value != value:  # None or NaN
             return self._missing
         return bisect_right(self._edges, value)
-
-    def single_value_plan(self) -> tuple[str, int, dict[Any, int] | None, int, int, list[float]]:
-        """(name, offset, category lookup or None, unseen bin, missing bin, edges) for inlined binning."""
-        lookup = self._lookup if self.categorical else None
-        return self.name, self.offset, lookup, self._unseen, self._missing, self._edges
 
     def bin_many(self, values: list[Any]) -> np.ndarray:
         if self.categorical:
@@ -372,7 +368,6 @@ class DriftTracker:
         # Batches waiting to be binned. deque.append is atomic, so the request path takes no lock.
         self._pending: deque[tuple[float, dict[str, list[Any]], np.ndarray, np.ndarray]] = deque()
         self._apply_lock = threading.Lock()
-        self._plan = [binner.single_value_plan() for binner in self.layout.features]
 
     def count(self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> None:
         """Request path: remember the scored batch (a deque append); :meth:`apply_pending` bins it later."""
@@ -384,14 +379,14 @@ class DriftTracker:
         """Bin every remembered batch into this worker's slot table; returns the records counted."""
         with self._apply_lock:
             per_slot: dict[int, np.ndarray] = {}
-            singles: dict[int, list[int]] = {}
+            singles: dict[int, list[tuple[dict[str, list[Any]], float, bool]]] = {}
             counted = 0
             while self._pending:
                 timestamp, columns, scores, decisions = self._pending.popleft()
                 slot = int(timestamp // self.slot_seconds)
                 try:
                     if len(scores) == 1:
-                        singles.setdefault(slot, []).extend(self._columns_of_one(columns, scores[0], decisions[0]))
+                        singles.setdefault(slot, []).append((columns, float(scores[0]), bool(decisions[0])))
                     elif len(scores) > 1:
                         counts = self._counts_of_many(columns, scores, decisions)
                         per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
@@ -399,32 +394,37 @@ class DriftTracker:
                 except Exception as exc:  # one malformed batch must not stop the others
                     if on_error is not None:
                         on_error(exc)
-            for slot, columns_hit in singles.items():
-                counts = np.bincount(np.asarray(columns_hit, dtype=np.intp) - 1, minlength=self._n_columns)
+            for slot, records in singles.items():
+                try:
+                    counts = self._counts_of_singles(records)
+                except Exception as exc:
+                    counted -= len(records)
+                    if on_error is not None:
+                        on_error(exc)
+                    continue
                 per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
             for slot, counts in per_slot.items():
                 self.table.add_counts(slot, counts)
             return counted
 
-    def _columns_of_one(self, columns: dict[str, list[Any]], score: float, decision: bool) -> list[int]:
-        # FeatureBinner.bin_one inlined: this runs once per feature per single-record prediction.
-        indices: list[int] = []
-        append = indices.append
-        for name, offset, lookup, unseen, missing, edges in self._plan:
-            values = columns.get(name)
-            if values is None:
-                continue
-            value = values[0]
-            if lookup is not None:
-                append(offset + lookup.get(value, unseen))
-            elif value is None or value != value:  # None or NaN
-                append(offset + missing)
-            else:
-                append(offset + bisect_right(edges, value))
-        layout = self.layout
-        indices.append(layout.score.offset + layout.score.bin_one(float(score)))
-        indices.append(layout.decision_offset + int(bool(decision)))
-        return indices
+    def _counts_of_singles(self, records: list[tuple[dict[str, list[Any]], float, bool]]) -> np.ndarray:
+        """Bin counts of many single-record predictions, binned feature by feature like a batch.
+
+        Single records are the /predict traffic: transposing them into columns and binning each
+        column with numpy costs a fraction of binning every value of every record one by one.
+        """
+        try:
+            columns = {
+                binner.name: [record[0][binner.name][0] for record in records] for binner in self.layout.features
+            }
+        except (KeyError, IndexError, TypeError):  # a record without some feature: bin it on its own
+            return sum(
+                (self._counts_of_many(record[0], np.array([record[1]]), np.array([record[2]])) for record in records),
+                start=np.zeros(self._n_columns, dtype=np.int64),
+            )
+        scores = np.fromiter((record[1] for record in records), dtype=np.float64, count=len(records))
+        decisions = np.fromiter((record[2] for record in records), dtype=bool, count=len(records))
+        return self._counts_of_many(columns, scores, decisions)
 
     def _counts_of_many(self, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> np.ndarray:
         layout = self.layout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ class PredictionEvent:
     # Each feature's cleaned values in schema order (None = missing), one per record: drift bins
     # them and the prediction log writes each record's row from them, both in the background, so
     # the request path never builds a dictionary per record.
-    columns: dict[str, list[Any]]
+    columns: dict[str, Sequence[Any]]
     scores: np.ndarray  # calibrated churn probabilities
     decisions: np.ndarray  # bool: score >= threshold
     risk_bands: list[str]

@@ -1,8 +1,8 @@
 """Pure ASGI middleware: request count, duration and in-flight gauge, labelled by route template.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) because it adds no task or stream wrapping to every
-request: the whole cost is two clock reads, two dictionary lookups, the exact in-flight gauge and
-two deferred updates (plain Python, applied to the metrics by the monitor's flush; see
+request: the whole cost is two clock reads, two dictionary lookups, an in-flight count and two
+deferred updates, all plain Python, applied to the metrics by the monitor's flush (see
 :class:`~app.monitoring.metrics.DeferredCounter`).
 The route template comes from ``scope["route"]``, which the router fills in when it matches, so
 ``/customers/42`` is counted as ``/customers/{customer_id}`` and label cardinality stays bounded.
@@ -40,7 +40,6 @@ class MonitoringMiddleware:
     def __init__(self, app: ASGIApp, monitor: Monitor) -> None:
         self.app = app
         self.metrics = monitor.metrics
-        self._in_flight = monitor.metrics.http_in_flight
         self._requests: dict[tuple[str, str, int], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
 
@@ -61,12 +60,13 @@ class MonitoringMiddleware:
             method = "other"  # arbitrary client-chosen verbs must not create new series
         started = time.perf_counter()
         token = request_started_at.set(time.time())
-        self._in_flight.inc()
+        metrics = self.metrics
+        metrics.requests_in_flight += 1  # only this event loop's thread changes it
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
             elapsed = time.perf_counter() - started
-            self._in_flight.dec()
+            metrics.requests_in_flight -= 1
             request_started_at.reset(token)
             self._count(route_template(scope), method, status, elapsed)
 

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,12 @@ class Metrics:
         self._deferred_lock = threading.Lock()  # guards the pending amounts; held for a few dict operations
         self._flush_lock = threading.Lock()  # a scrape waits for a flush in progress, so it misses nothing
         self._deferred: list[DeferredCounter | DeferredHistogram] = []
+        # Work that produces deferred updates (the monitor's recorded predictions), run before each flush.
+        self._flush_sources: list[Callable[[], object]] = []
+        # Requests being served by this worker: kept by the event loop's middleware as a plain int and
+        # written to the gauge at every flush (each scrape this worker serves is exact; the other
+        # workers' figures are at most one flush period old).
+        self.requests_in_flight = 0
         self._build_http()
         self._build_predictions()
         self._build_model()
@@ -212,13 +218,20 @@ class Metrics:
             self._deferred.append(deferred)
         return deferred
 
+    def add_flush_source(self, source: Callable[[], object]) -> None:
+        """Run ``source`` at the start of every flush (it turns queued work into deferred updates)."""
+        self._flush_sources.append(source)
+
     def flush_pending(self) -> None:
         """Apply every deferred increment and observation to the metrics. Safe from any thread.
 
         Amounts are taken under the lock (plain Python, fast) and written to the metrics outside it,
         so the request path never waits for the metric writes.
         """
+        for source in self._flush_sources:
+            source()
         with self._flush_lock:
+            self.http_in_flight.set(self.requests_in_flight)
             with self._deferred_lock:
                 taken = [(deferred, deferred.take()) for deferred in self._deferred if deferred.pending]
             for deferred, amounts in taken:

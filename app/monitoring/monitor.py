@@ -25,6 +25,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,13 @@ class Monitor:
         self._stage_children: dict[str, Any] = {}
         self._warning_children: dict[tuple[str, str], Any] = {}
         self._score = self.metrics.deferred_histogram(self.metrics.score)
+        # Recorded events awaiting drain(), with their record count (bounded by the log queue size).
+        self._inbox: list[tuple[PredictionEvent, float | None]] = []
+        self._inbox_records = 0
+        self._inbox_limit = settings.prediction_log_queue_size
+        self._inbox_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self.metrics.add_flush_source(self.drain)
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -138,6 +146,7 @@ class Monitor:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
+        self.flush_metrics()  # drains the last recorded events into the log queue
         self.log.stop()
         self.flush_metrics()
         with self._model_lock:
@@ -222,38 +231,80 @@ class Monitor:
 
     # ---- request path ------------------------------------------------------------------------------------
     def record(self, event: PredictionEvent) -> None:
-        """Count a scored batch and queue it for the log. Microseconds; never raises."""
+        """Queue a scored batch for monitoring: one list append under an uncontended lock. Never raises.
+
+        Everything else (counters, histograms, warnings, drift binning, the prediction log) happens
+        in :meth:`drain`, off the request path and vectorised over every event queued since the last
+        drain: the log writer drains at least every ``prediction_log_flush_seconds`` (sooner once a
+        batch's worth is queued), and every scrape, drift update, feedback and report drains first.
+        """
         try:
-            self._record(event)
+            size = len(event.prediction_ids)
+            if size == 0:
+                return
+            started = request_started_at.get()
+            latency = max(event.timestamp - started, 0.0) if started is not None else None
+            with self._inbox_lock:
+                self._inbox.append((event, latency))
+                self._inbox_records = backlog = self._inbox_records + size
+            if backlog >= self._inbox_limit:
+                self.drain()  # the background writer is not keeping up: keep memory bounded here
+            elif backlog >= self.log.batch_size:
+                self.log.wake()
         except Exception as exc:
             self._contained_failure("record", exc)
 
-    def _record(self, event: PredictionEvent) -> None:
-        n = len(event.prediction_ids)
-        if n == 0:
-            return
-        version = event.model_version
-        if n == 1:
-            self._band_child(event.risk_bands[0], version).inc()
-            if event.decisions[0]:
-                self._churn_child(version).inc()
-            self._score.observe(float(event.scores[0]))
-        else:
-            for band, count in Counter(event.risk_bands).items():
-                self._band_child(band, version).inc(count)
-            positives = int(np.count_nonzero(event.decisions))
-            if positives:
-                self._churn_child(version).inc(positives)
-            observe_many(self._score, event.scores)
-        for stage, seconds in event.stage_seconds.items():
-            self._stage_child(stage).observe(seconds)
-        if event.imputed or event.unseen:
-            self._count_warnings(event)
-        drift = self.drift
-        if drift is not None and drift.layout.model_version == version:
-            drift.count(event.timestamp, event.columns, event.scores, event.decisions)
-        started = request_started_at.get()
-        self.log.enqueue(event, max(event.timestamp - started, 0.0) if started is not None else None)
+    def drain(self) -> int:
+        """Account for every queued event: metrics, drift counts and the log queue. Any thread; returns records."""
+        with self._drain_lock:
+            with self._inbox_lock:
+                events, self._inbox = self._inbox, []
+                self._inbox_records = 0
+            if not events:
+                return 0
+            try:
+                self._count_events(events)
+            except Exception as exc:
+                self._contained_failure("record", exc)
+            drift = self.drift
+            records = 0
+            for event, latency in events:
+                records += len(event.prediction_ids)
+                try:
+                    if drift is not None and drift.layout.model_version == event.model_version:
+                        drift.count(event.timestamp, event.columns, event.scores, event.decisions)
+                    self.log.enqueue(event, latency)
+                except Exception as exc:
+                    self._contained_failure("record", exc)
+            return records
+
+    def _count_events(self, events: list[tuple[PredictionEvent, float | None]]) -> None:
+        """The prediction metrics of many events with one update per series."""
+        bands: Counter[tuple[str, str]] = Counter()
+        churned: Counter[str] = Counter()
+        scores: list[np.ndarray] = []
+        stages: dict[str, list[float]] = {}
+        for event, _ in events:
+            version = event.model_version
+            if len(event.risk_bands) == 1:
+                bands[(event.risk_bands[0], version)] += 1
+                churned[version] += 1 if event.decisions[0] else 0
+            else:
+                bands.update(zip(event.risk_bands, repeat(version)))
+                churned[version] += int(np.count_nonzero(event.decisions))
+            scores.append(event.scores)
+            for stage, seconds in event.stage_seconds.items():
+                stages.setdefault(stage, []).append(seconds)
+            if event.imputed or event.unseen:
+                self._count_warnings(event)
+        for (band, version), count in bands.items():
+            self._band_child(band, version).inc(count)
+        for version, count in churned.items():
+            if count:
+                self._churn_child(version).inc(count)
+        observe_many(self._score, np.concatenate(scores).astype(np.float64, copy=False))
+        for stage, seconds in stages.items():
+            observe_many(self._stage_child(stage), np.asarray(seconds, dtype=np.float64))
 
     # Label children cached per metric: labels() costs a lock and validation, a dict hit ~0.1 us. Each
     # is a deferred stand-in: a metric write costs microseconds in multiprocess mode, these a fraction.
@@ -294,13 +345,6 @@ class Monitor:
         counts.update((name, "unseen_category") for _, name in event.unseen)
         for (feature, kind), count in counts.items():
             self._warning_child(feature, kind).inc(count)
-
-    def observe_stage(self, stage: str, seconds: float) -> None:
-        """A stage timing that is not part of a recorded event (events carry their own stage_seconds)."""
-        try:
-            self._stage_child(stage).observe(seconds)
-        except Exception as exc:
-            self._contained_failure("observe_stage", exc)
 
     # ---- drift -----------------------------------------------------------------------------------------
     def update_drift(self, now: float | None = None) -> DriftSnapshot | None:
@@ -352,13 +396,18 @@ class Monitor:
         except Exception as exc:
             self._contained_failure("metrics", exc)
 
+    def write_log(self) -> int:
+        """Write every prediction recorded so far to the log now (feedback and reports read it); rows written."""
+        self.flush_metrics()  # drains recorded events into the log queue
+        return self.log.flush()
+
     # ---- feedback and realized performance ---------------------------------------------------------------
     def apply_feedback(self, outcomes: list[OutcomeIn]) -> FeedbackResult:
         """Join outcomes to logged predictions (after writing this worker's queued ones) and refresh metrics.
 
         Raises SQLAlchemyError when the database is unavailable (the route answers 503).
         """
-        self.log.flush()
+        self.write_log()
         result = apply_outcomes(self.log.connection, outcomes, self.clock())
         for status, count in status_counts(result).items():
             if count:
@@ -402,7 +451,7 @@ class Monitor:
     def daily_report(self, day: date | None = None) -> dict[str, Any]:
         now = self.clock()
         day = day or datetime.fromtimestamp(now, UTC).date()
-        self.log.flush()
+        self.write_log()
         with self.log.connection() as connection:
             return daily_report(connection, day, self.latest_drift, self.latest_performance, now)
 
@@ -442,9 +491,6 @@ class NullMonitor:
         return None
 
     def record(self, event: PredictionEvent) -> None:
-        return None
-
-    def observe_stage(self, stage: str, seconds: float) -> None:
         return None
 
 

@@ -1,7 +1,7 @@
 """Durable log of every prediction, written off the request path.
 
-The request path only appends the scored event to a bounded in-memory queue (counted in
-records); a background thread turns events into rows and inserts them in batches of
+Scored events reach a bounded in-memory queue (counted in records) from the monitor's drain, off
+the request path (see ``Monitor.record``); a background thread turns events into rows and inserts them in batches of
 ``prediction_log_batch_size`` at least every ``prediction_log_flush_seconds``. A full queue drops
 the event (counted by reason, logged) instead of blocking, and a database that is down, full or
 read-only is counted and logged, never raised: the prediction has already been answered.
@@ -249,6 +249,11 @@ class PredictionLog:
             self._wake.set()
         return True
 
+    def wake(self) -> None:
+        """Have the writer write now rather than at its next period (a batch's worth is waiting)."""
+        if not self._wake.is_set():
+            self._wake.set()
+
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         # No database round trip here: a slow or absent database must not hold up the service start.
@@ -273,10 +278,11 @@ class PredictionLog:
         while not self._stopping.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
+            # First the metrics flush, whose sources queue what was recorded since (see Monitor.drain).
+            self._flush_metrics()
             self.publish_queue_size()  # the backlog the writer found
             self.flush()
             self.publish_queue_size()  # what arrived while it wrote
-            self._flush_metrics()
             self._maybe_enforce_retention()
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -288,8 +294,8 @@ class PredictionLog:
         return taken
 
     def _flush_metrics(self) -> None:
-        # The request path's deferred counter and histogram updates reach the metrics here, at least
-        # every flush_seconds: no thread of their own to wake.
+        # The request path's deferred updates (and recorded predictions) reach the metrics here, at
+        # least every flush_seconds: no thread of their own to wake.
         try:
             self.metrics.flush_pending()
         except Exception as exc:

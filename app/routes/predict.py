@@ -128,6 +128,9 @@ router.add_api_route(
     openapi_extra={"x-request-body": "single"},
     route_class_override=LeanRoute,
 )
+# The application serves this route through its fast lane (see ``app.fast_lane``).
+predict_route = router.routes[-1]
+assert isinstance(predict_route, APIRoute) and predict_route.path == "/predict"
 
 
 @router.post(

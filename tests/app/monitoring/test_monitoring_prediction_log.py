@@ -109,7 +109,7 @@ def test_unwritable_database_is_counted_and_never_raised(tmp_path, manifest):
     with running(monitor):
         monitor.model_loaded(manifest)
         monitor.record(make_event(manifest, 3, seed=1))  # must not raise
-        monitor.log.flush()
+        monitor.write_log()
     text_ = monitor.metrics.exposition().decode()
     assert metric_value(text_, "churn_prediction_log_errors_total") >= 1
     assert dropped(monitor)["write_error"] == 3
@@ -122,13 +122,13 @@ def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
     with running(monitor):
         monitor.model_loaded(manifest)
         monitor.record(make_event(manifest, 2, seed=1))
-        assert monitor.log.flush() == 2
+        assert monitor.write_log() == 2
         with monitor.log.engine.begin() as connection:
             connection.execute(text("DROP TABLE prediction_log"))
         monitor.record(make_event(manifest, 4, seed=2))
-        assert monitor.log.flush() == 0  # this batch is lost and counted
+        assert monitor.write_log() == 0  # this batch is lost and counted
         monitor.record(make_event(manifest, 5, seed=3))
-        assert monitor.log.flush() == 5  # the table came back on the next write
+        assert monitor.write_log() == 5  # the table came back on the next write
     # At least the failed write (the performance refresh may also have met the missing table).
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") >= 1
     assert dropped(monitor)["write_error"] == 4
@@ -144,7 +144,7 @@ def test_retention_deletes_old_predictions_and_their_outcomes(tmp_path, manifest
         recent = make_event(manifest, 2, seed=2, timestamp=now - 29 * 86_400)
         monitor.record(old)
         monitor.record(recent)
-        monitor.log.flush()
+        monitor.write_log()
         with monitor.log.connection() as connection:
             connection.execute(
                 outcomes_table.insert(),
@@ -179,7 +179,7 @@ def test_several_writers_share_one_sqlite_file(tmp_path, manifest):
 
 def test_request_latency_comes_from_the_middleware_clock(client, monitor):
     assert client.post("/predict", params={"seed": 4}).status_code == 200
-    monitor.log.flush()
+    monitor.write_log()
     [row] = logged_rows(monitor)
     assert 0 < row["latency_seconds"] < 5  # measured from request start, not the synthetic stage timings
     assert row["latency_seconds"] != pytest.approx(0.0007)
