@@ -1,19 +1,19 @@
 """Data and score drift against the bundle's frozen reference bins, shared by all workers.
 
-Nothing runs on the request path: the monitor's drain hands each scored batch over (a deque append).
-
-Background, every ``drift_update_seconds``: each worker bins its remembered batches with the
+Nothing runs on the request path. In the background, at each of the monitor's drains (see
+``Monitor.drain``), each worker bins the scored batches handed over since the last one with the
 reference edges (numpy, feature by feature; single-record predictions are first gathered into
-columns) and adds the counts to its own
-*slot table*, a small memory-mapped ``int64`` array file with one row per time slot
-(``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot number the row currently
-counts, the other columns the bin counts of every feature, then the score, then the decision (no
-churn / churn). A row holding an older slot is zeroed before reuse, so memory and disk stay fixed
-whatever the traffic. Then it sums the rows of *all* workers' tables whose slot lies inside the
+columns) and adds the counts to its own *slot table*, a small memory-mapped ``int64`` array file
+with one row per time slot (``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot
+number the row currently counts, the other columns the bin counts of every feature, then the
+score, then the decision (no churn / churn). A row holding an older slot is zeroed before reuse,
+so memory and disk stay fixed whatever the traffic.
+
+Every ``drift_update_seconds`` it sums the rows of *all* workers' tables whose slot lies inside the
 window (``drift_window_seconds``) and computes PSI and the Jensen-Shannon distance per feature and
-for the score. Every worker sees the same shared counts (each worker's latest batches join them at
-its next update), so every worker exports the same figures. A new model version starts new tables (the file name
-carries a key of the version and its reference), which resets the window to the new reference.
+for the score. Every worker sees the same shared counts, so every worker exports the same figures.
+A new model version starts new tables (the file name carries a key of the version and its
+reference), which resets the window to the new reference.
 
 Why the threshold moves with the window: with no drift at all, ``n * PSI`` over ``k`` bins is
 approximately chi-square with ``k - 1`` degrees of freedom (inflated by the reference's own

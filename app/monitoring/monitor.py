@@ -1,13 +1,16 @@
 """The monitor the service talks to: metrics, drift, prediction log and realized performance in one object.
 
-The request path calls :meth:`Monitor.record` (and the middleware); both only add to plain Python
-counters and append to in-memory queues. The counters reach the Prometheus metrics when the
-prediction log writer wakes (at least every ``prediction_log_flush_seconds``), before every scrape
-this worker serves, and at stop; the in-flight gauge alone is written directly, so it is exact.
-Everything that reads files or databases runs in background threads started by
-:meth:`Monitor.start`: drift figures every ``drift_update_seconds``, realized performance every
-``performance_update_seconds`` (and right after feedback), the memory gauge, and the prediction
-log writer.
+The request path does two things: the middleware adds to plain Python counters (requests in
+flight, requests and durations by route) and :meth:`Monitor.record` appends the scored event to an
+in-memory inbox. Everything else happens in :meth:`Monitor.drain`, vectorised over every event
+queued since the last drain: the prediction counters and histograms, feature warnings, drift
+binning and the prediction log queue. The prediction log writer drains at least every
+``prediction_log_flush_seconds`` (sooner once a batch's worth is queued); every scrape this worker
+serves, every drift update, feedback call, report and the stop drain first, so what they show
+includes every prediction answered before them. Everything that reads files or databases runs in
+background threads started by :meth:`Monitor.start`: drift figures every ``drift_update_seconds``,
+realized performance every ``performance_update_seconds`` (and right after feedback), the memory
+gauge, and the prediction log writer.
 """
 
 from __future__ import annotations
@@ -276,6 +279,10 @@ class Monitor:
                     self.log.enqueue(event, latency)
                 except Exception as exc:
                     self._contained_failure("record", exc)
+            if drift is not None:
+                # Binned now, a drain's worth at a time: small steps that leave the request path the
+                # interpreter, rather than one long step per drift update.
+                drift.apply_pending(on_error=lambda exc: self._contained_failure("drift", exc))
             return records
 
     def _count_events(self, events: list[tuple[PredictionEvent, float | None]]) -> None:

@@ -300,3 +300,17 @@ def test_probabilities_match_for_a_random_sample_of_rows(
     served = [result["churn_probability"] for result in results]
     expected = [in_process_probability(linear_models_dir, record) for record in records]
     np.testing.assert_allclose(served, expected, atol=1e-9)
+
+
+def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
+    import time
+
+    from app.predictor import new_prediction_ids
+
+    first = new_prediction_ids(3)
+    time.sleep(0.002)
+    second = new_prediction_ids(1)
+    ids = first + second
+    assert len(set(ids)) == 4 and all(len(value) == 32 and int(value, 16) >= 0 for value in ids)
+    assert ids == sorted(ids)  # the log's primary-key index grows at its end
+    assert {value[12:24] for value in ids} == {first[0][12:24]}  # one tag per process
