@@ -4,9 +4,11 @@ A contribution is measured in log-odds of the model's raw score against a refere
 whose every feature takes its training imputation value (median or most common category):
 
 * logistic regression: exact, ``coef · (x - x_ref)`` summed over the feature's encoded columns;
-* every other family: occlusion, ``logit p(x) - logit p(x with feature j set to its reference)``,
-  scored in the same single model call as the prediction itself (one extra row per feature that
-  differs from the reference; a feature at its reference value contributes exactly 0);
+* every other family: occlusion, ``logit p(x) - logit p(x with feature j set to its reference)``;
+  compiled tree ensembles re-walk, in machine code, only the trees whose path for this row splits
+  on the feature (see ``app.compiled_trees``), other models score one extra row per feature that
+  differs from the reference in the same model call as the prediction; a feature at its reference
+  value contributes exactly 0;
 * soft-vote ensemble: its log-odds are the weighted mean of its members' log-odds, so its
   occlusion is exactly the weighted mean of the members' own attributions, each member explained
   by its own family's rule above (exact for the linear part, tree-by-tree for compiled trees).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from app.compiled_trees import CompiledTrees
 from models.features import FeatureSchema
 from models.scoring import EnsembleModel, LinearModel, RawModel
 
@@ -47,10 +50,11 @@ class Explainer:
         # an ordinary customer at the median must not differ from the reference there.
         self.reference = reference_row(schema)
         self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
-        # Compiled tree ensembles re-walk only the trees that split on the occluded feature; one row
-        # (the /predict case) is explained by a walk planned here, at load time.
-        self._group_trees = [model.trees_using(columns) for columns in self._slices] if self._compiled() else None
-        self._row_plan = model.row_occlusion(self._slices, self.reference) if self._compiled() else None
+        # Compiled tree ensembles occlude tree by tree (see app.compiled_trees): they need each
+        # matrix column's feature group.
+        self._column_group = np.full(schema.n_encoded, -1, dtype=np.intp)
+        for group, columns in enumerate(self._slices):
+            self._column_group[columns] = group
         # Which matrix columns each feature owns, to build every occluded row in one step.
         self._group_masks = np.zeros((len(self._slices), schema.n_encoded), dtype=bool)
         for group, columns in enumerate(self._slices):
@@ -58,9 +62,6 @@ class Explainer:
         self._members = (
             [Explainer(schema, member) for _, member, _ in model.members] if isinstance(model, EnsembleModel) else None
         )
-
-    def _compiled(self) -> bool:
-        return all(hasattr(self.model, name) for name in ("occlusion", "trees_using", "row_occlusion"))
 
     def score(self, matrix: np.ndarray) -> np.ndarray:
         """Raw (uncalibrated) probabilities only."""
@@ -88,22 +89,16 @@ class Explainer:
 
     def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_groups = matrix.shape[0], len(self._slices)
-        if self._row_plan is not None and n_rows == 1:
-            score, occluded_scores = self._row_plan.explain(matrix[0])
-            scores = np.array([score])
-            return scores, (_logit(scores) - _logit(occluded_scores))[None, :]
+        if isinstance(self.model, CompiledTrees):
+            scores, occluded_scores = self.model.explain(matrix, self.reference, self._column_group, n_groups)
+            return scores, _logit(scores)[:, None] - _logit(occluded_scores)
         # Only features that differ from the reference can contribute; the others are exactly 0
         # and need no model row (typically half of a customer's features sit at the reference).
         differs = np.add.reduceat(matrix != self.reference, self._group_starts, axis=1) > 0
         rows, groups = np.nonzero(differs)
         occluded = np.where(self._group_masks[groups], self.reference, matrix[rows])
-        if self._group_trees is not None and n_rows <= self.model.max_rows:
-            scores, occluded_scores = self.model.occlusion(
-                matrix, occluded, rows, [self._group_trees[group] for group in groups.tolist()]
-            )
-        else:
-            both = self.model.raw_proba(np.concatenate([matrix, occluded]))
-            scores, occluded_scores = both[:n_rows], both[n_rows:]
+        both = self.model.raw_proba(np.concatenate([matrix, occluded]))
+        scores, occluded_scores = both[:n_rows], both[n_rows:]
         contributions = np.zeros((n_rows, n_groups))
         contributions[rows, groups] = _logit(scores)[rows] - _logit(occluded_scores)
         return scores, contributions

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app.compiled_trees import CompiledTrees
 from app.explain import Explainer
-from app.predictor import ColumnEncoder, CompiledTrees, RowEncoder, build_predictor
+from app.predictor import ColumnEncoder, RowEncoder, build_predictor
 from models.bundle import current_bundle_dir, verify_bundle
 from models.features import clean_columns
 from models.scoring import Scorer, load_raw_model
@@ -64,10 +65,34 @@ def test_compiled_trees_reproduce_the_native_library(family: str, family_models_
     model = predictor.scorer.model
     assert isinstance(model, CompiledTrees)
     rng = np.random.default_rng(7)
-    matrix = rng.normal(size=(model.max_rows, predictor.schema.n_encoded))
+    matrix = rng.normal(size=(500, predictor.schema.n_encoded))
     matrix[::2] = rng.integers(0, 2, size=matrix[::2].shape)
 
     np.testing.assert_allclose(model.raw_proba(matrix), model.native.raw_proba(matrix), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.raw_proba(matrix[:1]), model.native.raw_proba(matrix[:1]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["random_forest", "xgboost", "lightgbm"])
+def test_compiled_occlusion_equals_scoring_each_occluded_row(family: str, family_models_dirs: dict[str, Path]) -> None:
+    """Each group's occluded probability is the native score of the row with that group at the reference."""
+    predictor = build_predictor(service_settings(family_models_dirs[family]))
+    model, explainer = predictor.scorer.model, predictor.explainer
+    groups = [columns for _, columns in predictor.schema.encoded_groups()]
+    rng = np.random.default_rng(3)
+    matrix = np.repeat(explainer.reference[None, :], 20, axis=0)
+    chosen = rng.random(size=(20, len(groups))) < 0.5  # about half the features away from the reference
+    for row, group in zip(*np.nonzero(chosen), strict=True):
+        matrix[row, groups[group]] = rng.normal(size=groups[group].stop - groups[group].start)
+
+    scores, occluded = model.explain(matrix, explainer.reference, explainer._column_group, len(groups))
+
+    np.testing.assert_allclose(scores, model.native.raw_proba(matrix), rtol=0, atol=1e-6)
+    for group, columns in enumerate(groups):
+        with_reference = matrix.copy()
+        with_reference[:, columns] = explainer.reference[columns]
+        expected = model.native.raw_proba(with_reference)
+        np.testing.assert_allclose(occluded[:, group], expected, rtol=0, atol=1e-6)
+        assert np.array_equal(occluded[~chosen[:, group], group], scores[~chosen[:, group]])  # exactly no change
 
 
 def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customers: pd.DataFrame) -> None:

@@ -1,0 +1,304 @@
+"""Tree ensembles compiled to flat arrays and walked by machine code, for scoring and explaining.
+
+XGBoost, LightGBM and scikit-learn's random forest each ship a native predictor, but their Python
+wrappers cost tens to hundreds of microseconds per call (array interfaces, configuration, ctypes)
+before the first tree is walked, and none of them can say "what would this customer score with one
+feature set to the reference value" without building and scoring extra rows. So the service reads
+each model's trees into flat arrays once, at load, and walks them with small loops that numba
+compiles to machine code: one customer is scored and explained (each feature group occluded in
+each tree that splits on it) in microseconds, and batches are walked row by row the same way.
+
+A model is compiled only when its trees can be expressed exactly (binary objective, numeric
+``<=``/``<`` splits) and only used after it reproduced the native scores on a probe set at load
+time; anything else stays with the native library. The kernels are compiled on first use (the
+service's warm-up, before it reports ready) and cached on disk beside this module when writable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from models.scoring import EnsembleModel, RawModel
+
+
+# ---- kernels (compiled; plain loops over the flat arrays) -----------------------------------------
+@njit(cache=True, nogil=True)
+def _goes_left(value, limit, strict_less):  # pragma: no cover
+    return value < limit if strict_less else value <= limit
+
+
+@njit(cache=True, nogil=True)
+def _leaf(x, offset, node, feature, threshold, left, right, strict_less):  # pragma: no cover
+    """The leaf that row ``x[offset:]`` reaches from ``node`` (leaves point to themselves)."""
+    while left[node] != node:
+        go_left = _goes_left(x[offset + feature[node]], threshold[node], strict_less)
+        node = left[node] if go_left else right[node]
+    return node
+
+
+@njit(cache=True, nogil=True)
+def _leaf_sums(x, n_rows, width, roots, feature, threshold, left, right, value, strict_less):  # pragma: no cover
+    """Each row's sum of leaf values over all trees."""
+    sums = np.zeros(n_rows)
+    for row in range(n_rows):
+        offset = row * width
+        total = 0.0
+        for tree in range(roots.size):
+            total += value[_leaf(x, offset, roots[tree], feature, threshold, left, right, strict_less)]
+        sums[row] = total
+    return sums
+
+
+@njit(cache=True, nogil=True)
+def _occluded_leaf(x, offset, reference, group, column_group, node, tree):  # pragma: no cover
+    """``_leaf`` with the columns of ``group`` read from the reference row instead of the row."""
+    feature, threshold, left, right, strict_less = tree
+    while left[node] != node:
+        column = feature[node]
+        value = reference[column] if column_group[column] == group else x[offset + column]
+        node = left[node] if _goes_left(value, threshold[node], strict_less) else right[node]
+    return node
+
+
+@njit(cache=True, nogil=True)
+def _occlusion_sums(
+    x, reference, n_rows, width, n_groups, column_group, roots, feature, threshold, left, right, value, strict_less
+):  # pragma: no cover
+    """Each row's leaf sum, and per feature group the change in it when that group takes the reference values.
+
+    A group changes a tree's leaf only if the row differs from the reference in that group and
+    the row's own path through the tree splits on it; every other (tree, group) pair keeps its
+    leaf and is not walked again.
+    """
+    tree_arrays = (feature, threshold, left, right, strict_less)
+    sums = np.zeros(n_rows)
+    changes = np.zeros((n_rows, n_groups))
+    differs = np.zeros(n_groups, dtype=np.bool_)
+    on_path = np.full(n_groups, -1, dtype=np.intp)  # the last tree whose path split on the group
+    for row in range(n_rows):
+        offset = row * width
+        differs[:] = False
+        for column in range(width):
+            group = column_group[column]
+            if group >= 0 and x[offset + column] != reference[column]:
+                differs[group] = True
+        total = 0.0
+        for tree in range(roots.size):
+            node = roots[tree]
+            while left[node] != node:
+                column = feature[node]
+                group = column_group[column]
+                if group >= 0:
+                    on_path[group] = tree
+                go_left = _goes_left(x[offset + column], threshold[node], strict_less)
+                node = left[node] if go_left else right[node]
+            base = value[node]
+            total += base
+            for group in range(n_groups):
+                if differs[group] and on_path[group] == tree:
+                    leaf = _occluded_leaf(x, offset, reference, group, column_group, roots[tree], tree_arrays)
+                    changes[row, group] += value[leaf] - base
+        sums[row] = total
+    return sums, changes
+
+
+# ---- the compiled model -------------------------------------------------------------------------
+class CompiledTrees:
+    """A tree ensemble as flat node arrays, scored and explained by the kernels above.
+
+    ``raw_proba`` has the same meaning as the native model's; ``explain`` gives each row's raw
+    probability and, per feature group, the raw probability with that group at the reference.
+    """
+
+    def __init__(self, native: RawModel, nodes: dict[str, np.ndarray], roots: list[int], **rule: Any):
+        self.native = native
+        self.feature = nodes["feature"]
+        self.threshold = nodes["threshold"]
+        self.left, self.right, self.value = nodes["left"], nodes["right"], nodes["value"]
+        self.roots = np.asarray(roots, dtype=np.intp)
+        self.strict_less: bool = rule["strict_less"]  # XGBoost splits on x < t, the others on x <= t
+        self.float32: bool = rule["float32"]  # XGBoost and scikit-learn compare in float32
+        self.average: bool = rule["average"]  # random forest averages, boosting sums margins
+        self.offset: float = rule.get("offset", 0.0)
+        self.dtype = np.float32 if self.float32 else np.float64
+
+    def _rows(self, matrix: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(matrix, dtype=self.dtype).ravel()
+
+    def leaf_sums(self, matrix: np.ndarray) -> np.ndarray:
+        n_rows, width = matrix.shape
+        return _leaf_sums(
+            self._rows(matrix), n_rows, width, self.roots, self.feature, self.threshold, self.left, self.right,
+            self.value, self.strict_less,
+        )  # fmt: skip
+
+    def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
+        return self.probability(self.leaf_sums(matrix))
+
+    def probability(self, leaf_sum: np.ndarray) -> np.ndarray:
+        if self.average:
+            return leaf_sum / self.roots.size
+        return 1.0 / (1.0 + np.exp(-(leaf_sum + self.offset)))
+
+    def explain(self, matrix: np.ndarray, reference: np.ndarray, column_group: np.ndarray, n_groups: int):
+        """(raw probabilities (n,), raw probabilities with each group at the reference (n, groups)).
+
+        ``column_group`` gives each matrix column's feature group (-1 for none).
+        """
+        n_rows, width = matrix.shape
+        sums, changes = _occlusion_sums(
+            self._rows(matrix), np.ascontiguousarray(reference, dtype=self.dtype), n_rows, width, n_groups,
+            column_group, self.roots, self.feature, self.threshold, self.left, self.right, self.value,
+            self.strict_less,
+        )  # fmt: skip
+        return self.probability(sums), self.probability(sums[:, None] + changes)
+
+
+class _TreeBuilder:
+    """Collects nodes of many trees into flat arrays (leaves point to themselves)."""
+
+    def __init__(self) -> None:
+        self.feature: list[int] = []
+        self.threshold: list[float] = []
+        self.left: list[int] = []
+        self.right: list[int] = []
+        self.value: list[float] = []
+
+    def add(self, feature: int, threshold: float, value: float) -> int:
+        self.feature.append(feature)
+        self.threshold.append(threshold)
+        self.left.append(len(self.left))
+        self.right.append(len(self.right))
+        self.value.append(value)
+        return len(self.feature) - 1
+
+    def arrays(self, float32: bool) -> dict[str, np.ndarray]:
+        return {
+            "feature": np.asarray(self.feature, dtype=np.intp),
+            "threshold": np.asarray(self.threshold, dtype=np.float32 if float32 else np.float64),
+            "left": np.asarray(self.left, dtype=np.intp),
+            "right": np.asarray(self.right, dtype=np.intp),
+            "value": np.asarray(self.value, dtype=np.float64),
+        }
+
+
+def _lightgbm_trees(model: Any) -> CompiledTrees | None:
+    dump = model.booster.dump_model()
+    if not str(dump.get("objective", "")).startswith("binary"):
+        return None
+    builder = _TreeBuilder()
+
+    def walk(node: dict[str, Any]) -> int | None:
+        if "leaf_value" in node:
+            return builder.add(0, 0.0, float(node["leaf_value"]))
+        if node.get("decision_type") != "<=" or node.get("missing_type") not in ("None", "NaN"):
+            return None  # categorical or zero-as-missing splits: leave them to LightGBM
+        index = builder.add(int(node["split_feature"]), float(node["threshold"]), 0.0)
+        left, right = walk(node["left_child"]), walk(node["right_child"])
+        if left is None or right is None:
+            return None
+        builder.left[index], builder.right[index] = left, right
+        return index
+
+    roots = [walk(tree["tree_structure"]) for tree in dump["tree_info"]]
+    if any(root is None for root in roots):
+        return None
+    return CompiledTrees(model, builder.arrays(False), roots, strict_less=False, float32=False, average=False)
+
+
+def _xgboost_trees(model: Any) -> CompiledTrees | None:
+    booster = model.booster
+    if json.loads(booster.save_config())["learner"]["objective"]["name"] != "binary:logistic":
+        return None
+    names = booster.feature_names
+    builder = _TreeBuilder()
+
+    def column(split: str) -> int:
+        return names.index(split) if names else int(split.lstrip("f"))
+
+    def walk(node: dict[str, Any]) -> int:
+        if "leaf" in node:
+            return builder.add(0, 0.0, float(node["leaf"]))
+        index = builder.add(column(node["split"]), float(node["split_condition"]), 0.0)
+        children = {child["nodeid"]: walk(child) for child in node["children"]}
+        builder.left[index], builder.right[index] = children[node["yes"]], children[node["no"]]
+        return index
+
+    roots = [walk(json.loads(tree)) for tree in booster.get_dump(dump_format="json")]
+    # The base score's margin is not in the dump; the probe check below measures and verifies it.
+    nodes = builder.arrays(True)
+    return CompiledTrees(model, nodes, roots, strict_less=True, float32=True, average=False)
+
+
+def _forest_trees(model: Any) -> CompiledTrees | None:
+    forest = model.estimator
+    if not hasattr(forest, "estimators_") or list(forest.classes_) != [0, 1]:
+        return None
+    builder = _TreeBuilder()
+    roots = []
+    for estimator in forest.estimators_:
+        tree = estimator.tree_
+        base = len(builder.feature)
+        counts = tree.value[:, 0, :]
+        positive = counts[:, 1] / np.maximum(counts.sum(axis=1), 1e-300)
+        for node in range(tree.node_count):
+            leaf = tree.children_left[node] < 0
+            builder.add(0 if leaf else int(tree.feature[node]), float(tree.threshold[node]), float(positive[node]))
+            if not leaf:
+                builder.left[-1] = base + int(tree.children_left[node])
+                builder.right[-1] = base + int(tree.children_right[node])
+        roots.append(base)
+    nodes = builder.arrays(False)
+    return CompiledTrees(model, nodes, roots, strict_less=False, float32=True, average=True)
+
+
+def compile_trees(family: str, model: RawModel, width: int) -> RawModel:
+    """``model`` compiled when that reproduces the native scores, else ``model`` itself.
+
+    A soft-vote ensemble keeps its members and weights; each tree member is compiled under its own
+    family's rules.
+    """
+    if isinstance(model, EnsembleModel):
+        return EnsembleModel(
+            [(member, compile_trees(member, raw, width), weight) for member, raw, weight in model.members]
+        )
+    builders = {"lightgbm": _lightgbm_trees, "xgboost": _xgboost_trees, "random_forest": _forest_trees}
+    if family not in builders:
+        return model
+    try:
+        compiled = builders[family](model)
+    except Exception:  # an unfamiliar dump layout: the native library still works
+        return model
+    if compiled is None:
+        return model
+    probe = np.random.default_rng(0).normal(size=(64, width)) * (np.arange(64) % 2)[:, None]
+    probe[::3] = np.round(probe[::3])  # one-hot-like 0/1 columns too
+    native = model.raw_proba(probe)
+    if family == "xgboost":
+        compiled.offset = float(np.median(_margin(native) - _margin(compiled.raw_proba(probe))))
+    if not np.allclose(compiled.raw_proba(probe), native, rtol=0.0, atol=1e-6):
+        return model
+    return compiled
+
+
+def _margin(probability: np.ndarray) -> np.ndarray:
+    return np.log(probability / (1.0 - probability))
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the on-disk cache) every kernel for both value types, on a one-node tree."""
+    one_leaf = {"feature": np.zeros(1, dtype=np.intp), "left": np.zeros(1, dtype=np.intp)}
+    one_leaf["right"], one_leaf["value"] = one_leaf["left"], np.zeros(1)
+    for float32 in (False, True):
+        one_leaf["threshold"] = np.zeros(1, dtype=np.float32 if float32 else np.float64)
+        trees = CompiledTrees(None, one_leaf, [0], strict_less=float32, float32=float32, average=False)
+        trees.explain(np.zeros((1, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1)
+        trees.raw_proba(np.zeros((1, 1)))
+
+
+if __name__ == "__main__":  # the Dockerfile runs this at build time, so no container start compiles
+    compile_kernels()
