@@ -26,12 +26,12 @@ from models.scoring import EnsembleModel, RawModel
 
 
 # ---- kernels (compiled; plain loops over the flat arrays) -----------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _goes_left(value, limit, strict_less):  # pragma: no cover
     return value < limit if strict_less else value <= limit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _leaf(x, offset, node, feature, threshold, left, right, strict_less):  # pragma: no cover
     """The leaf that row ``x[offset:]`` reaches from ``node`` (leaves point to themselves)."""
     while left[node] != node:
@@ -40,7 +40,7 @@ def _leaf(x, offset, node, feature, threshold, left, right, strict_less):  # pra
     return node
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _leaf_sums(x, n_rows, width, roots, feature, threshold, left, right, value, strict_less):  # pragma: no cover
     """Each row's sum of leaf values over all trees."""
     sums = np.zeros(n_rows)
@@ -53,7 +53,7 @@ def _leaf_sums(x, n_rows, width, roots, feature, threshold, left, right, value, 
     return sums
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _occluded_leaf(x, offset, reference, group, column_group, node, tree):  # pragma: no cover
     """``_leaf`` with the columns of ``group`` read from the reference row instead of the row."""
     feature, threshold, left, right, strict_less = tree
@@ -64,7 +64,7 @@ def _occluded_leaf(x, offset, reference, group, column_group, node, tree):  # pr
     return node
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _occlusion_sums(
     x, reference, n_rows, width, n_groups, column_group, roots, feature, threshold, left, right, value, strict_less
 ):  # pragma: no cover
@@ -106,6 +106,29 @@ def _occlusion_sums(
     return sums, changes
 
 
+# Entry points. Releasing the GIL costs little for a batch (other threads, /health and /predict
+# among them, run meanwhile) but hurts a single record: the microseconds of machine code become a
+# chance for a background thread to take the interpreter, and getting it back can take
+# milliseconds. So each kernel has a GIL-holding entry for small inputs and a releasing one.
+_RELEASE_GIL_FROM_ROWS = 256
+
+
+@njit(cache=True, nogil=True)
+def _leaf_sums_releasing(
+    x, n_rows, width, roots, feature, threshold, left, right, value, strict_less
+):  # pragma: no cover
+    return _leaf_sums(x, n_rows, width, roots, feature, threshold, left, right, value, strict_less)
+
+
+@njit(cache=True, nogil=True)
+def _occlusion_sums_releasing(
+    x, reference, n_rows, width, n_groups, column_group, roots, feature, threshold, left, right, value, strict_less
+):  # pragma: no cover
+    return _occlusion_sums(
+        x, reference, n_rows, width, n_groups, column_group, roots, feature, threshold, left, right, value, strict_less
+    )
+
+
 # ---- the compiled model -------------------------------------------------------------------------
 class CompiledTrees:
     """A tree ensemble as flat node arrays, scored and explained by the kernels above.
@@ -131,7 +154,8 @@ class CompiledTrees:
 
     def leaf_sums(self, matrix: np.ndarray) -> np.ndarray:
         n_rows, width = matrix.shape
-        return _leaf_sums(
+        kernel = _leaf_sums_releasing if n_rows >= _RELEASE_GIL_FROM_ROWS else _leaf_sums
+        return kernel(
             self._rows(matrix), n_rows, width, self.roots, self.feature, self.threshold, self.left, self.right,
             self.value, self.strict_less,
         )  # fmt: skip
@@ -144,18 +168,44 @@ class CompiledTrees:
             return leaf_sum / self.roots.size
         return 1.0 / (1.0 + np.exp(-(leaf_sum + self.offset)))
 
+    def explain_log_odds(
+        self, matrix: np.ndarray, reference: np.ndarray, column_group: np.ndarray, n_groups: int, epsilon: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(raw probabilities (n,), per group ``logit p(row) - logit p(row with the group at the reference)``).
+
+        Probabilities are clipped to ``[epsilon, 1 - epsilon]`` before the logit. Boosted trees are
+        margins already (``logit p`` is the leaf sum plus the offset), so no probability is formed
+        and taken back through a logarithm.
+        """
+        if self.average:
+            scores, occluded = self.explain(matrix, reference, column_group, n_groups)
+            clipped = np.clip(scores, epsilon, 1.0 - epsilon)[:, None]
+            occluded = np.clip(occluded, epsilon, 1.0 - epsilon)
+            return scores, np.log(clipped / (1.0 - clipped)) - np.log(occluded / (1.0 - occluded))
+        sums, changes = self._occlusion_sums(matrix, reference, column_group, n_groups)
+        limit = float(np.log((1.0 - epsilon) / epsilon))
+        margins = sums + self.offset
+        both = np.clip(np.concatenate([margins[:, None], margins[:, None] + changes], axis=1), -limit, limit)
+        return 1.0 / (1.0 + np.exp(-margins)), both[:, :1] - both[:, 1:]
+
     def explain(self, matrix: np.ndarray, reference: np.ndarray, column_group: np.ndarray, n_groups: int):
         """(raw probabilities (n,), raw probabilities with each group at the reference (n, groups)).
 
         ``column_group`` gives each matrix column's feature group (-1 for none).
         """
+        sums, changes = self._occlusion_sums(matrix, reference, column_group, n_groups)
+        return self.probability(sums), self.probability(sums[:, None] + changes)
+
+    def _occlusion_sums(
+        self, matrix: np.ndarray, reference: np.ndarray, column_group: np.ndarray, n_groups: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         n_rows, width = matrix.shape
-        sums, changes = _occlusion_sums(
+        kernel = _occlusion_sums_releasing if n_rows >= _RELEASE_GIL_FROM_ROWS else _occlusion_sums
+        return kernel(
             self._rows(matrix), np.ascontiguousarray(reference, dtype=self.dtype), n_rows, width, n_groups,
             column_group, self.roots, self.feature, self.threshold, self.left, self.right, self.value,
             self.strict_less,
         )  # fmt: skip
-        return self.probability(sums), self.probability(sums[:, None] + changes)
 
 
 class _TreeBuilder:
@@ -296,8 +346,9 @@ def compile_kernels() -> None:
     for float32 in (False, True):
         one_leaf["threshold"] = np.zeros(1, dtype=np.float32 if float32 else np.float64)
         trees = CompiledTrees(None, one_leaf, [0], strict_less=float32, float32=float32, average=False)
-        trees.explain(np.zeros((1, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1)
-        trees.raw_proba(np.zeros((1, 1)))
+        for rows in (1, _RELEASE_GIL_FROM_ROWS):
+            trees.explain(np.zeros((rows, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1)
+            trees.raw_proba(np.zeros((rows, 1)))
 
 
 if __name__ == "__main__":  # the Dockerfile runs this at build time, so no container start compiles

@@ -20,6 +20,8 @@ score raises the calibrated probability too.
 
 from __future__ import annotations
 
+import heapq
+
 import numpy as np
 
 from app.compiled_trees import CompiledTrees
@@ -90,8 +92,7 @@ class Explainer:
     def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_groups = matrix.shape[0], len(self._slices)
         if isinstance(self.model, CompiledTrees):
-            scores, occluded_scores = self.model.explain(matrix, self.reference, self._column_group, n_groups)
-            return scores, _logit(scores)[:, None] - _logit(occluded_scores)
+            return self.model.explain_log_odds(matrix, self.reference, self._column_group, n_groups, _EPSILON)
         # Only features that differ from the reference can contribute; the others are exactly 0
         # and need no model row (typically half of a customer's features sit at the reference).
         differs = np.add.reduceat(matrix != self.reference, self._group_starts, axis=1) > 0
@@ -111,13 +112,10 @@ class Explainer:
         """
         if limit <= 0:
             return []
-        order = (
-            np.argpartition(-contributions, limit - 1)[:limit]
-            if limit < contributions.size
-            else np.arange(contributions.size)
-        )
-        ranked = sorted(((int(i), float(contributions[i])) for i in order), key=lambda item: -item[1])
-        return [(position, value) for position, value in ranked if value > _EPSILON]
+        # Plain Python: a row has tens of features, where numpy's per-call cost exceeds the work.
+        values = contributions.tolist()
+        ranked = heapq.nlargest(limit, range(len(values)), key=values.__getitem__)
+        return [(position, values[position]) for position in ranked if values[position] > _EPSILON]
 
 
 def reference_row(schema: FeatureSchema) -> np.ndarray:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    # Process-wide: a request waiting for the interpreter waits at most this long for a background thread.
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     monitor = app.state.monitor
     await monitor.start()
     sync = join_workers(app, settings)

@@ -26,6 +26,8 @@ class RiskPolicy:
 
     def bands_of(self, probabilities: np.ndarray) -> list[str]:
         """``band`` for many probabilities at once."""
+        if probabilities.size == 1:  # /predict: a bisect costs a fraction of the numpy calls below
+            return [self.band(float(probabilities[0]))]
         positions = np.maximum(np.searchsorted(self._bounds, probabilities, side="right") - 1, 0)
         return [self._names[position] for position in positions.tolist()]
 

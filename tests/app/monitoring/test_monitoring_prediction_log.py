@@ -12,7 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, func, select, text
 
 from app.monitoring import Monitor
-from app.monitoring.prediction_log import engine_url, outcomes_table, predictions_table
+from app.monitoring.prediction_log import (
+    ROW_COLUMNS,
+    ROWS_PER_STATEMENT,
+    engine_url,
+    outcomes_table,
+    predictions_table,
+)
 from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, metric_value, running
 
 POSTGRES_URL = os.environ.get("CHURN_TEST_POSTGRES_URL")
@@ -51,7 +57,8 @@ def test_rows_are_written_in_batches_by_the_background_thread(tmp_path, manifest
         @event.listens_for(monitor.log.engine, "before_cursor_execute")
         def count_inserts(conn, cursor, statement, parameters, context, executemany):
             if statement.startswith("INSERT INTO prediction_log"):
-                inserts.append((threading_name(), len(parameters) if executemany else 1))
+                # Many rows per statement, their parameters flattened into one tuple.
+                inserts.append((threading_name(), len(parameters) // len(ROW_COLUMNS)))
 
         events = [make_event(manifest, 1, seed=i) for i in range(30)] + [make_event(manifest, 250, seed=99)]
         started = time.perf_counter()
@@ -61,7 +68,9 @@ def test_rows_are_written_in_batches_by_the_background_thread(tmp_path, manifest
         assert wait_until(lambda: len(logged_rows(monitor)) == 280)
     assert record_seconds < 1.0
     assert {name for name, _ in inserts} == {"prediction-log-writer"}
-    assert max(size for _, size in inserts) == 100 and sum(size for _, size in inserts) == 280
+    assert sum(size for _, size in inserts) == 280
+    # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
+    assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
     row = next(r for r in logged_rows_after(monitor) if r["prediction_id"] == events[0].prediction_ids[0])
     assert row["customer_id"] == events[0].customer_ids[0]
     assert row["model_version"] == manifest.version
