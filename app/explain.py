@@ -21,10 +21,10 @@ score raises the calibrated probability too.
 from __future__ import annotations
 
 import heapq
+import sys
 
 import numpy as np
 
-from app.compiled_trees import CompiledTrees
 from models.features import FeatureSchema
 from models.scoring import EnsembleModel, LinearModel, RawModel
 
@@ -91,7 +91,7 @@ class Explainer:
 
     def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n_rows, n_groups = matrix.shape[0], len(self._slices)
-        if isinstance(self.model, CompiledTrees):
+        if _is_compiled_trees(self.model):
             return self.model.explain_log_odds(matrix, self.reference, self._column_group, n_groups, _EPSILON)
         # Only features that differ from the reference can contribute; the others are exactly 0
         # and need no model row (typically half of a customer's features sit at the reference).
@@ -116,6 +116,13 @@ class Explainer:
         values = contributions.tolist()
         ranked = heapq.nlargest(limit, range(len(values)), key=values.__getitem__)
         return [(position, values[position]) for position in ranked if values[position] > _EPSILON]
+
+
+def _is_compiled_trees(model: RawModel) -> bool:
+    # Without looking at app.compiled_trees unless it is loaded: a bundle without trees never
+    # imports it (nor numba, over 100 MiB per worker).
+    module = sys.modules.get("app.compiled_trees")
+    return module is not None and isinstance(model, module.CompiledTrees)
 
 
 def reference_row(schema: FeatureSchema) -> np.ndarray:

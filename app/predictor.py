@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from app.compiled_trees import compile_trees
 from app.explain import Explainer
 from app.monitoring.events import PredictionEvent
 from app.risk import RiskPolicy
 from app.settings import Settings
 from models.bundle import BundleError, Manifest, current_bundle_dir, verify_bundle
 from models.features import EncodeResult, FeatureSchema, FeatureSpec, FeatureValueError
-from models.scoring import Scorer, apply_calibration, load_raw_model
+from models.scoring import EnsembleModel, RawModel, Scorer, apply_calibration, load_raw_model
 
 CUSTOMER_ID = "customer_id"
 # Distinct raw values remembered per feature: categories repeat, so cleaning a 10,000-record
@@ -591,6 +590,22 @@ def _scaled(spec: Any, value: float) -> float:
     return (value - spec.mean) / spec.std
 
 
+TREE_FAMILIES = frozenset({"lightgbm", "xgboost", "random_forest"})
+
+
+def compiled(family: str, native: RawModel, width: int) -> RawModel:
+    """The model with its tree ensembles compiled (see ``app.compiled_trees``); others as they are.
+
+    The compiler (numba) is imported only for a bundle with trees, like torch only for an MLP.
+    """
+    members = [member for member, _, _ in native.members] if isinstance(native, EnsembleModel) else [family]
+    if not TREE_FAMILIES.intersection(members):
+        return native
+    from app.compiled_trees import compile_trees
+
+    return compile_trees(family, native, width)
+
+
 class Predictor:
     """A loaded, verified, warmed-up bundle. Immutable once built, so it can be swapped atomically."""
 
@@ -621,7 +636,7 @@ class Predictor:
             bundle_dir = current_bundle_dir(model_dir) if version is None else model_dir / version
             manifest = verify_bundle(bundle_dir)  # every SHA-256 checked before anything is unpickled
             native = load_raw_model(bundle_dir, manifest)
-            model = compile_trees(manifest.model_family, native, manifest.schema.n_encoded)
+            model = compiled(manifest.model_family, native, manifest.schema.n_encoded)
             scorer = Scorer(model, manifest.calibration)
             predictor = cls(bundle_dir, manifest, scorer, risk, top_reasons)
             predictor.warm_up()

@@ -153,11 +153,14 @@ def test_occlusion_contributions_match_one_model_call_per_feature(
         assert contributions[0, group] == pytest.approx(base - logit(explainer.score(occluded)[0]), abs=1e-6)
 
 
-def test_torch_is_imported_only_for_an_mlp_bundle(family_models_dirs: dict[str, Path]) -> None:
+def test_torch_and_numba_are_imported_only_for_the_bundles_that_need_them(
+    family_models_dirs: dict[str, Path],
+) -> None:
+    """torch for an MLP, numba (the tree compiler, over 100 MiB) for tree ensembles; neither otherwise."""
     script = (
         "import sys; from app.predictor import build_predictor; from tests.conftest import service_settings; "
         "from pathlib import Path; build_predictor(service_settings(Path(sys.argv[1]))); "
-        "print('torch' in sys.modules)"
+        "print('torch' in sys.modules, 'numba' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[2]
     imported = {
@@ -168,10 +171,10 @@ def test_torch_is_imported_only_for_an_mlp_bundle(family_models_dirs: dict[str, 
             text=True,
             check=True,
         ).stdout.strip()
-        for family in ("xgboost", "mlp")
+        for family in ("xgboost", "mlp", "logistic_regression")
     }
 
-    assert imported == {"xgboost": "False", "mlp": "True"}
+    assert imported == {"xgboost": "False True", "mlp": "True False", "logistic_regression": "False False"}
 
 
 @pytest.mark.slow
