@@ -11,6 +11,13 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, status
 from fastapi.responses import Response
+from pydantic import BaseModel
+
+
+class MessageOut(BaseModel):
+    """An error body whose detail is one message (documented in OpenAPI for such answers)."""
+
+    detail: str
 
 
 class RequestProblem(Exception):

@@ -146,10 +146,6 @@ class ValidationErrorOut(BaseModel):
     detail: list[FieldProblem]
 
 
-class MessageOut(BaseModel):
-    detail: str
-
-
 class HealthOut(BaseModel):
     status: str
 

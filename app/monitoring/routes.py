@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.errors import MessageOut
 from app.monitoring.performance import FeedbackBody, FeedbackResult, outcomes_of
 from app.security import ApiKeyRequired
 
@@ -35,7 +36,16 @@ def build_router(monitor: Monitor) -> APIRouter:
         # Sync on purpose: merging worker files reads from disk, so it runs in the thread pool.
         return Response(monitor.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.post("/feedback", response_model=FeedbackResult, summary="Record actual outcomes of earlier predictions")
+    @router.post(
+        "/feedback",
+        response_model=FeedbackResult,
+        summary="Record actual outcomes of earlier predictions",
+        responses={
+            401: {"model": MessageOut, "description": "Missing or wrong X-API-Key"},
+            403: {"model": MessageOut, "description": "No API key is configured on the server (CHURN_API_KEY)"},
+            503: {"model": MessageOut, "description": "The prediction log database is unavailable"},
+        },
+    )
     async def feedback(body: Annotated[FeedbackBody, Body()], _: ApiKeyRequired) -> FeedbackResult:
         try:
             return await run_in_threadpool(monitor.apply_feedback, outcomes_of(body))
@@ -43,7 +53,11 @@ def build_router(monitor: Monitor) -> APIRouter:
             logger.error("feedback could not be stored: %s", exc)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=DATABASE_UNAVAILABLE) from exc
 
-    @router.get("/monitoring/report", summary="Daily monitoring report (volume, latency, drift, realized performance)")
+    @router.get(
+        "/monitoring/report",
+        summary="Daily monitoring report (volume, latency, drift, realized performance)",
+        responses={503: {"model": MessageOut, "description": "The prediction log database is unavailable"}},
+    )
     def report(day: ReportDate = None) -> dict[str, Any]:
         try:
             return monitor.daily_report(day)
@@ -61,7 +75,7 @@ def build_disabled_router() -> APIRouter:
     def disabled() -> None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=DISABLED_DETAIL)
 
-    router.add_api_route("/metrics", disabled, methods=["GET"], summary="Disabled: monitoring is off")
-    router.add_api_route("/feedback", disabled, methods=["POST"], summary="Disabled: monitoring is off")
-    router.add_api_route("/monitoring/report", disabled, methods=["GET"], summary="Disabled: monitoring is off")
+    off: dict[int | str, dict[str, Any]] = {404: {"model": MessageOut, "description": "Monitoring is off"}}
+    for path, method in (("/metrics", "GET"), ("/feedback", "POST"), ("/monitoring/report", "GET")):
+        router.add_api_route(path, disabled, methods=[method], summary="Disabled: monitoring is off", responses=off)
     return router

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from app.errors import json_response
+from app.errors import MessageOut, json_response
 from app.reload import Reloaded, WorkerReport, await_workers, reload_service
-from app.request_schema import MessageOut, ReloadOut
+from app.request_schema import ReloadOut
 from app.routes import MonitorDep
 from app.security import ApiKeyRequired
 from models.bundle import BundleError

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.errors import json_response
+from app.errors import MessageOut, json_response
 from app.predictor import CUSTOMER_ID, Predictor, example_record
-from app.request_schema import MessageOut, feature_json_schema
+from app.request_schema import feature_json_schema
 from app.routes import PredictorDep
 
 router = APIRouter(tags=["model"])

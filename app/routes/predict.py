@@ -25,9 +25,9 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from app.errors import ModelUnavailable, RequestProblem, field_problem, json_response
+from app.errors import MessageOut, ModelUnavailable, RequestProblem, field_problem, json_response
 from app.predictor import Predictor, RecordError
-from app.request_schema import BatchOut, MessageOut, PredictionOut, ValidationErrorOut
+from app.request_schema import BatchOut, PredictionOut, ValidationErrorOut
 from app.routes import MonitorDep, PredictorDep, SettingsDep
 from app.settings import Settings
 

@@ -308,3 +308,18 @@ def test_enabled_and_disabled_routers_expose_the_same_paths(tmp_path):
     disabled = create_monitor(make_settings(tmp_path / "off", monitoring_enabled=False))
     paths = lambda monitor: {(route.path, tuple(sorted(route.methods))) for route in monitor.router.routes}  # noqa: E731
     assert paths(enabled) == paths(disabled)
+
+
+def test_openapi_documents_the_monitoring_answers_on_and_off(tmp_path):
+    from app.main import create_app
+
+    documented = {}
+    for enabled in (True, False):
+        paths = create_app(make_settings(tmp_path, monitoring_enabled=enabled)).openapi()["paths"]
+        documented[enabled] = {
+            (path, method): set(paths[path][method]["responses"])
+            for path, method in (("/metrics", "get"), ("/feedback", "post"), ("/monitoring/report", "get"))
+        }
+    assert documented[True][("/feedback", "post")] >= {"200", "401", "403", "422", "503"}
+    assert "503" in documented[True][("/monitoring/report", "get")]
+    assert all("404" in statuses for statuses in documented[False].values())

@@ -129,6 +129,8 @@ def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
     # A writer thread that stays asleep, so the flushes below are the only writes.
     monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
     with running(monitor):
+        # The performance thread's first refresh (at start) would recreate a table dropped under it.
+        assert wait_until(lambda: monitor.latest_performance is not None)
         monitor.model_loaded(manifest)
         monitor.record(make_event(manifest, 2, seed=1))
         assert monitor.write_log() == 2
