@@ -13,6 +13,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -145,6 +146,10 @@ def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.Data
         raise TrainingDataError(f"bad database URL {safe_url}: {condense(exc)}") from None
     except ImportError as exc:
         raise TrainingDataError(f"no driver installed for {safe_url}: {condense(exc)}") from None
+    missing = missing_sqlite_file(engine)
+    if missing is not None:
+        engine.dispose()
+        raise TrainingDataError(f"SQLite database file {missing} does not exist ({safe_url})")
     try:
         with engine.connect() as connection:
             if table:
@@ -161,6 +166,16 @@ def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.Data
     finally:
         engine.dispose()
     return frame, description
+
+
+def missing_sqlite_file(engine: Any) -> str | None:
+    """The file a SQLite URL names when it does not exist (connecting would create it empty), else None."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:") or Path(database).exists():
+        return None
+    return database
 
 
 def condense(exc: BaseException) -> str:

@@ -95,13 +95,17 @@ def test_password_never_appears_in_the_source_description() -> None:
         (lambda tmp: make_sqlite(tmp), {"query": "SELECT * FROM missing"}, "no such table: missing"),
         (lambda tmp: make_sqlite(tmp), {}, "needs --table NAME or --query SQL"),
         (lambda tmp: "nosuchdialect://host/db", {"table": "t"}, "bad database URL"),
+        (lambda tmp: f"sqlite:///{tmp / 'absent.db'}", {"table": "t"}, "SQLite database file .* does not exist"),
         (lambda tmp: tmp / "x.csv", {"table": "t"}, "only apply to a database URL"),
     ],
 )
 def test_unusable_sources_raise_one_clear_line(tmp_path: Path, make_source, kwargs, message: str) -> None:
+    source = make_source(tmp_path)
+    before = set(tmp_path.iterdir())
     with pytest.raises(TrainingDataError, match=message) as raised:
-        load_table(make_source(tmp_path), **kwargs)
+        load_table(source, **kwargs)
     assert "\n" not in str(raised.value)
+    assert not {path for path in tmp_path.iterdir() if path.suffix == ".db"} - before  # nothing created
 
 
 def test_sqlite_file_that_is_not_a_database(tmp_path: Path) -> None:
