@@ -39,7 +39,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.monitoring.events import PredictionEvent
 from app.monitoring.metrics import Metrics
@@ -51,6 +51,7 @@ POSTGRES_CONNECT_TIMEOUT_S = 5
 RETENTION_CHECK_SECONDS = 3600.0
 SECONDS_PER_DAY = 86_400
 ERROR_LOG_INTERVAL_S = 60.0  # a broken database is logged once a minute, not once per batch
+MAX_WRITE_ATTEMPTS = 5  # tries per batch while the database reports errors that may pass
 
 metadata = MetaData()
 
@@ -155,6 +156,13 @@ def insert_rows(connection: Any, engine: Engine, rows: list[tuple[Any, ...]]) ->
         connection.exec_driver_sql(insert_statement(engine, len(chunk)), tuple(chain.from_iterable(chunk)))
 
 
+def _may_pass(error: Exception) -> bool:
+    """Whether a failed write may succeed later: the database unreachable, locked, busy or missing a table."""
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
 def event_rows(event: PredictionEvent, request_latency: float | None) -> list[tuple[Any, ...]]:
     """One row per record of a scored batch, in ROW_COLUMNS order.
 
@@ -241,6 +249,9 @@ class PredictionLog:
         self._tables_ready = False
         self._last_retention = 0.0
         self._last_error_logged = 0.0
+        # Batches whose write failed for a reason that may pass, with their attempts so far.
+        self._retry: list[tuple[list[tuple[Any, ...]], int]] = []
+        self.retry_records = 0
 
     # ---- request path ----------------------------------------------------------------------------
     def enqueue(self, event: PredictionEvent, request_latency: float | None) -> bool:
@@ -285,6 +296,10 @@ class PredictionLog:
             self._thread.join(timeout)
             self._thread = None
         self.flush()
+        with self._write_lock:  # nothing will try them again: count what could not be written
+            for batch, _ in self._retry:
+                self._drop(batch, OperationalError("stop", {}, Exception("the service stopped")))
+            self._retry, self.retry_records = [], 0
         if self.engine is not None:
             self.engine.dispose()
 
@@ -296,8 +311,7 @@ class PredictionLog:
             # First the metrics flush, whose sources queue what was recorded since (see Monitor.drain).
             self._flush_metrics()
             self.publish_queue_size()  # the backlog the writer found
-            self.flush()
-            self.publish_queue_size()  # what arrived while it wrote
+            self.flush()  # publishes the queue size it leaves (what arrived meanwhile, what waits for a retry)
             self._maybe_enforce_retention()
 
     # ---- writing ---------------------------------------------------------------------------------
@@ -318,14 +332,18 @@ class PredictionLog:
             self._log_failure("applying deferred metric updates failed: %s", exc)
 
     def publish_queue_size(self) -> None:
-        self.metrics.log_queue.set(self._pending_records)
+        self.metrics.log_queue.set(self._pending_records + self.retry_records)
 
     def flush(self) -> int:
-        """Write everything queued so far; returns the number of rows written. Safe from any thread."""
+        """Write everything queued so far; returns the number of rows written. Safe from any thread.
+
+        Rows whose write failed for a reason that may pass (the database unreachable, locked, a
+        table dropped under it) are kept and written first next time, up to
+        ``MAX_WRITE_ATTEMPTS`` tries and ``queue_size`` rows; beyond that they are dropped and
+        counted. Any other failure drops that batch at once (retrying could never succeed).
+        """
         with self._write_lock:
             taken = self._take()
-            if not taken:
-                return 0
             rows: list[tuple[Any, ...]] = []
             for item_event, latency in taken:
                 try:
@@ -333,26 +351,55 @@ class PredictionLog:
                 except Exception as exc:  # a malformed event must not block the others
                     self.metrics.log_dropped.labels(reason="invalid").inc(len(item_event.prediction_ids))
                     self._log_failure("cannot log a prediction event: %s", exc)
+            batches = self._retry + [
+                (rows[start : start + self.batch_size], 0) for start in range(0, len(rows), self.batch_size)
+            ]
+            self._retry = []
             written = 0
-            for start in range(0, len(rows), self.batch_size):
-                written += self._write_batch(rows[start : start + self.batch_size])
+            for position, (batch, attempts) in enumerate(batches):
+                error = self._write_batch(batch)
+                if error is None:
+                    written += len(batch)
+                    continue
+                if not _may_pass(error) or attempts + 1 >= MAX_WRITE_ATTEMPTS:
+                    self._drop(batch, error)
+                else:
+                    self._retry.append((batch, attempts + 1))
+                # The database is failing: keep the rest for the next try instead of failing each now.
+                self._retry.extend(batches[position + 1 :])
+                break
+            self._bound_retry()
+            self.publish_queue_size()
             return written
 
-    def _write_batch(self, rows: list[tuple[Any, ...]]) -> int:
+    def _write_batch(self, rows: list[tuple[Any, ...]]) -> Exception | None:
+        """Write one batch in one transaction; the exception when it failed (counted), else None."""
         try:
             if not self._ensure_tables():
-                raise SQLAlchemyError("prediction log tables are not available")
+                raise OperationalError("creating the tables", {}, Exception("prediction log tables are not available"))
             assert self.engine is not None
             with self.engine.begin() as connection:
                 insert_rows(connection, self.engine, rows)
         except Exception as exc:  # down, full, read-only, dropped table: count and carry on
             self.metrics.log_errors.inc()
-            self.metrics.log_dropped.labels(reason="write_error").inc(len(rows))
             self._log_failure("prediction log write of %d rows failed: %s", len(rows), exc)
             self._tables_ready = False  # a dropped table is recreated on the next write
-            return 0
+            return exc
         self.metrics.log_written.inc(len(rows))
-        return len(rows)
+        return None
+
+    def _drop(self, rows: list[tuple[Any, ...]], error: Exception) -> None:
+        self.metrics.log_dropped.labels(reason="write_error").inc(len(rows))
+        self._log_failure("dropped %d prediction log rows after a failed write: %s", len(rows), error)
+
+    def _bound_retry(self) -> None:
+        """Keep at most ``queue_size`` rows waiting for another try, dropping the oldest first."""
+        waiting = sum(len(batch) for batch, _ in self._retry)
+        while self._retry and waiting > self.queue_size:
+            batch, _ = self._retry.pop(0)
+            waiting -= len(batch)
+            self._drop(batch, OperationalError("retry", {}, Exception("the retry backlog is full")))
+        self.retry_records = waiting
 
     def _ensure_tables(self) -> bool:
         if self._tables_ready:

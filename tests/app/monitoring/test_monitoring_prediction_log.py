@@ -125,7 +125,7 @@ def test_unwritable_database_is_counted_and_never_raised(tmp_path, manifest):
     assert metric_value(text_, "churn_prediction_log_written_total") == 0
 
 
-def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
+def test_a_dropped_table_is_recreated_and_the_failed_rows_are_written_then(tmp_path, manifest):
     # A writer thread that stays asleep, so the flushes below are the only writes.
     monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
     with running(monitor):
@@ -137,12 +137,14 @@ def test_dropped_table_is_counted_then_recreated(tmp_path, manifest):
         with monitor.log.engine.begin() as connection:
             connection.execute(text("DROP TABLE prediction_log"))
         monitor.record(make_event(manifest, 4, seed=2))
-        assert monitor.write_log() == 0  # this batch is lost and counted
+        assert monitor.write_log() == 0  # failed: kept for another try
+        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 4
         monitor.record(make_event(manifest, 5, seed=3))
-        assert monitor.write_log() == 5  # the table came back on the next write
+        assert monitor.write_log() == 9  # the table came back: the kept rows, then the new ones
+        assert len(logged_rows(monitor)) == 9  # the first 2 went with the dropped table
     # At least the failed write (the performance refresh may also have met the missing table).
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") >= 1
-    assert dropped(monitor)["write_error"] == 4
+    assert dropped(monitor)["write_error"] == 0
 
 
 def test_retention_deletes_old_predictions_and_their_outcomes(tmp_path, manifest):
@@ -229,3 +231,21 @@ def test_postgresql_log_feedback_and_report(tmp_path):
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, manifest):
+    from app.monitoring.prediction_log import MAX_WRITE_ATTEMPTS
+
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
+    with running(monitor):
+        assert wait_until(lambda: monitor.latest_performance is not None)
+        monitor.model_loaded(manifest)
+        with monitor.log.engine.begin() as connection:
+            connection.execute(text("DROP TABLE prediction_log"))
+            # A view by the table's name: recreating the table fails every time, a transient-looking error.
+            connection.execute(text("CREATE VIEW prediction_log AS SELECT 1 AS prediction_id"))
+        monitor.record(make_event(manifest, 3, seed=1))
+        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
+            assert monitor.write_log() == 0
+            assert dropped(monitor)["write_error"] == (3 if attempt == MAX_WRITE_ATTEMPTS else 0)
+    assert dropped(monitor)["write_error"] == 3  # counted once, not again at stop
