@@ -18,6 +18,7 @@ import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -255,6 +256,22 @@ class Metrics:
         if self.multiprocess_dir:
             mark_process_dead(os.getpid(), self.multiprocess_dir)
 
+    def sweep_dead_workers(self) -> list[int]:
+        """Drop the live gauges of workers that died without :meth:`mark_dead` (killed); their pids.
+
+        A worker killed by a signal leaves its gauge files behind, and a ``livesum`` gauge (requests
+        in flight) would go on counting it. Counters and histograms keep their files: their totals
+        must never go backwards.
+        """
+        if not self.multiprocess_dir:
+            return []
+        swept = []
+        for pid in sorted(live_gauge_pids(self.multiprocess_dir) - {os.getpid()}):
+            if not process_exists(pid):
+                mark_process_dead(pid, self.multiprocess_dir)
+                swept.append(pid)
+        return swept
+
     def retire_series(self, gauge: Gauge, labels: tuple[str, ...]) -> None:
         """Stop exporting one labelled gauge series.
 
@@ -268,6 +285,26 @@ class Metrics:
             gauge.remove(*labels)
         except KeyError:
             return
+
+
+def live_gauge_pids(directory: str) -> set[int]:
+    """Process ids with live-gauge files (``gauge_live*_<pid>.db``) in a multiprocess directory."""
+    pids = set()
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        suffix = path.stem.rsplit("_", 1)[-1]
+        if suffix.isdigit():
+            pids.add(int(suffix))
+    return pids
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 class DeferredCounter:

@@ -134,6 +134,8 @@ class Monitor:
     # ---- lifespan -----------------------------------------------------------------------------------
     async def start(self) -> None:
         self._stopping.clear()
+        # A worker restarted after being killed: its predecessor's live gauges go now, not in a minute.
+        self.metrics.sweep_dead_workers()
         self.log.start()
         self.metrics.set_memory(resident_memory_bytes())
         self._start_thread("monitor-drift", self._drift_loop)
@@ -386,9 +388,11 @@ class Monitor:
             now = self.clock()
             try:
                 self.update_drift(now)
-                if now - last_cleanup >= STALE_TABLE_CHECK_SECONDS and self.drift is not None:
+                if now - last_cleanup >= STALE_TABLE_CHECK_SECONDS:
                     last_cleanup = now
-                    self.drift.remove_stale(now)
+                    self.metrics.sweep_dead_workers()
+                    if self.drift is not None:
+                        self.drift.remove_stale(now)
             except Exception as exc:
                 self._contained_failure("drift", exc)
             if now - last_memory >= MEMORY_UPDATE_SECONDS:

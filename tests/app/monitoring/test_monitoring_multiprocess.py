@@ -117,3 +117,30 @@ def test_two_workers_aggregate_in_one_scrape(tmp_path):
     assert metric_value(while_alive, "churn_model_ready") == 1
     assert [v for _, v in series(while_alive, "churn_model_info")] == [1.0]
     assert metric_value(after_exit, "churn_prediction_log_written_total") == total
+
+
+def test_live_gauges_of_a_killed_worker_are_swept(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from app.monitoring.metrics import Metrics
+
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (killed.pid, alive.pid, os.getpid()):
+            (tmp_path / f"gauge_livesum_{pid}.db").write_bytes(b"")
+        (tmp_path / f"counter_{killed.pid}.db").write_bytes(b"")
+
+        swept = Metrics.sweep_dead_workers(SimpleNamespace(multiprocess_dir=str(tmp_path)))  # type: ignore[arg-type]
+    finally:
+        alive.kill()
+        alive.wait()
+
+    assert swept == [killed.pid]
+    remaining = {path.name for path in tmp_path.iterdir()}
+    assert remaining == {f"gauge_livesum_{alive.pid}.db", f"gauge_livesum_{os.getpid()}.db", f"counter_{killed.pid}.db"}
