@@ -78,7 +78,8 @@ def _occlusion_sums(
     sums = np.zeros(n_rows)
     changes = np.zeros((n_rows, n_groups))
     differs = np.zeros(n_groups, dtype=np.bool_)
-    on_path = np.full(n_groups, -1, dtype=np.intp)  # the last tree whose path split on the group
+    # The last (row, tree) whose path split on each group, as row * trees + tree: no reset needed.
+    on_path = np.full(n_groups, -1, dtype=np.int64)
     for row in range(n_rows):
         offset = row * width
         differs[:] = False
@@ -88,18 +89,19 @@ def _occlusion_sums(
                 differs[group] = True
         total = 0.0
         for tree in range(roots.size):
+            stamp = row * roots.size + tree
             node = roots[tree]
             while left[node] != node:
                 column = feature[node]
                 group = column_group[column]
                 if group >= 0:
-                    on_path[group] = tree
+                    on_path[group] = stamp
                 go_left = _goes_left(x[offset + column], threshold[node], strict_less)
                 node = left[node] if go_left else right[node]
             base = value[node]
             total += base
             for group in range(n_groups):
-                if differs[group] and on_path[group] == tree:
+                if differs[group] and on_path[group] == stamp:
                     leaf = _occluded_leaf(x, offset, reference, group, column_group, roots[tree], tree_arrays)
                     changes[row, group] += value[leaf] - base
         sums[row] = total
