@@ -265,6 +265,9 @@ class RecordCleaner:
         self.allowed = frozenset(schema.names) | self.id_fields | self.ignored
         self.required_set = frozenset(self.required)
         self._caches: dict[str, dict[tuple[type, Any], Any]] = {name: {} for name in schema.names}
+        # Per feature: text value -> its cleaning, for texts that cleaned validly (batches look
+        # whole columns up here in one pass). Text never equals a number, so the text is the key.
+        self._known_texts: dict[str, dict[str, Any]] = {name: {} for name in schema.names}
 
     def clean(self, record: Any, index: int = 0) -> CleanRecord | RecordError:
         if not isinstance(record, dict):
@@ -368,6 +371,8 @@ class RecordCleaner:
 
     def _simple_records(self, records: Sequence[Any]) -> tuple[list[int], set[int]]:
         """Positions of the records that are objects with only known fields, and of the others."""
+        if set(map(type, records)) == {dict} and set().union(*records) <= self.allowed:
+            return list(range(len(records))), set()  # the usual batch: settled in two passes in C
         simple: list[int] = []
         troubled: set[int] = set()
         for index, record in enumerate(records):
@@ -417,11 +422,24 @@ class RecordCleaner:
             kinds = set(map(type, raw))
             if kinds and kinds <= _JSON_NUMBER_OR_NULL:
                 return self._clean_numbers(spec, raw, required)
+        known = self._known_texts[name]
+        if known:
+            # Text values cleaned before (categories, yes/no labels) in one pass of lookups; a
+            # column with anything else (a number, a new text, a list) takes the general path below.
+            try:
+                cleaned = list(map(known.get, raw, repeat(_MISSING)))
+            except TypeError:  # an unhashable value (a JSON array or object)
+                cleaned = [_MISSING]
+            if _MISSING not in cleaned:
+                if required and None in cleaned:
+                    return cleaned, [i for i, value in enumerate(cleaned) if value is None]
+                return cleaned, []
         distinct = _distinct(raw)
         if distinct is not None and _values_key_exactly(raw, distinct):
             # Each distinct value is cleaned once.
             cache = self._caches[name]
             mapping = {value: self._clean_cached(cache, name, value) for value in distinct}
+            self._remember_texts(name, mapping)
             cleaned = list(map(mapping.__getitem__, raw))
             if not any(value.__class__ is _Invalid or (required and value is None) for value in mapping.values()):
                 return cleaned, []
@@ -447,6 +465,15 @@ class RecordCleaner:
             if required:
                 bad = sorted({*bad, *positions})
         return cleaned, bad
+
+    def _remember_texts(self, name: str, mapping: dict[Any, Any]) -> None:
+        """Keep the valid cleanings of text values for the one-pass lookup of later batches."""
+        known = self._known_texts[name]
+        if len(known) >= _CLEAN_CACHE_SIZE or self.schema[name].kind == "numeric":
+            return  # numbers sent as text are too varied to be worth remembering
+        for value, cleaned in mapping.items():
+            if value.__class__ is str and cleaned.__class__ is not _Invalid:
+                known[value] = cleaned
 
     def _clean_cached(self, cache: dict[tuple[type, Any], Any], name: str, raw: Any) -> Any:
         # The type is part of the key because True == 1 == 1.0 in Python but they clean differently.

@@ -314,3 +314,27 @@ def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
     assert len(set(ids)) == 4 and all(len(value) == 32 and int(value, 16) >= 0 for value in ids)
     assert ids == sorted(ids)  # the log's primary-key index grows at its end
     assert {value[12:24] for value in ids} == {first[0][12:24]}  # one tag per process
+
+
+def test_a_later_batch_with_new_or_odd_values_in_known_columns_is_still_checked_field_by_field(
+    client: Any, customers: pd.DataFrame
+) -> None:
+    """After one batch, known category texts are looked up in one pass; anything else still gets its own answer."""
+    records = [customer_record(customers, row) for row in range(40)]
+    assert client.post("/predict/batch", json=records).json()["failed"] == 0  # the texts are now known
+    later = [dict(record) for record in records]
+    later[1]["Contract"] = ["Month-to-month"]  # unhashable: a list is not a category
+    later[2]["Contract"] = "Three year"  # a new text: unseen, imputed like in training, with a warning
+    later[3]["Partner"] = None  # required (never missing in training): an error
+    later[4]["Contract"] = " Two year "  # spacing is cleaned as in training
+    later[5]["TotalCharges"] = None  # optional: imputed, with a warning
+
+    results = client.post("/predict/batch", json=later).json()["results"]
+
+    assert results[1]["errors"][0]["loc"] == ["body", 1, "Contract"]
+    assert any("Contract" in warning for warning in results[2]["warnings"])
+    assert results[3]["errors"][0]["loc"] == ["body", 3, "Partner"]
+    assert any("TotalCharges" in warning for warning in results[5]["warnings"])
+    single = client.post("/predict", json={**records[4], "Contract": "Two year"}).json()
+    assert results[4]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
+    assert all("churn_probability" in results[row] for row in [2, *range(4, 40)])
