@@ -370,7 +370,7 @@ class DriftTracker:
         self._apply_lock = threading.Lock()
 
     def count(self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> None:
-        """Request path: remember the scored batch (a deque append); :meth:`apply_pending` bins it later."""
+        """Remember a scored batch (a deque append; the monitor's drain calls it); :meth:`apply_pending` bins it."""
         self._pending.append((timestamp, columns, scores, decisions))
         if len(self._pending) > MAX_PENDING_EVENTS:
             self.apply_pending()  # the background thread is not keeping up: keep memory bounded here
