@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from app.monitoring.metrics import process_exists
 from models.drift_reference import DriftReference, FeatureReference
 
 logger = logging.getLogger(__name__)
@@ -180,16 +181,6 @@ def _table_owner(path: Path) -> int | None:
         return None
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def window_counts(
     directory: Path, layout: DriftLayout, now: float, slot_seconds: int, window_seconds: int
 ) -> np.ndarray:
@@ -219,7 +210,7 @@ def remove_stale_tables(directory: Path, now: float, slot_seconds: int, window_s
     removed = 0
     for path in directory.glob("*.npy"):
         owner = _table_owner(path)
-        if path == keep or owner is None or _process_alive(owner):
+        if path == keep or owner is None or process_exists(owner):
             continue
         try:
             table = np.load(path, mmap_mode="r")
