@@ -40,8 +40,6 @@ class MonitoringMiddleware:
     def __init__(self, app: ASGIApp, monitor: Monitor) -> None:
         self.app = app
         self.metrics = monitor.metrics
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,19 +69,8 @@ class MonitoringMiddleware:
             self._count(route_template(scope), method, status, elapsed)
 
     def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
-        key = (route, method, status)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = self.metrics.deferred_counter(
-                self.metrics.http_requests.labels(route, method, str(status))
-            )
-        counter.inc()
-        duration = self._durations.get(key[:2])
-        if duration is None:
-            duration = self._durations[key[:2]] = self.metrics.deferred_histogram(
-                self.metrics.http_duration.labels(route, method)
-            )
-        duration.observe(elapsed)
+        self.metrics.http_request_series(route, method, status).inc()  # labels() makes the status text
+        self.metrics.http_duration_series(route, method).observe(elapsed)
 
 
 class PassThroughMiddleware:

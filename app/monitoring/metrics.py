@@ -94,6 +94,9 @@ class Metrics:
         self.http_duration = self._histogram(
             "churn_http_request_duration_seconds", "HTTP request duration", LATENCY_BUCKETS, ("route", "method")
         )
+        # One set of stand-ins per series, shared by every middleware instance of this worker.
+        self.http_request_series = self.deferred_series(self.http_requests)
+        self.http_duration_series = self.deferred_series(self.http_duration)
         self.http_in_flight = self._gauge(
             "churn_http_requests_in_flight", "HTTP requests being served, all workers together", "livesum"
         )
@@ -210,6 +213,11 @@ class Metrics:
             self._deferred.append(deferred)
         return deferred
 
+    def deferred_series(self, metric: Any) -> DeferredSeries:
+        """``metric``'s labelled series, each a deferred stand-in made the first time its labels are used."""
+        make = self.deferred_histogram if isinstance(metric, Histogram) else self.deferred_counter
+        return DeferredSeries(metric, make)
+
     def deferred_histogram(self, child: Any) -> DeferredHistogram | Any:
         """A request-path stand-in for one histogram series (the series itself where its buckets are unknown)."""
         if not has_bucket_internals(child):
@@ -305,6 +313,27 @@ def process_exists(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
+
+class DeferredSeries:
+    """A labelled metric's deferred stand-ins by label values, each made once.
+
+    ``labels()`` costs a lock and validation on every call; looking the stand-in up here is one
+    dictionary hit.
+    """
+
+    __slots__ = ("_children", "_make", "_metric")
+
+    def __init__(self, metric: Any, make: Callable[[Any], Any]) -> None:
+        self._metric = metric
+        self._make = make
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def __call__(self, *labels: Any) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._make(self._metric.labels(*labels))
+        return child
 
 
 class DeferredCounter:

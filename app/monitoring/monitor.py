@@ -100,10 +100,10 @@ class Monitor:
         self._model_lock = threading.Lock()
         self._model_labels: tuple[str, str, str, str] | None = None
         self._drift_features: set[str] = set()
-        self._band_children: dict[tuple[str, str], Any] = {}
-        self._churn_children: dict[str, Any] = {}
-        self._stage_children: dict[str, Any] = {}
-        self._warning_children: dict[tuple[str, str], Any] = {}
+        self._band_child = self.metrics.deferred_series(self.metrics.predictions)
+        self._churn_child = self.metrics.deferred_series(self.metrics.predicted_churn)
+        self._stage_child = self.metrics.deferred_series(self.metrics.stage_duration)
+        self._warning_child = self.metrics.deferred_series(self.metrics.feature_warnings)
         self._score = self.metrics.deferred_histogram(self.metrics.score)
         # Recorded events awaiting drain(), with their record count (bounded by the log queue size).
         self._inbox: list[tuple[PredictionEvent, float | None]] = []
@@ -314,40 +314,6 @@ class Monitor:
         observe_many(self._score, np.concatenate(scores).astype(np.float64, copy=False))
         for stage, seconds in stages.items():
             observe_many(self._stage_child(stage), np.asarray(seconds, dtype=np.float64))
-
-    # Label children cached per metric: labels() costs a lock and validation, a dict hit ~0.1 us. Each
-    # is a deferred stand-in: a metric write costs microseconds in multiprocess mode, these a fraction.
-    def _band_child(self, band: str, version: str) -> Any:
-        child = self._band_children.get((band, version))
-        if child is None:
-            child = self._band_children[(band, version)] = self.metrics.deferred_counter(
-                self.metrics.predictions.labels(band, version)
-            )
-        return child
-
-    def _churn_child(self, version: str) -> Any:
-        child = self._churn_children.get(version)
-        if child is None:
-            child = self._churn_children[version] = self.metrics.deferred_counter(
-                self.metrics.predicted_churn.labels(version)
-            )
-        return child
-
-    def _stage_child(self, stage: str) -> Any:
-        child = self._stage_children.get(stage)
-        if child is None:
-            child = self._stage_children[stage] = self.metrics.deferred_histogram(
-                self.metrics.stage_duration.labels(stage)
-            )
-        return child
-
-    def _warning_child(self, feature: str, kind: str) -> Any:
-        child = self._warning_children.get((feature, kind))
-        if child is None:
-            child = self._warning_children[(feature, kind)] = self.metrics.deferred_counter(
-                self.metrics.feature_warnings.labels(feature, kind)
-            )
-        return child
 
     def _count_warnings(self, event: PredictionEvent) -> None:
         counts = Counter((name, "imputed") for _, name in event.imputed)
