@@ -1,10 +1,11 @@
 """Durable log of every prediction, written off the request path.
 
 Scored events reach a bounded in-memory queue (counted in records) from the monitor's drain, off
-the request path (see ``Monitor.record``); a background thread turns events into rows and inserts them in batches of
-``prediction_log_batch_size`` at least every ``prediction_log_flush_seconds``. A full queue drops
-the event (counted by reason, logged) instead of blocking, and a database that is down, full or
-read-only is counted and logged, never raised: the prediction has already been answered.
+the request path (see ``Monitor.record``); a background thread turns events into rows and inserts
+them in batches of ``prediction_log_batch_size`` at least every ``prediction_log_flush_seconds``.
+A full queue drops the event (counted by reason, logged) instead of blocking. A failed write is
+counted and logged, never raised (the prediction has already been answered); when the failure may
+pass (the database down, locked, missing its table) its rows are tried again (see ``flush``).
 
 SQLite is the default (WAL journal and a busy timeout so several worker processes can write the
 same file); a ``postgresql://`` URL uses PostgreSQL through psycopg 3.
@@ -13,6 +14,7 @@ same file); a ``postgresql://`` URL uses PostgreSQL through psycopg 3.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -134,7 +136,8 @@ ROW_COLUMNS = tuple(column.name for column in predictions_table.columns)
 ROWS_PER_STATEMENT = 99
 
 
-def insert_statement(engine: Engine, rows: int) -> str:
+@functools.lru_cache(maxsize=8)
+def insert_statement(paramstyle: str, rows: int) -> str:
     """Plain SQL that inserts ``rows`` rows and skips prediction ids already logged.
 
     Written for the driver directly (no per-row SQLAlchemy parameter processing, which costs more
@@ -143,7 +146,7 @@ def insert_statement(engine: Engine, rows: int) -> str:
     lock at every statement it runs, and each release lets this background thread and the request
     path trade the lock again, which costs the request path far more than the insert itself.
     """
-    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    mark = "?" if paramstyle == "qmark" else "%s"
     columns = ", ".join(ROW_COLUMNS)
     values = ", ".join([f"({', '.join([mark] * len(ROW_COLUMNS))})"] * rows)
     return f"INSERT INTO prediction_log ({columns}) VALUES {values} ON CONFLICT (prediction_id) DO NOTHING"
@@ -153,7 +156,8 @@ def insert_rows(connection: Any, engine: Engine, rows: list[tuple[Any, ...]]) ->
     """Insert ``rows`` with as few statements as the parameter limit allows."""
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        connection.exec_driver_sql(insert_statement(engine, len(chunk)), tuple(chain.from_iterable(chunk)))
+        statement = insert_statement(engine.dialect.paramstyle, len(chunk))  # built once per size
+        connection.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
 
 
 def _may_pass(error: Exception) -> bool:
@@ -251,7 +255,6 @@ class PredictionLog:
         self._last_error_logged = 0.0
         # Batches whose write failed for a reason that may pass, with their attempts so far.
         self._retry: list[tuple[list[tuple[Any, ...]], int]] = []
-        self.retry_records = 0
 
     # ---- request path ----------------------------------------------------------------------------
     def enqueue(self, event: PredictionEvent, request_latency: float | None) -> bool:
@@ -298,8 +301,8 @@ class PredictionLog:
         self.flush()
         with self._write_lock:  # nothing will try them again: count what could not be written
             for batch, _ in self._retry:
-                self._drop(batch, OperationalError("stop", {}, Exception("the service stopped")))
-            self._retry, self.retry_records = [], 0
+                self._drop(batch, "the service stopped")
+            self._retry = []
         if self.engine is not None:
             self.engine.dispose()
 
@@ -388,18 +391,20 @@ class PredictionLog:
         self.metrics.log_written.inc(len(rows))
         return None
 
-    def _drop(self, rows: list[tuple[Any, ...]], error: Exception) -> None:
+    @property
+    def retry_records(self) -> int:
+        """Rows waiting for another try after a failed write."""
+        return sum(len(batch) for batch, _ in self._retry)
+
+    def _drop(self, rows: list[tuple[Any, ...]], why: object) -> None:
         self.metrics.log_dropped.labels(reason="write_error").inc(len(rows))
-        self._log_failure("dropped %d prediction log rows after a failed write: %s", len(rows), error)
+        self._log_failure("dropped %d prediction log rows after a failed write: %s", len(rows), why)
 
     def _bound_retry(self) -> None:
         """Keep at most ``queue_size`` rows waiting for another try, dropping the oldest first."""
-        waiting = sum(len(batch) for batch, _ in self._retry)
-        while self._retry and waiting > self.queue_size:
+        while self._retry and self.retry_records > self.queue_size:
             batch, _ = self._retry.pop(0)
-            waiting -= len(batch)
-            self._drop(batch, OperationalError("retry", {}, Exception("the retry backlog is full")))
-        self.retry_records = waiting
+            self._drop(batch, "the retry backlog is full")
 
     def _ensure_tables(self) -> bool:
         if self._tables_ready:
