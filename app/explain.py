@@ -52,15 +52,10 @@ class Explainer:
         # an ordinary customer at the median must not differ from the reference there.
         self.reference = reference_row(schema)
         self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
-        # Compiled tree ensembles occlude tree by tree (see app.compiled_trees): they need each
-        # matrix column's feature group.
-        self._column_group = np.full(schema.n_encoded, -1, dtype=np.intp)
-        for group, columns in enumerate(self._slices):
-            self._column_group[columns] = group
-        # Which matrix columns each feature owns, to build every occluded row in one step.
-        self._group_masks = np.zeros((len(self._slices), schema.n_encoded), dtype=bool)
-        for group, columns in enumerate(self._slices):
-            self._group_masks[group, columns] = True
+        # Each matrix column's feature group: compiled tree ensembles occlude by it (see
+        # app.compiled_trees), and as masks it builds every occluded row in one step.
+        self._column_group = column_groups(schema)
+        self._group_masks = self._column_group[None, :] == np.arange(len(self._slices))[:, None]
         self._members = (
             [Explainer(schema, member) for _, member, _ in model.members] if isinstance(model, EnsembleModel) else None
         )
@@ -123,6 +118,14 @@ def _is_compiled_trees(model: RawModel) -> bool:
     # imports it (nor numba, over 100 MiB per worker).
     module = sys.modules.get("app.compiled_trees")
     return module is not None and isinstance(model, module.CompiledTrees)
+
+
+def column_groups(schema: FeatureSchema) -> np.ndarray:
+    """The feature (its position in the schema) that each encoded matrix column belongs to."""
+    groups = np.full(schema.n_encoded, -1, dtype=np.intp)
+    for group, (_, columns) in enumerate(schema.encoded_groups()):
+        groups[columns] = group
+    return groups
 
 
 def reference_row(schema: FeatureSchema) -> np.ndarray:

@@ -22,7 +22,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("app")
@@ -33,10 +32,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class FastLane:
     """Runs one endpoint for its route: exception handlers as registered on the app, then a plain 500."""
 
-    def __init__(self, app: FastAPI, route: BaseRoute, endpoint: Endpoint) -> None:
+    def __init__(self, app: FastAPI, route: APIRoute) -> None:
         self.app = app
         self.route = route
-        self.endpoint = endpoint
+        self.endpoint: Endpoint = route.endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # What the router would have set: the monitoring middleware labels requests by route template.
@@ -82,7 +81,7 @@ class ServiceApp(FastAPI):
 
     def open_fast_lane(self, route: APIRoute, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
         """Serve ``route`` (each of its methods) from its endpoint, inside ``wrap`` (the monitoring middleware)."""
-        lane = wrap(FastLane(self, route, route.endpoint))
+        lane = wrap(FastLane(self, route))
         for method in route.methods:
             self._fast_lanes[(method, route.path)] = lane
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from app.compiled_trees import CompiledTrees, compile_trees
-from app.explain import reference_row
+from app.explain import column_groups, reference_row
 from models.bundle import current_bundle_dir, verify_bundle
 from models.scoring import EnsembleModel, load_raw_model
 
@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     width = manifest.schema.n_encoded
     native, compiled = tree_member(manifest.model_family, load_raw_model(bundle, manifest), width)
     groups = [columns for _, columns in manifest.schema.encoded_groups()]
-    column_group = np.full(width, -1, dtype=np.intp)
-    for group, columns in enumerate(groups):
-        column_group[columns] = group
+    column_group = column_groups(manifest.schema)
     reference = reference_row(manifest.schema)
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(10_000, width))
