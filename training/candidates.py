@@ -34,9 +34,10 @@ from xgboost import XGBClassifier
 
 from models.scoring import SoftVote, wrap_estimator
 from training import mlp
+from training.config import ALL_FAMILIES
 from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, cross_validated_auc, stratified_folds, tune
 
-FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp")
+FAMILIES = ALL_FAMILIES  # the selectable families, named once in training.config
 # Built from the trained families rather than tuned, so it is not one of the selectable FAMILIES.
 SOFT_VOTE = "soft_vote"
 # The ensemble's two slots: the linear model and the better of the boosted trees (on validation).
