@@ -21,6 +21,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from app.explain import Explainer
@@ -41,6 +42,7 @@ _NUMBER_TYPES = frozenset({bool, int, float})
 _JSON_SCALARS = frozenset({str, bool, int, float, type(None)})
 _JSON_NUMBER_OR_NULL = frozenset({int, float, type(None)})
 _TEXT_OR_NULL = frozenset({str, type(None)})
+_NULL_ONLY = {type(None)}
 
 
 @dataclass(slots=True)
@@ -246,6 +248,23 @@ def example_record(schema: FeatureSchema) -> dict[str, Any]:
     return {spec.name: spec.example() for spec in schema.features}
 
 
+def _fixed_field_decoder(fields: list[str]) -> msgspec.json.Decoder:
+    """Decodes a JSON list of objects whose keys are all among ``fields`` (absent = None).
+
+    Values keep the types JSON gives them, as with a dictionary per record: the cleaning rules
+    decide what is valid, not the decoder. Field names may be any text (``rename``).
+    """
+    slots = [f"f{position}" for position in range(len(fields))]
+    record = msgspec.defstruct(
+        "Record",
+        [(slot, Any, None) for slot in slots],
+        rename=dict(zip(slots, fields, strict=True)),
+        forbid_unknown_fields=True,
+        gc=False,  # holds JSON scalars only: nothing for the cyclic collector to find
+    )
+    return msgspec.json.Decoder(list[record])
+
+
 class RecordCleaner:
     """Validates raw records field by field with the schema's cleaning rules.
 
@@ -268,6 +287,8 @@ class RecordCleaner:
         # Per feature: text value -> its cleaning, for texts that cleaned validly (batches look
         # whole columns up here in one pass). Text never equals a number, so the text is the key.
         self._known_texts: dict[str, dict[str, Any]] = {name: {} for name in schema.names}
+        self._batch_fields = [*self.names, *sorted(self.allowed - frozenset(self.names))]
+        self._batch_decoder = _fixed_field_decoder(self._batch_fields)
 
     def clean(self, record: Any, index: int = 0) -> CleanRecord | RecordError:
         if not isinstance(record, dict):
@@ -312,6 +333,33 @@ class RecordCleaner:
             return RecordError(index, customer_id, errors)
         return CleanRecord(index, customer_id, values)
 
+    def clean_json_batch(self, body: bytes, max_records: int) -> CleanBatch | None:
+        """A JSON list of 1 to ``max_records`` valid records, cleaned straight from the request's bytes.
+
+        The records are decoded into objects with a fixed slot per known field instead of one
+        dictionary each: half the parsing time, and the columns come out of one transposition.
+        Anything else (not a list of objects, an unknown field, too many records, any record with
+        a problem) gives None: the caller then takes the general path, which words each problem.
+        """
+        try:
+            records = self._batch_decoder.decode(body)
+        except msgspec.MsgspecError:
+            return None
+        if not 0 < len(records) <= max_records:
+            return None
+        # Every record has every slot, so the transposition is exact.
+        transposed = zip(*map(msgspec.structs.astuple, records), strict=True)
+        raw_columns = dict(zip(self._batch_fields, transposed, strict=True))
+        columns: dict[str, list[Any]] = {}
+        for name in self.names:
+            columns[name], bad = self._clean_column(name, raw_columns[name])
+            if bad:
+                return None
+        ids = self._customer_ids(raw_columns.__getitem__, len(records))
+        if _MISSING in ids:
+            return None
+        return CleanBatch(list(range(len(records))), ids, columns)
+
     def clean_many(self, records: Sequence[Any]) -> tuple[list[RecordError], CleanBatch]:
         """``clean`` for a batch, column by column: the same rules at a fraction of the cost.
 
@@ -326,7 +374,7 @@ class RecordCleaner:
         for name, raw in zip(self.names, self._raw_columns(rows), strict=True):
             columns[name], bad = self._clean_column(name, raw)
             troubled.update(simple[position] for position in bad)
-        ids = self._customer_ids(rows)
+        ids = self._customer_ids(lambda key: list(map(dict.get, rows, repeat(key))), len(rows))
         if _MISSING in ids:
             troubled.update(simple[position] for position, value in enumerate(ids) if value is _MISSING)
         if not troubled:
@@ -396,25 +444,30 @@ class RecordCleaner:
                 pass  # some record omits an optional feature: look each one up
         return [list(map(dict.get, rows, repeat(name))) for name in names]
 
-    def _customer_ids(self, rows: list[dict[str, Any]]) -> list[Any]:
+    def _customer_ids(self, column_of: Callable[[str], Sequence[Any]], size: int) -> list[Any]:
         """Each record's id as text, None without one, or _MISSING when it is not a string or integer.
 
+        ``column_of(key)`` gives the records' raw values of the field ``key`` (None where absent).
         ``customer_id`` wins over the training table's id column, as in :meth:`clean`.
         """
-        ids: list[Any] = [None] * len(rows)
+        ids: list[Any] = [None] * size
         keys = [key for key in (CUSTOMER_ID, self.schema.id_column) if key]
+        first = True
         for key in reversed(keys):  # the preferred key is applied last
-            column = list(map(dict.get, rows, repeat(key)))
-            if set(map(type, column)) <= {str, type(None)}:
-                ids = [value if value is not None else current for value, current in zip(column, ids, strict=True)]
+            column = column_of(key)
+            kinds = set(map(type, column))
+            if kinds == _NULL_ONLY:
+                continue  # no record uses this key (the usual case for one of the two)
+            if not kinds <= _TEXT_OR_NULL:
+                column = [_id_text(value) if value is not None else None for value in column]
+            if first:
+                ids = list(column)
             else:
-                ids = [
-                    _id_text(value) if value is not None else current
-                    for value, current in zip(column, ids, strict=True)
-                ]
+                ids = [value if value is not None else current for value, current in zip(column, ids, strict=True)]
+            first = False
         return ids
 
-    def _clean_column(self, name: str, raw: list[Any]) -> tuple[list[Any], list[int]]:
+    def _clean_column(self, name: str, raw: Sequence[Any]) -> tuple[list[Any], list[int]]:
         """Cleaned values of one feature and the positions that are invalid or missing but required."""
         spec = self.schema[name]
         required = name in self.required_set
@@ -422,19 +475,15 @@ class RecordCleaner:
             kinds = set(map(type, raw))
             if kinds and kinds <= _JSON_NUMBER_OR_NULL:
                 return self._clean_numbers(spec, raw, required)
-        known = self._known_texts[name]
-        if known:
-            # Text values cleaned before (categories, yes/no labels) in one pass of lookups; a
-            # column with anything else (a number, a new text, a list) takes the general path below.
-            try:
-                cleaned = list(map(known.get, raw, repeat(_MISSING)))
-            except TypeError:  # an unhashable value (a JSON array or object)
-                cleaned = [_MISSING]
-            if _MISSING not in cleaned:
-                if required and None in cleaned:
-                    return cleaned, [i for i, value in enumerate(cleaned) if value is None]
-                return cleaned, []
         distinct = _distinct(raw)
+        known = self._known_texts[name]
+        if known and distinct is not None and distinct <= known.keys():
+            # Text values cleaned before (categories, yes/no labels): one pass of lookups. Known
+            # keys are all text, which never equals a number or null, so the test above is exact.
+            cleaned = list(map(known.__getitem__, raw))
+            if required and any(known[value] is None for value in distinct):
+                return cleaned, [i for i, value in enumerate(cleaned) if value is None]
+            return cleaned, []
         if distinct is not None and _values_key_exactly(raw, distinct):
             # Each distinct value is cleaned once.
             cache = self._caches[name]
@@ -452,7 +501,7 @@ class RecordCleaner:
         return cleaned, bad
 
     @staticmethod
-    def _clean_numbers(spec: FeatureSpec, raw: list[Any], required: bool) -> tuple[list[Any], list[int]]:
+    def _clean_numbers(spec: FeatureSpec, raw: Sequence[Any], required: bool) -> tuple[list[Any], list[int]]:
         """A column of JSON numbers and nulls, checked with numpy (null is missing, like in ``clean_value``)."""
         numbers = np.array(raw, dtype=np.float64)  # None becomes NaN
         missing = np.isnan(numbers)
@@ -691,6 +740,28 @@ class Predictor:
         """Clean, encode, score and explain ``records``; results keep the input order."""
         started = time.perf_counter()
         errors, batch, values = self._clean(records)
+        return self._predict_clean(errors, batch, values, started, explain)
+
+    def predict_json_batch(self, body: bytes, max_records: int, explain: bool = True) -> PredictionOutcome | None:
+        """``predict_records`` of a JSON list of 1 to ``max_records`` valid records, from its bytes.
+
+        None when the body is anything else (invalid JSON, not a list, too many records, a record
+        with a problem): decode it and call :meth:`predict_records`, which reports each problem.
+        """
+        started = time.perf_counter()
+        batch = self.cleaner.clean_json_batch(body, max_records)
+        if batch is None:
+            return None
+        return self._predict_clean([], batch, None, started, explain)
+
+    def _predict_clean(
+        self,
+        errors: list[RecordError],
+        batch: CleanBatch | None,
+        values: dict[str, Any] | None,
+        started: float,
+        explain: bool,
+    ) -> PredictionOutcome:
         cleaned_at = time.perf_counter()
         if batch is None:
             return PredictionOutcome(None, errors, None, {"validation": cleaned_at - started})

@@ -188,6 +188,26 @@ def _score_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons
 
 
 def _score_parsed_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
+    # The usual batch, every record valid, is cleaned straight from the bytes; any other body takes
+    # the general path below, which words every problem.
+    outcome = predictor.predict_json_batch(body, max_batch_size, explain=reasons)
+    if outcome is None:
+        outcome = predictor.predict_records(_batch_records(body, max_batch_size), explain=reasons)
+    count = outcome.count
+    failed = len(outcome.errors)
+    content = orjson.dumps(
+        {
+            "model_version": predictor.version,
+            "count": count,
+            "succeeded": count - failed,
+            "failed": failed,
+            "results": outcome.result_dicts(_error_dict),
+        }
+    )
+    return content, outcome.event
+
+
+def _batch_records(body: bytes, max_batch_size: int) -> list[Any]:
     records = parse_json(body)
     if not isinstance(records, list):
         problem = field_problem(["body"], "Input should be a JSON list of customer objects", "list_type")
@@ -197,18 +217,7 @@ def _score_parsed_batch(predictor: Predictor, body: bytes, max_batch_size: int, 
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
     if len(records) > max_batch_size:
         raise _too_large(f"batch of {len(records)} records exceeds the maximum of {max_batch_size} per request")
-    outcome = predictor.predict_records(records, explain=reasons)
-    failed = len(outcome.errors)
-    content = orjson.dumps(
-        {
-            "model_version": predictor.version,
-            "count": len(records),
-            "succeeded": len(records) - failed,
-            "failed": failed,
-            "results": outcome.result_dicts(_error_dict),
-        }
-    )
-    return content, outcome.event
+    return records
 
 
 def _error_dict(result: RecordError) -> dict[str, Any]:

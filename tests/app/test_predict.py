@@ -338,3 +338,91 @@ def test_a_later_batch_with_new_or_odd_values_in_known_columns_is_still_checked_
     single = client.post("/predict", json={**records[4], "Contract": "Two year"}).json()
     assert results[4]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
     assert all("churn_probability" in results[row] for row in [2, *range(4, 40)])
+
+
+# ---- batches cleaned straight from the request's bytes -----------------------------------------------
+@pytest.fixture(scope="module")
+def predictor(linear_models_dir: Path) -> Any:
+    from app.predictor import build_predictor
+    from app.settings import Settings
+
+    return build_predictor(Settings(model_dir=linear_models_dir))
+
+
+def outcome_summary(outcome: Any) -> tuple[Any, ...]:
+    scored = outcome.scored
+    event = outcome.event
+    columns = {name: list(values) for name, values in event.columns.items()}
+    return (
+        scored.indices,
+        scored.customer_ids,
+        scored.probabilities,
+        scored.decisions,
+        scored.risk_bands,
+        scored.warnings,
+        columns,
+        event.imputed,
+        event.unseen,
+    )
+
+
+def test_a_valid_batch_decoded_from_bytes_equals_the_general_path(predictor: Any, customers: pd.DataFrame) -> None:
+    """Ids both ways, omitted and blank optional values, an unseen category, table-only columns, integer
+    charges: the typed decoding must clean every one of them exactly as a dictionary per record does."""
+    records = [customer_record(customers, row, drop_extra=False) for row in range(30)]
+    records[0]["customer_id"] = "wins-over-the-table-id"
+    records[1].pop(ID_COLUMN)
+    records[2]["customer_id"] = 12345
+    records[3].pop("TotalCharges")
+    records[4]["TotalCharges"] = " "
+    records[5]["Contract"] = "Three year"
+    records[6]["MonthlyCharges"] = 70
+    records[7]["Partner"] = True
+    body = json.dumps(records).encode()
+
+    typed = predictor.predict_json_batch(body, max_records=100, explain=True)
+    general = predictor.predict_records(json.loads(body), explain=True)
+
+    assert typed is not None and not typed.errors
+    assert outcome_summary(typed) == outcome_summary(general)
+    assert typed.scored.reasons == general.scored.reasons
+    assert typed.scored.customer_ids[:3] == ["wins-over-the-table-id", None, "12345"]
+    assert typed.scored.warnings[5] and typed.scored.warnings[3]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda records: records[1].update(unknown_field=1), id="unknown field"),
+        pytest.param(lambda records: records.__setitem__(1, "not an object"), id="not an object"),
+        pytest.param(lambda records: records[1].update(tenure=-1), id="invalid value"),
+        pytest.param(lambda records: records[1].update(Partner=None), id="required value missing"),
+        pytest.param(lambda records: records[1].pop("Partner"), id="required field omitted"),
+        pytest.param(lambda records: records[1].update(Contract=["Two year"]), id="unhashable value"),
+        pytest.param(lambda records: records[1].update(customer_id=[1]), id="id of the wrong type"),
+        pytest.param(lambda records: records.clear(), id="empty list"),
+        pytest.param(lambda records: records.extend([records[0]] * 10), id="too many records"),
+    ],
+)
+def test_a_batch_with_any_problem_is_left_to_the_general_path(
+    predictor: Any, customers: pd.DataFrame, change: Any
+) -> None:
+    records = [customer_record(customers, row) for row in range(5)]
+    change(records)
+
+    assert predictor.predict_json_batch(json.dumps(records).encode(), max_records=10) is None
+
+
+@pytest.mark.parametrize("body", [b"{}", b"[{", b"", b'[{"tenure": 1e999}]', b"[1, 2]"])
+def test_a_body_that_is_not_a_list_of_records_is_left_to_the_general_path(predictor: Any, body: bytes) -> None:
+    assert predictor.predict_json_batch(body, max_records=10) is None
+
+
+def test_a_batch_left_to_the_general_path_is_answered_record_by_record(client: Any, customers: pd.DataFrame) -> None:
+    records = [customer_record(customers, row) for row in range(4)]
+    records[2] = {**records[2], "surprise": 1}
+
+    body = client.post("/predict/batch", json=records).json()
+
+    assert (body["count"], body["succeeded"], body["failed"]) == (4, 3, 1)
+    assert body["results"][2]["errors"][0]["loc"] == ["body", 2, "surprise"]
