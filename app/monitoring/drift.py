@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from app.monitoring.events import gather_columns
 from app.monitoring.metrics import process_exists
 from models.drift_reference import DriftReference, FeatureReference
 
@@ -404,11 +405,8 @@ class DriftTracker:
         Single records are the /predict traffic: transposing them into columns and binning each
         column with numpy costs a fraction of binning every value of every record one by one.
         """
-        try:
-            columns = {
-                binner.name: [record[0][binner.name][0] for record in records] for binner in self.layout.features
-            }
-        except (KeyError, IndexError, TypeError):  # a record without some feature: bin it on its own
+        columns = gather_columns([record[0] for record in records])
+        if columns is None:  # records of differing shapes (not expected): bin each on its own
             return sum(
                 (self._counts_of_many(record[0], np.array([record[1]]), np.array([record[2]])) for record in records),
                 start=np.zeros(self._n_columns, dtype=np.int64),

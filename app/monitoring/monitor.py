@@ -26,9 +26,10 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from itertools import repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 from fastapi import APIRouter
 
 from app.monitoring.drift import DriftLayout, DriftSnapshot, DriftTracker
-from app.monitoring.events import PredictionEvent
+from app.monitoring.events import PredictionEvent, transpose
 from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
 from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
 from app.monitoring.performance import (
@@ -59,6 +60,9 @@ logger = logging.getLogger(__name__)
 MEMORY_UPDATE_SECONDS = 10.0
 STALE_TABLE_CHECK_SECONDS = 60.0
 ERROR_LOG_INTERVAL_S = 60.0
+_VERSION = attrgetter("model_version")
+_BANDS = attrgetter("risk_bands")
+_FIRST = itemgetter(0)
 
 
 def resident_memory_bytes() -> float:
@@ -291,27 +295,33 @@ class Monitor:
         """The prediction metrics of many events with one update per series."""
         bands: Counter[tuple[str, str]] = Counter()
         churned: Counter[str] = Counter()
-        scores: list[np.ndarray] = []
-        stages: dict[str, list[float]] = {}
+        singles = [event for event, _ in events if len(event.risk_bands) == 1]
+        if singles:  # /predict traffic: counted in passes over all of them, not event by event
+            versions = list(map(_VERSION, singles))
+            bands.update(zip(map(_FIRST, map(_BANDS, singles)), versions, strict=True))
+            churned.update(version for version, event in zip(versions, singles, strict=True) if event.decisions[0])
         for event, _ in events:
-            version = event.model_version
-            if len(event.risk_bands) == 1:
-                bands[(event.risk_bands[0], version)] += 1
-                churned[version] += 1 if event.decisions[0] else 0
-            else:
-                bands.update(zip(event.risk_bands, repeat(version)))
-                churned[version] += int(np.count_nonzero(event.decisions))
-            scores.append(event.scores)
-            for stage, seconds in event.stage_seconds.items():
-                stages.setdefault(stage, []).append(seconds)
-            if event.imputed or event.unseen:
-                self._count_warnings(event)
+            if len(event.risk_bands) != 1:
+                bands.update(zip(event.risk_bands, repeat(event.model_version)))
+                churned[event.model_version] += int(np.count_nonzero(event.decisions))
         for (band, version), count in bands.items():
             self._band_child(band, version).inc(count)
         for version, count in churned.items():
             if count:
                 self._churn_child(version).inc(count)
-        observe_many(self._score, np.concatenate(scores).astype(np.float64, copy=False))
+        observe_many(self._score, np.concatenate([event.scores for event, _ in events]).astype(np.float64, copy=False))
+        self._observe_stages([event.stage_seconds for event, _ in events])
+        for event, _ in events:
+            if event.imputed or event.unseen:
+                self._count_warnings(event)
+
+    def _observe_stages(self, stage_seconds: list[dict[str, float]]) -> None:
+        stages: dict[str, Sequence[float]] | None = transpose(stage_seconds)
+        if stages is None:  # events timed different stages (not expected): gather them one by one
+            stages = {}
+            for item in stage_seconds:
+                for stage, seconds in item.items():
+                    stages.setdefault(stage, []).append(seconds)  # type: ignore[union-attr]
         for stage, seconds in stages.items():
             observe_many(self._stage_child(stage), np.asarray(seconds, dtype=np.float64))
 
