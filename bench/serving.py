@@ -11,7 +11,9 @@ Steps, all on loopback, every process bounded in time and killed at the end:
 3. our service (``python -m app``), one worker, monitoring on: process start -> ``/ready``;
 4. single-record ``/predict`` under wrk, same body and settings against both: requests/s, latency;
 5. the same load with monitoring off (what monitoring costs);
-6. ``/predict/batch`` with 10,000 Telco records: server time and records/s;
+6. ``/predict/batch`` with 10,000 Telco records: server time and records/s, calls back to back
+   (each shares the machine with the log writing of the one before; held to the target), one at
+   a time (each after the log has written the one before), and with monitoring off;
 7. resident memory per worker, and whether torch got loaded;
 8. our service with two workers under the same load.
 
@@ -349,6 +351,7 @@ def server_time_ms(headers: Mapping[str, str]) -> tuple[float | None, str]:
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 HTTP_DURATION_SUM = "churn_http_request_duration_seconds_sum"
+LOG_WRITTEN = "churn_prediction_log_written_total"
 HTTP_DURATION_COUNT = "churn_http_request_duration_seconds_count"
 STAGE_DURATION_SUM = "churn_prediction_stage_duration_seconds_sum"
 
@@ -587,13 +590,19 @@ class Bench:
                 f"nothing.\n--- wrk ---\n{output[-1500:]}\n{service.log_tail(20)}"
             )
 
-    def batch_load(self, service: ServiceProcess, records: list[dict[str, Any]]) -> dict[str, Any]:
+    def batch_load(
+        self, service: ServiceProcess, records: list[dict[str, Any]], key: str = "batch", settle: bool = False
+    ) -> dict[str, Any]:
         """Time ``/predict/batch`` calls one at a time: the server's own time and the client round trip.
 
         The server's time comes from a response header (``Server-Timing``, ``X-Process-Time``) when
         the service sends one, else from its ``/metrics``: the growth of the request-duration sum for
         the batch route across one call (nothing else runs meanwhile), with the prediction stages
         (validation, features, inference, explanation) read the same way.
+
+        Calls follow each other at once, so each one shares the machine with the background work
+        of the one before (writing its records to the prediction log). With ``settle`` each call
+        waits until the log has written every record sent before it: a call on its own.
         """
         body = json.dumps(records, separators=(",", ":")).encode()
         headers = {"content-type": "application/json"}
@@ -610,6 +619,8 @@ class Bench:
         pids = [service.pid, *descendants(service.pid)]
         cpu_ms: list[float] = []
         for i in range(warmups + calls):
+            if settle:
+                self._wait_for_log(service, i * len(records))
             cpu_before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
             started = time.perf_counter()
             status, resp_headers, resp_body = http_request(service.port, "POST", route, body, headers, timeout_s=120)
@@ -648,8 +659,24 @@ class Bench:
             "client_round_trip_ms_median": statistics.median(client_ms),
             "stage_ms_median": {stage: statistics.median(values) for stage, values in stages_ms.items()},
         }
-        self.report.runs["batch"] = result
+        self.report.runs[key] = result
         return result
+
+    def _wait_for_log(self, service: ServiceProcess, records: int, timeout_s: float = 60.0) -> None:
+        """Wait until the service's prediction log has written ``records`` rows (and a moment more)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status, _, body = http_request(service.port, "GET", "/metrics", timeout_s=10)
+            if status != 200:
+                raise BenchmarkError(f"/metrics answered {status} while waiting for the prediction log")
+            written = sum(
+                value for name, _, value in parse_prometheus(body.decode(errors="replace")) if name == LOG_WRITTEN
+            )
+            if written >= records:
+                time.sleep(0.2)  # the writer's last commit and bookkeeping
+                return
+            time.sleep(0.05)
+        raise BenchmarkError(f"the prediction log did not write {records} rows within {timeout_s:.0f} s")
 
     @staticmethod
     def _metric_sums(service: ServiceProcess, route: str) -> dict[str, float] | None:
@@ -765,14 +792,19 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     # 7. memory after the load
     memory = {label: bench.memory(service, f"{label} after /predict load") for label, service in services}
 
-    # 6. batches, on our one-worker service with monitoring on; the others idle
-    for label in (REFERENCE, OURS_OFF, OURS_TWO):
+    # 6. batches, one service at a time: monitoring on back to back (the figure held to the target),
+    # monitoring on one call at a time, then monitoring off; the others idle
+    for label in (REFERENCE, OURS_TWO):
         if label in by_label:
             bench.stop(by_label[label])
     ours_service = by_label[OURS]
-    batch = bench.batch_load(ours_service, telco_records(opts.data, opts.batch_size))
+    batch_records = telco_records(opts.data, opts.batch_size)
+    batch = bench.batch_load(ours_service, batch_records)
     memory_batch = bench.memory(ours_service, f"{OURS} after /predict/batch")
+    batch_settled = bench.batch_load(ours_service, batch_records, key="batch_settled", settle=True)
     bench.stop(ours_service)
+    batch_off = bench.batch_load(by_label[OURS_OFF], batch_records, key="batch_monitoring_off")
+    bench.stop(by_label[OURS_OFF])
 
     reference = loads.get(REFERENCE)
     ours, off, two = loads[OURS], loads[OURS_OFF], loads[OURS_TWO]
@@ -893,6 +925,20 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     )
     for stage, stage_ms in batch["stage_ms_median"].items():
         add(f"batch_stage_{stage}_ms", f"/predict/batch stage: {stage} (median)", stage_ms, "ms")
+    add(
+        "batch_settled_server_ms",
+        f"/predict/batch {n:,} records: server time, one call at a time (median)",
+        batch_settled["server_ms_median"],
+        "ms",
+        note="each call after the log has written the one before",
+    )
+    add(
+        "batch_monitoring_off_ms",
+        f"/predict/batch {n:,} records: round trip, monitoring off (median)",
+        batch_off["client_round_trip_ms_median"],
+        "ms",
+        note="back to back; no /metrics to read server time from",
+    )
     add("ours_rss_mib", "ours: worker RSS after /predict load", _worker_rss(memory_single), "MiB")
     add("ours_rss_batch_mib", "ours: worker RSS after /predict/batch", _worker_rss(memory_batch), "MiB")
     if ref_memory is not None:
