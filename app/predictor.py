@@ -810,6 +810,7 @@ class Predictor:
             imputed=encoded.imputed,
             unseen=encoded.unseen,
             stage_seconds=stages,
+            row=None if values is None else tuple(values.values()),
         )
         return PredictionOutcome(scored, errors, event, stages)
 

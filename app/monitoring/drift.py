@@ -34,7 +34,7 @@ import threading
 import uuid
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import repeat
 from pathlib import Path
@@ -335,6 +335,19 @@ def compute_snapshot(
 
 
 # ---- the per-worker drift tracker -----------------------------------------------------------------
+# A single-record event waiting to be binned: its columns, its row (or None), score, decision.
+_Single = tuple[dict[str, Sequence[Any]], tuple[Any, ...] | None, float, bool]
+
+
+def _columns_of_singles(records: list[_Single]) -> dict[str, Sequence[Any]] | None:
+    """The records' values by feature: their rows transposed when every record has one, else gathered."""
+    rows = [record[1] for record in records]
+    names = list(records[0][0]) if records else []
+    if None not in rows and list(records[-1][0]) == names and set(map(len, rows)) == {len(names)}:
+        return dict(zip(names, zip(*rows, strict=False), strict=True))  # lengths checked just above
+    return gather_columns([record[0] for record in records])
+
+
 class DriftTracker:
     """One model version's drift state in this worker: remembering on the request path, the rest in the background."""
 
@@ -358,12 +371,24 @@ class DriftTracker:
         self.table = SlotTable(directory, self.layout, slot_seconds, window_seconds)
         self._n_columns = self.layout.width - 1
         # Batches waiting to be binned. deque.append is atomic, so the request path takes no lock.
-        self._pending: deque[tuple[float, dict[str, list[Any]], np.ndarray, np.ndarray]] = deque()
+        self._pending: deque[tuple[float, dict[str, Sequence[Any]], np.ndarray, np.ndarray, tuple[Any, ...] | None]] = (
+            deque()
+        )
         self._apply_lock = threading.Lock()
 
-    def count(self, timestamp: float, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> None:
-        """Remember a scored batch (a deque append; the monitor's drain calls it); :meth:`apply_pending` bins it."""
-        self._pending.append((timestamp, columns, scores, decisions))
+    def count(
+        self,
+        timestamp: float,
+        columns: dict[str, Sequence[Any]],
+        scores: np.ndarray,
+        decisions: np.ndarray,
+        row: tuple[Any, ...] | None = None,
+    ) -> None:
+        """Remember a scored batch (a deque append; the monitor's drain calls it); :meth:`apply_pending` bins it.
+
+        ``row``: a single record's values in the order of ``columns``, when the caller has them.
+        """
+        self._pending.append((timestamp, columns, scores, decisions, row))
         if len(self._pending) > MAX_PENDING_EVENTS:
             self.apply_pending()  # the background thread is not keeping up: keep memory bounded here
 
@@ -371,14 +396,14 @@ class DriftTracker:
         """Bin every remembered batch into this worker's slot table; returns the records counted."""
         with self._apply_lock:
             per_slot: dict[int, np.ndarray] = {}
-            singles: dict[int, list[tuple[dict[str, list[Any]], float, bool]]] = {}
+            singles: dict[int, list[_Single]] = {}
             counted = 0
             while self._pending:
-                timestamp, columns, scores, decisions = self._pending.popleft()
+                timestamp, columns, scores, decisions, row = self._pending.popleft()
                 slot = int(timestamp // self.slot_seconds)
                 try:
                     if len(scores) == 1:
-                        singles.setdefault(slot, []).append((columns, float(scores[0]), bool(decisions[0])))
+                        singles.setdefault(slot, []).append((columns, row, float(scores[0]), bool(decisions[0])))
                     elif len(scores) > 1:
                         counts = self._counts_of_many(columns, scores, decisions)
                         per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
@@ -399,20 +424,20 @@ class DriftTracker:
                 self.table.add_counts(slot, counts)
             return counted
 
-    def _counts_of_singles(self, records: list[tuple[dict[str, list[Any]], float, bool]]) -> np.ndarray:
+    def _counts_of_singles(self, records: list[_Single]) -> np.ndarray:
         """Bin counts of many single-record predictions, binned feature by feature like a batch.
 
         Single records are the /predict traffic: transposing them into columns and binning each
         column with numpy costs a fraction of binning every value of every record one by one.
         """
-        columns = gather_columns([record[0] for record in records])
+        columns = _columns_of_singles(records)
         if columns is None:  # records of differing shapes (not expected): bin each on its own
             return sum(
-                (self._counts_of_many(record[0], np.array([record[1]]), np.array([record[2]])) for record in records),
+                (self._counts_of_many(record[0], np.array([record[2]]), np.array([record[3]])) for record in records),
                 start=np.zeros(self._n_columns, dtype=np.int64),
             )
-        scores = np.fromiter((record[1] for record in records), dtype=np.float64, count=len(records))
-        decisions = np.fromiter((record[2] for record in records), dtype=bool, count=len(records))
+        scores = np.fromiter((record[2] for record in records), dtype=np.float64, count=len(records))
+        decisions = np.fromiter((record[3] for record in records), dtype=bool, count=len(records))
         return self._counts_of_many(columns, scores, decisions)
 
     def _counts_of_many(self, columns: dict[str, list[Any]], scores: np.ndarray, decisions: np.ndarray) -> np.ndarray:

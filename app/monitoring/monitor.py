@@ -281,7 +281,7 @@ class Monitor:
                 records += len(event.prediction_ids)
                 try:
                     if drift is not None and drift.layout.model_version == event.model_version:
-                        drift.count(event.timestamp, event.columns, event.scores, event.decisions)
+                        drift.count(event.timestamp, event.columns, event.scores, event.decisions, event.row)
                     self.log.enqueue(event, latency)
                 except Exception as exc:
                     self._contained_failure("record", exc)

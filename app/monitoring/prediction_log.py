@@ -177,7 +177,10 @@ def event_rows(event: PredictionEvent, request_latency: float | None) -> list[tu
     size = len(event.prediction_ids)
     timestamp, version = event.timestamp, event.model_version
     if size == 1 and len(event.customer_ids) == len(event.risk_bands) == 1:  # /predict: skip the column machinery
-        inputs = {name: values[0] for name, values in event.columns.items()}
+        if event.row is not None and len(event.row) == len(event.columns):
+            inputs = dict(zip(event.columns, event.row, strict=True))
+        else:
+            inputs = {name: values[0] for name, values in event.columns.items()}
         return [
             (
                 event.prediction_ids[0],

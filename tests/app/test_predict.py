@@ -426,3 +426,15 @@ def test_a_batch_left_to_the_general_path_is_answered_record_by_record(client: A
 
     assert (body["count"], body["succeeded"], body["failed"]) == (4, 3, 1)
     assert body["results"][2]["errors"][0]["loc"] == ["body", 2, "surprise"]
+
+
+def test_a_single_record_event_carries_its_row_for_monitoring(predictor: Any, record: dict[str, Any]) -> None:
+    from app.monitoring.prediction_log import event_rows
+
+    event = predictor.predict_records([{**record, "TotalCharges": " "}]).event
+
+    assert event.row == tuple(values[0] for values in event.columns.values())
+    [logged] = event_rows(event, None)
+    assert json.loads(logged[4]) == {name: values[0] for name, values in event.columns.items()}
+    assert json.loads(logged[4])["TotalCharges"] is None  # missing stays missing in the log
+    assert predictor.predict_records([record, record]).event.row is None  # batches go by column

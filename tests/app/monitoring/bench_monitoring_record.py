@@ -78,6 +78,8 @@ def telco_event(manifest, n: int, rng: np.random.Generator) -> PredictionEvent:
         decisions=scores >= manifest.threshold,
         risk_bands=[band_of(float(s)) for s in scores],
         stage_seconds={"validation": 1e-4, "features": 1e-4, "inference": 1e-4, "explanation": 1e-4},
+        # What the predictor hands over for /predict: the record's values as one row.
+        row=tuple(values[0] for values in columns.values()) if n == 1 else None,
     )
 
 
@@ -166,7 +168,7 @@ def background_costs(monitor: Monitor, manifest, rng: np.random.Generator) -> No
     drift.apply_pending()
     singles = [telco_event(manifest, 1, rng) for _ in range(2000)]
     for event in singles:
-        drift.count(event.timestamp, event.columns, event.scores, event.decisions)
+        drift.count(event.timestamp, event.columns, event.scores, event.decisions, event.row)
     elapsed = cpu_of(drift.apply_pending)
     print(f"{'background drift binning, 1-record events':<46} cpu {elapsed / 2000 * 1e6:9.2f} us per record")
     batch = telco_event(manifest, 10_000, rng)

@@ -134,15 +134,20 @@ def test_small_window_below_minimum_count_never_flags(tmp_path):
 
 
 # ---- counting paths, window, memory -----------------------------------------------------------------------
-def test_single_record_path_counts_like_the_batch_path(tmp_path):
+@pytest.mark.parametrize("rows", ["every record", "none", "some records"])
+def test_single_record_path_counts_like_the_batch_path(tmp_path, rows):
+    """Single records are binned as columns: transposed from their rows when all have one, else
+    gathered from their one-value columns; either way exactly like one batch of them."""
     manifest = make_manifest()
     one_by_one = tracker_for(tmp_path / "a", manifest)
     batched = tracker_for(tmp_path / "b", manifest)
     event = make_event(manifest, 300, seed=11, timestamp=NOW)
     batched.count(NOW, event.columns, event.scores, event.decisions)
     for i in range(300):
-        columns = {name: [values[i]] for name, values in event.columns.items()}
-        one_by_one.count(NOW, columns, event.scores[i : i + 1], event.decisions[i : i + 1])
+        columns = {name: (values[i],) for name, values in event.columns.items()}
+        with_row = rows == "every record" or (rows == "some records" and i % 2 == 0)
+        row = tuple(values[0] for values in columns.values()) if with_row else None
+        one_by_one.count(NOW, columns, event.scores[i : i + 1], event.decisions[i : i + 1], row)
     np.testing.assert_array_equal(np.asarray(one_by_one.table._counts), np.asarray(batched.table._counts))
     expected_rate = float(np.mean(event.decisions))
     assert batched.snapshot(NOW).predicted_churn_rate == pytest.approx(expected_rate)
