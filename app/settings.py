@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     prediction_log_batch_size: int = Field(default=500, ge=1)
     prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
+    # "process": rows are built and written by a child process of each worker, off this process's
+    # interpreter lock; "thread": by a thread of the worker itself (one process less).
+    prediction_log_writer: Literal["process", "thread"] = "process"
     drift_window_seconds: int = Field(default=3600, ge=10)
     drift_slot_seconds: int = Field(default=60, ge=1)
     drift_min_count: int = Field(default=200, ge=1)

@@ -5,6 +5,18 @@ The service creates one monitor per worker with :func:`create_monitor` and talks
 the :class:`Monitor` interface (which :class:`NullMonitor` mirrors when monitoring is disabled).
 """
 
-from app.monitoring.monitor import Monitor, NullMonitor, create_monitor
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Monitor", "NullMonitor", "create_monitor"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so the prediction log's writer process can import its own modules
+    # from this package without the service's (FastAPI, metrics, drift).
+    if name in __all__:
+        from app.monitoring import monitor
+
+        return getattr(monitor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,7 @@ from fastapi import APIRouter
 from app.monitoring.drift import DriftLayout, DriftSnapshot, DriftTracker
 from app.monitoring.events import PredictionEvent, transpose
 from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
+from app.monitoring.log_store import SECONDS_PER_DAY
 from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
 from app.monitoring.performance import (
     FeedbackResult,
@@ -49,7 +50,7 @@ from app.monitoring.performance import (
     realized_performance,
     status_counts,
 )
-from app.monitoring.prediction_log import SECONDS_PER_DAY, PredictionLog
+from app.monitoring.prediction_log import PredictionLog
 from app.monitoring.report import daily_report
 from app.monitoring.routes import build_disabled_router, build_router
 from app.settings import Settings
@@ -94,6 +95,7 @@ class Monitor:
             flush_seconds=settings.prediction_log_flush_seconds,
             queue_size=settings.prediction_log_queue_size,
             retention_days=settings.prediction_log_retention_days,
+            writer=settings.prediction_log_writer,
             clock=clock,
         )
         self.router: APIRouter = build_router(self)

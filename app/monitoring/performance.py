@@ -22,7 +22,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app.monitoring.prediction_log import outcomes_table, predictions_table
+from app.monitoring.log_store import outcomes_table, predictions_table
 
 MAX_OUTCOMES_PER_CALL = 50_000
 IN_CLAUSE_CHUNK = 500  # stays well under SQLite's bound-parameter limit

@@ -16,8 +16,8 @@ from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.engine import Connection
 
 from app.monitoring.drift import DriftSnapshot
+from app.monitoring.log_store import predictions_table
 from app.monitoring.performance import RealizedPerformance, labelled_predictions, realized_performance
-from app.monitoring.prediction_log import predictions_table
 
 PERCENTILES = (50, 95, 99)
 

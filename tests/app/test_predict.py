@@ -429,7 +429,7 @@ def test_a_batch_left_to_the_general_path_is_answered_record_by_record(client: A
 
 
 def test_a_single_record_event_carries_its_row_for_monitoring(predictor: Any, record: dict[str, Any]) -> None:
-    from app.monitoring.prediction_log import event_rows
+    from app.monitoring.log_store import event_rows
 
     event = predictor.predict_records([{**record, "TotalCharges": " "}]).event
 

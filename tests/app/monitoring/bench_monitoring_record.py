@@ -24,8 +24,8 @@ import numpy as np
 
 from app.monitoring import Monitor
 from app.monitoring.events import PredictionEvent
+from app.monitoring.log_store import make_engine
 from app.monitoring.metrics import multiprocess_directory
-from app.monitoring.prediction_log import make_engine
 from models.drift_reference import DriftReference, categorical_reference, numeric_reference
 from tests.app.monitoring.monitoring_helpers import BANDS, band_of, make_manifest, make_settings
 

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, func, select, text
 
 from app.monitoring import Monitor
-from app.monitoring.prediction_log import (
+from app.monitoring.log_store import (
     ROW_COLUMNS,
     ROWS_PER_STATEMENT,
     engine_url,
@@ -48,8 +48,13 @@ def dropped(monitor: Monitor) -> dict[str, float]:
     }
 
 
-def test_rows_are_written_in_batches_by_the_background_thread(tmp_path, manifest):
-    monitor = Monitor(make_settings(tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05))
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, writer):
+    """By the writer thread, or (the default) by the writer's own process: no insert runs here then."""
+    settings = make_settings(
+        tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05, prediction_log_writer=writer
+    )
+    monitor = Monitor(settings)
     inserts: list[tuple[str, int]] = []
     with running(monitor):
         monitor.model_loaded(manifest)
@@ -67,10 +72,13 @@ def test_rows_are_written_in_batches_by_the_background_thread(tmp_path, manifest
         record_seconds = time.perf_counter() - started
         assert wait_until(lambda: len(logged_rows(monitor)) == 280)
     assert record_seconds < 1.0
-    assert {name for name, _ in inserts} == {"prediction-log-writer"}
-    assert sum(size for _, size in inserts) == 280
-    # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
-    assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
+    if writer == "process":
+        assert inserts == []
+    else:
+        assert {name for name, _ in inserts} == {"prediction-log-writer"}
+        assert sum(size for _, size in inserts) == 280
+        # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
+        assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
     row = next(r for r in logged_rows_after(monitor) if r["prediction_id"] == events[0].prediction_ids[0])
     assert row["customer_id"] == events[0].customer_ids[0]
     assert row["model_version"] == manifest.version
@@ -234,7 +242,7 @@ def test_postgresql_log_feedback_and_report(tmp_path):
 
 
 def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, manifest):
-    from app.monitoring.prediction_log import MAX_WRITE_ATTEMPTS
+    from app.monitoring.log_store import MAX_WRITE_ATTEMPTS
 
     monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
     with running(monitor):
