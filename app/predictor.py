@@ -43,6 +43,7 @@ _JSON_SCALARS = frozenset({str, bool, int, float, type(None)})
 _JSON_NUMBER_OR_NULL = frozenset({int, float, type(None)})
 _TEXT_OR_NULL = frozenset({str, type(None)})
 _NULL_ONLY = {type(None)}
+_EXACT_INTEGERS = 2**53
 
 
 @dataclass(slots=True)
@@ -474,7 +475,9 @@ class RecordCleaner:
         if spec.kind == "numeric":
             kinds = set(map(type, raw))
             if kinds and kinds <= _JSON_NUMBER_OR_NULL:
-                return self._clean_numbers(spec, raw, required)
+                numbers = self._clean_numbers(spec, raw, required)
+                if numbers is not None:
+                    return numbers
         distinct = _distinct(raw)
         known = self._known_texts[name]
         if known and distinct is not None and distinct <= known.keys():
@@ -501,9 +504,18 @@ class RecordCleaner:
         return cleaned, bad
 
     @staticmethod
-    def _clean_numbers(spec: FeatureSpec, raw: Sequence[Any], required: bool) -> tuple[list[Any], list[int]]:
-        """A column of JSON numbers and nulls, checked with numpy (null is missing, like in ``clean_value``)."""
-        numbers = np.array(raw, dtype=np.float64)  # None becomes NaN
+    def _clean_numbers(spec: FeatureSpec, raw: Sequence[Any], required: bool) -> tuple[list[Any], list[int]] | None:
+        """A column of JSON numbers and nulls, checked with numpy (null is missing, like in ``clean_value``).
+
+        None when some number does not fit a float (an integer of hundreds of digits): the value
+        by value path then reports it.
+        """
+        try:
+            numbers = np.array(raw, dtype=np.float64)  # None becomes NaN
+        except (OverflowError, ValueError, TypeError):
+            return None
+        if not np.isfinite(numbers[~np.isnan(numbers)]).all():
+            return None
         missing = np.isnan(numbers)
         cleaned = numbers.tolist()
         bad = np.flatnonzero(numbers < spec.lower_bound).tolist() if spec.lower_bound is not None else []
@@ -853,8 +865,8 @@ class Predictor:
             return spec.example()
         if spec.kind == "boolean" and spec.true_label is not None:
             return spec.true_label if cleaned else spec.false_label
-        if spec.integer and isinstance(cleaned, float) and cleaned.is_integer():
-            return int(cleaned)
+        if spec.integer and isinstance(cleaned, float) and cleaned.is_integer() and abs(cleaned) <= _EXACT_INTEGERS:
+            return int(cleaned)  # beyond 2**53 a float is no longer an exact whole number: keep it a float
         return cleaned
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +38,14 @@ class OutcomeIn(BaseModel):
     prediction_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=PRINTABLE)
     customer_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=PRINTABLE)
     churned: bool
+
+    @field_validator("customer_id", mode="before")
+    @classmethod
+    def _integer_id_as_text(cls, value: Any) -> Any:
+        # /predict takes an integer customer id (a table's numeric id column) and logs it as text.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_reference(self) -> OutcomeIn:
@@ -240,9 +248,10 @@ def roc_auc(actual: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[actual].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def _ratio(numerator: int, denominator: int) -> float:
-    # sklearn's zero_division=0 convention: nothing flagged means nothing gained.
-    return numerator / denominator if denominator else 0.0
+def _ratio(numerator: int, denominator: int) -> float | None:
+    # Undefined (None, a NaN gauge), not 0: with nothing flagged there is no precision to judge,
+    # and a 0 would read as a model that is always wrong.
+    return numerator / denominator if denominator else None
 
 
 def realized_performance(data: LabelledData, start: float, end: float) -> RealizedPerformance:

@@ -438,3 +438,29 @@ def test_a_single_record_event_carries_its_row_for_monitoring(predictor: Any, re
     assert json.loads(logged[4]) == {name: values[0] for name, values in event.columns.items()}
     assert json.loads(logged[4])["TotalCharges"] is None  # missing stays missing in the log
     assert predictor.predict_records([record, record]).event.row is None  # batches go by column
+
+
+@pytest.mark.parametrize("huge", [2e19, 1e300, 10**30])
+def test_a_huge_whole_number_is_scored_and_shown_without_a_server_error(
+    client: Any, predictor: Any, record: dict[str, Any], huge: Any
+) -> None:
+    body = {**record, "tenure": huge}
+
+    assert client.post("/predict", json=body).status_code == 200
+    batch = client.post("/predict/batch", params={"reasons": "true"}, json=[body, record])
+    assert batch.status_code == 200 and batch.json()["failed"] == 0
+    assert predictor.display_value("tenure", float(huge)) == float(huge)  # no longer exact as a whole number
+    assert predictor.display_value("tenure", 12.0) == 12
+
+
+def test_an_integer_too_large_for_a_float_is_a_422_in_a_batch_as_in_a_single_call(
+    client: Any, record: dict[str, Any]
+) -> None:
+    digits = "1" + "0" * 400
+    body = json.dumps({**record, "MonthlyCharges": 0}).replace('"MonthlyCharges": 0', f'"MonthlyCharges": {digits}')
+
+    single = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    batch = client.post("/predict/batch", content=f"[{body}]", headers={"content-type": "application/json"})
+
+    assert single.status_code == 422 and batch.status_code == 422
+    assert batch.json()["detail"][0]["type"] == single.json()["detail"][0]["type"] == "json_invalid"

@@ -186,6 +186,32 @@ def test_realized_metrics_equal_sklearn_on_the_joined_data(slow_log_client):
     assert metric_value(text, "churn_realized_labelled_predictions") == 300
 
 
+def test_precision_is_undefined_when_nothing_was_flagged(slow_log_client):
+    client, monitor = slow_log_client
+    manifest = make_manifest()
+    event = make_event(manifest, 2, seed=3, scores=np.array([0.01, 0.02]), customer_ids=["A-1", "A-2"])
+    assert not event.decisions.any()
+    monitor.record(event)
+
+    body = post(client, {"outcomes": [{"customer_id": "A-1", "churned": True}]}).json()
+
+    performance = body["performance"]
+    assert performance["precision"] is None  # not 0: nothing flagged, nothing to judge
+    assert performance["recall"] == performance["f1"] == 0.0  # a churner was missed: that is measured
+    text = monitor.metrics.exposition().decode()
+    assert np.isnan(metric_value(text, "churn_realized_precision"))
+
+
+def test_an_integer_customer_id_joins_like_its_text(slow_log_client):
+    client, monitor = slow_log_client
+    monitor.record(make_event(make_manifest(), 1, seed=4, customer_ids=["15299427"]))  # as /predict logs 15299427
+
+    body = post(client, {"customer_id": 15299427, "churned": False}).json()
+
+    assert len(body["matched"]) == 1
+    assert post(client, {"customer_id": True, "churned": False}).status_code == 422  # a boolean is no id
+
+
 def test_realized_metrics_only_cover_the_performance_window(tmp_path):
     settings = make_settings(tmp_path, performance_window_days=7)
     monitor = Monitor(settings)
