@@ -44,7 +44,8 @@ def feature_json_schema(spec: FeatureSpec) -> dict[str, Any]:
         schema = {"anyOf": [schema, {"type": "null"}]}
         described += " Optional: omitted, null or blank is imputed with the training value (a warning says so)."
     schema["title"] = spec.name
-    schema["description"] = f"{spec.description + ' ' if spec.description else ''}{described}"
+    prefix = f"{spec.description[:1].upper()}{spec.description[1:].rstrip('.')}. " if spec.description else ""
+    schema["description"] = f"{prefix}{described}"
     schema["example"] = spec.example()
     return schema
 

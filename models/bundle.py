@@ -177,7 +177,17 @@ def utc_now_iso() -> str:
 def staging_dir(models_dir: Path, version: str) -> Path:
     """A fresh hidden directory to build a bundle in; invisible to loaders until published."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=models_dir))
+    directory = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=models_dir))
+    # mkdtemp makes it private (0700); a published bundle gets a directory's usual permissions, so a
+    # service running as another user (the container's) can read it.
+    directory.chmod(0o777 & ~_current_umask())
+    return directory
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_path(path: Path) -> None:

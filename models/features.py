@@ -25,7 +25,7 @@ MISSING_MARKERS = frozenset({"", "?", "na", "n/a", "nan", "null", "none", "nil",
 TRUE_TOKENS = frozenset({"yes", "y", "true", "t", "1", "1.0"})
 FALSE_TOKENS = frozenset({"no", "n", "false", "f", "0", "0.0"})
 OTHER_CATEGORY = "__other__"
-_NUMBER_CLEANUP = re.compile(r"[\s,$€£%_]")
+_NUMBER_CLEANUP = re.compile(r"[\s$€£%_]")
 
 
 class FeatureValueError(ValueError):
@@ -53,7 +53,7 @@ def clean_numeric(value: Any) -> float | None:
         number = float(value)
     elif isinstance(value, str):
         try:
-            number = float(_NUMBER_CLEANUP.sub("", value))
+            number = float(_with_decimal_point(_NUMBER_CLEANUP.sub("", value)))
         except ValueError:
             raise FeatureValueError(f"expected a number, got {value!r}") from None
     else:
@@ -63,6 +63,33 @@ def clean_numeric(value: Any) -> float | None:
     if math.isinf(number):
         raise FeatureValueError("expected a finite number")
     return number
+
+
+def _with_decimal_point(text: str) -> str:
+    """A number written with thousands separators or a decimal comma, as Python reads it.
+
+    '1,234.5' and '1.234,5' are both 1234.5; '12,50' is 12.5 (a decimal comma); '1,234' and
+    '1.234.567' group thousands. When both marks appear, the last one is the decimal mark; a lone
+    ',' is one unless every group after it has three digits. Anything else ('1,2,3') is returned
+    as it is, for ``float`` to refuse.
+    """
+    if "," not in text and text.count(".") <= 1:
+        return text
+    sign, digits = (text[0], text[1:]) if text[:1] in "+-" else ("", text)
+    if "," in digits and "." in digits:
+        decimal = "," if digits.rfind(",") > digits.rfind(".") else "."
+    elif "," in digits:
+        decimal = "" if all(len(group) == 3 for group in digits.split(",")[1:]) else ","
+    else:
+        decimal = ""  # several dots: thousands groups
+    thousands = "." if decimal == "," else ","
+    whole, fraction = digits.rsplit(decimal, 1) if decimal else (digits, "")
+    if not decimal:
+        thousands = "," if "," in whole else "."
+    groups = whole.split(thousands)
+    if len(groups) > 1 and not (1 <= len(groups[0]) <= 3 and all(len(group) == 3 for group in groups[1:])):
+        return text
+    return f"{sign}{''.join(groups)}.{fraction}" if decimal else f"{sign}{''.join(groups)}"
 
 
 def clean_category(value: Any) -> str | None:

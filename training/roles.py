@@ -29,6 +29,10 @@ from training.data import TrainingDataError, require_column
 TARGET_NAMES = ("churn", "churned", "exited", "attrition", "attrited", "left", "target", "label", "churnflag")
 POSITIVE_TOKENS = frozenset({"yes", "y", "true", "t", "1", "churn", "churned", "exited", "left", "attrited", "lost"})
 NEGATIVE_TOKENS = frozenset({"no", "n", "false", "f", "0", "stayed", "retained", "active", "existing", "current"})
+# Words that make a column name a likely target even inside longer names ("is_churn", "Churn Label",
+# "Attrition_Flag"), when no column is named exactly like one of TARGET_NAMES.
+TARGET_WORDS = frozenset({"churn", "churned", "churner", "attrition", "attrited", "exited"})
+WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 ID_NAMES = frozenset({"id", "customerid", "userid", "clientid", "accountid", "memberid", "subscriberid", "customerno"})
 SEQUENCE_NAMES = re.compile(r"(^|_)(row|index|rownumber|rownum|unnamed|serial|seq)", re.IGNORECASE)
 ID_SUFFIX = re.compile(r"((^|[_\-\s.])id|[a-z]I[dD])$")
@@ -125,8 +129,19 @@ def infer_target(frame: pd.DataFrame, target: str | None, positive_label: str | 
     )
 
 
+def name_words(name: str) -> set[str]:
+    """The lower-case words of a column name: 'Attrition_Flag', 'isChurn', 'Churn Label'."""
+    return {word.lower() for word in WORDS.findall(str(name))}
+
+
+def label_words(label: str) -> set[str]:
+    return {word.lower() for word in WORDS.findall(label)}
+
+
 def guess_target(frame: pd.DataFrame) -> tuple[str, str]:
     named = [name for name in frame.columns if normalise_name(name) in TARGET_NAMES]
+    if not named:
+        named = [name for name in frame.columns if name_words(name) & TARGET_WORDS]
     two_valued = [name for name in named if len(distinct_labels(frame[name])) == 2]
     if len(two_valued) == 1:
         return two_valued[0], "inferred from its name and its two values"
@@ -150,6 +165,9 @@ def choose_positive_label(target: str, labels: list[str], given: str | None) -> 
         )
     positive = [label for label in labels if label.strip().lower() in POSITIVE_TOKENS]
     negative = [label for label in labels if label.strip().lower() in NEGATIVE_TOKENS]
+    if not positive and not negative:  # labels of several words: "Attrited Customer" / "Existing Customer"
+        positive = [label for label in labels if label_words(label) & POSITIVE_TOKENS]
+        negative = [label for label in labels if label_words(label) & NEGATIVE_TOKENS]
     if len(positive) == 1 and len(negative) == 1 and positive != negative:
         return positive[0], f"churn value {positive[0]!r} inferred (the other value is {negative[0]!r})"
     raise TrainingDataError(
@@ -203,7 +221,7 @@ def profile_column(values: pd.Series) -> ColumnProfile:
         if isinstance(value, (datetime, date)) or (isinstance(value, str) and DATE_TEXT.match(value)):
             date_like += count
             continue
-        text_values += count * isinstance(value, str)
+        text_values += count * (isinstance(value, str) and not _plain_number(value))
         try:
             number = clean_numeric(value)
         except FeatureValueError:
@@ -296,15 +314,23 @@ def boolean_labels(profile: ColumnProfile) -> tuple[Any, Any] | None:
     return profile.raw_for_text[true_text], profile.raw_for_text[false_text]
 
 
+def _plain_number(text: str) -> bool:
+    """Whether text is a number as written by any export (CSV holds every number as text)."""
+    try:
+        float(text)
+    except ValueError:
+        return not text.strip()  # blank: missing, not a number written oddly
+    return "_" not in text  # float() reads '1_000'; a table does not
+
+
 def numeric_role(name: str, profile: ColumnProfile) -> ColumnRole:
     if is_sequence_identifier(name, profile, profile.numbers):
         return dropped(name, "identifier", "unique whole numbers like a row number or an id: they identify rows")
+    reason = "numeric"
     if profile.text_values:
-        reason = "numeric stored as text"
-        if profile.unreadable_numbers:
-            reason += f"; {profile.unreadable_numbers} values that are not numbers are treated as missing"
-    else:
-        reason = "numeric"
+        reason = "numeric written as text (currency signs, separators, units are read past)"
+    if profile.unreadable_numbers:
+        reason += f"; {profile.unreadable_numbers} values that are not numbers are treated as missing"
     return ColumnRole(name, "feature", reason, kind="numeric")
 
 

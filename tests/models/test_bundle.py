@@ -63,6 +63,19 @@ def test_published_bundle_verifies_and_predicts(tmp_path):
     assert proba[0] < 0.5 < proba[1]
 
 
+def test_a_published_bundle_is_readable_by_other_users_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        published = _publish_tiny_bundle(tmp_path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(published.stat().st_mode) == 0o755  # not mkdtemp's private 0700
+    assert all(stat.S_IMODE(path.stat().st_mode) & 0o004 for path in published.rglob("*"))
+
+
 def test_tampered_file_fails_verification_before_loading(tmp_path):
     published = _publish_tiny_bundle(tmp_path)
     with (published / "model.joblib").open("ab") as handle:

@@ -33,7 +33,25 @@ def test_clean_numeric_reads_numbers_written_as_text(raw, expected):
     assert clean_numeric(raw) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("raw", ["abc", "12..5", [1], float("inf")])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("174514,0", 174514.0),  # decimal commas, as European spreadsheets export them
+        ("99931,12", 99931.12),
+        ("€ 12,50", 12.5),
+        ("1.234,50", 1234.5),
+        ("-1.234,5", -1234.5),
+        ("1 234 567,89", 1234567.89),
+        ("1,234", 1234.0),  # three digits after a lone comma: thousands
+        ("1,234,567.89", 1234567.89),
+        ("1.234.567", 1234567.0),
+    ],
+)
+def test_clean_numeric_reads_thousands_separators_and_decimal_commas(raw, expected):
+    assert clean_numeric(raw) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("raw", ["abc", "12..5", [1], float("inf"), "1,2,3", "1.2.3", "1,23.4"])
 def test_clean_numeric_rejects_what_is_not_a_number(raw):
     with pytest.raises(FeatureValueError):
         clean_numeric(raw)

@@ -42,7 +42,7 @@ def test_telco_roles(telco_roles: RoleSet) -> None:
     assert telco_roles.target.column == "Churn" and telco_roles.target.positive_label == "Yes"
     assert telco_roles.id_column == "customerID"
     assert report["TotalCharges"]["role"] == "numeric"
-    assert "numeric stored as text" in report["TotalCharges"]["reason"]
+    assert report["TotalCharges"]["reason"] == "numeric"  # text in the table, but plain numbers and blanks
     assert report["tenure"]["role"] == "numeric"
     assert report["SeniorCitizen"]["role"] == "boolean"
     assert report["Partner"]["role"] == "boolean"
@@ -153,3 +153,55 @@ def test_unknown_id_column() -> None:
     target = infer_target(frame, None, None)
     with pytest.raises(TrainingDataError, match="id column 'customer' not found"):
         infer_feature_roles(frame, target, "customer")
+
+
+def test_numbers_written_with_symbols_or_decimal_commas_are_numeric_and_say_so() -> None:
+    rng = np.random.default_rng(0)
+    n = 300
+    fee = rng.uniform(5, 500, n)
+    frame = pd.DataFrame(
+        {
+            "fee": [f"${value:,.2f}" for value in fee],
+            "balance": [f"{value:.2f}".replace(".", ",") for value in fee * 40],
+            "age": [str(value) for value in rng.integers(18, 90, n)],
+            "Churn": np.where(fee + rng.normal(0, 100, n) > 250, "Yes", "No"),
+        }
+    )
+
+    report = by_name(roles_of(frame))
+
+    assert report["fee"]["role"] == report["balance"]["role"] == report["age"]["role"] == "numeric"
+    assert "written as text" in report["fee"]["reason"] and "written as text" in report["balance"]["reason"]
+    assert report["age"]["reason"] == "numeric"  # as every CSV column is: nothing to say about it
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "churn_value"),
+    [
+        ("is_churn", [True, False], "True"),
+        ("Churn Label", ["Yes", "No"], "Yes"),
+        ("Attrition_Flag", ["Attrited Customer", "Existing Customer"], "Attrited Customer"),
+        ("customerChurned", [1, 0], "1"),
+    ],
+)
+def test_a_target_named_with_churn_words_and_its_churn_value_are_inferred(name, values, churn_value) -> None:
+    rng = np.random.default_rng(1)
+    n = 200
+    frame = pd.DataFrame(
+        {
+            "tenure": rng.integers(0, 70, n),
+            "plan": rng.choice(["basic", "premium"], n),
+            name: rng.choice(values, n),
+        }
+    )
+
+    target = infer_target(clean_table(frame)[0], None, None)
+
+    assert (target.column, target.positive_label) == (name, churn_value)
+
+
+def test_two_columns_with_churn_words_are_left_to_the_user() -> None:
+    frame = pd.DataFrame({"churn_risk_flag": ["Yes", "No"] * 50, "is_churn": ["No", "Yes"] * 50, "x": range(100)})
+
+    with pytest.raises(TrainingDataError, match="several columns could be the target"):
+        infer_target(clean_table(frame)[0], None, None)
