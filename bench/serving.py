@@ -47,6 +47,7 @@ from bench.loadgen import (
     BenchmarkError,
     ServiceProcess,
     WrkResult,
+    cmdline,
     cpu_seconds,
     descendants,
     free_port,
@@ -352,6 +353,7 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 HTTP_DURATION_SUM = "churn_http_request_duration_seconds_sum"
 LOG_WRITTEN = "churn_prediction_log_written_total"
+LOG_WRITER_COMMAND = "app.monitoring.log_process"
 HTTP_DURATION_COUNT = "churn_http_request_duration_seconds_count"
 STAGE_DURATION_SUM = "churn_prediction_stage_duration_seconds_sum"
 
@@ -702,6 +704,9 @@ class Bench:
         }
         if workers != [service.pid]:
             info["supervisor_rss_mib"] = _mib(read_status_kib(service.pid, "VmRSS"))
+        # Each worker's prediction log writer, a small child process (see the README).
+        writers = [pid for pid in descendants(service.pid) if LOG_WRITER_COMMAND in cmdline(pid)]
+        info["log_writers_rss_mib"] = [_mib(read_status_kib(pid, "VmRSS")) for pid in writers]
         self.report.runs.setdefault("memory", {})[label] = info
         return info
 
@@ -941,6 +946,10 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     )
     add("ours_rss_mib", "ours: worker RSS after /predict load", _worker_rss(memory_single), "MiB")
     add("ours_rss_batch_mib", "ours: worker RSS after /predict/batch", _worker_rss(memory_batch), "MiB")
+    writer_rss = [value for value in memory_batch.get("log_writers_rss_mib", []) if value is not None]
+    if writer_rss:
+        label = "ours: prediction log writer process RSS"
+        add("ours_log_writer_rss_mib", label, max(writer_rss), "MiB", note="one per worker")
     if ref_memory is not None:
         add("reference_rss_mib", "reference: worker RSS after /predict load", _worker_rss(ref_memory), "MiB")
     torch_flags = [w["libtorch_mapped"] for m in (memory_single, memory_batch, memory_two) for w in m["workers"]]
