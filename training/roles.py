@@ -96,9 +96,17 @@ def normalise_name(name: str) -> str:
 
 
 def distinct_labels(values: pd.Series) -> list[str]:
-    """Distinct canonical texts of the present values, most common first."""
+    """Distinct labels of the present values, most common first.
+
+    Texts that differ only in case are one label ('Yes', 'yes', 'YES'), written as its most
+    common spelling: exports merged from several systems spell the same answer differently.
+    """
     counts = Counter(text for text in (clean_category(v) for v in values) if text is not None)
-    return [label for label, _ in counts.most_common()]
+    groups: dict[str, Counter[str]] = {}
+    for text, count in counts.items():
+        groups.setdefault(text.casefold(), Counter())[text] = count
+    totals = Counter({spellings.most_common(1)[0][0]: spellings.total() for spellings in groups.values()})
+    return [label for label, _ in totals.most_common()]
 
 
 def infer_target(frame: pd.DataFrame, target: str | None, positive_label: str | None) -> TargetInfo:
@@ -177,7 +185,10 @@ def choose_positive_label(target: str, labels: list[str], given: str | None) -> 
 
 def target_vector(values: pd.Series, target: TargetInfo) -> np.ndarray:
     """1 for churn, 0 otherwise (rows without a target were dropped by cleaning)."""
-    return np.fromiter((clean_category(v) == target.positive_label for v in values), dtype=np.int64, count=len(values))
+    positive = target.positive_label.casefold()  # any spelling of the label (see distinct_labels)
+    return np.fromiter(
+        (str(clean_category(v)).casefold() == positive for v in values), dtype=np.int64, count=len(values)
+    )
 
 
 # ---- feature columns ------------------------------------------------------------------------

@@ -205,3 +205,18 @@ def test_two_columns_with_churn_words_are_left_to_the_user() -> None:
 
     with pytest.raises(TrainingDataError, match="several columns could be the target"):
         infer_target(clean_table(frame)[0], None, None)
+
+
+def test_target_labels_differing_only_in_case_are_one_label() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    spelled = rng.choice(["Yes", "yes", "YES", "No", "no"], n, p=[0.15, 0.08, 0.02, 0.5, 0.25])
+    frame = pd.DataFrame({"monthly": rng.uniform(20, 120, n).round(4), "Churn": spelled})  # no duplicate rows
+
+    cleaned = clean_table(frame)[0]
+    assert len(cleaned) == n
+    target = infer_target(cleaned, None, None)
+
+    assert (target.positive_label, target.negative_label) == ("Yes", "No")
+    expected = np.isin(spelled, ["Yes", "yes", "YES"]).astype(int)
+    np.testing.assert_array_equal(target_vector(cleaned["Churn"], target), expected)
