@@ -16,6 +16,7 @@ service's warm-up, before it reports ready) and cached on disk beside this modul
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -132,6 +133,12 @@ def _occlusion_sums_releasing(
 
 
 # ---- the compiled model -------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _logit_limit(epsilon: float) -> float:
+    """The logit of ``1 - epsilon``: log-odds are clipped to +-this."""
+    return float(np.log((1.0 - epsilon) / epsilon))
+
+
 class CompiledTrees:
     """A tree ensemble as flat node arrays, scored and explained by the kernels above.
 
@@ -185,10 +192,13 @@ class CompiledTrees:
             occluded = np.clip(occluded, epsilon, 1.0 - epsilon)
             return scores, np.log(clipped / (1.0 - clipped)) - np.log(occluded / (1.0 - occluded))
         sums, changes = self._occlusion_sums(matrix, reference, column_group, n_groups)
-        limit = float(np.log((1.0 - epsilon) / epsilon))
+        limit = _logit_limit(epsilon)
         margins = sums + self.offset
-        both = np.clip(np.concatenate([margins[:, None], margins[:, None] + changes], axis=1), -limit, limit)
-        return 1.0 / (1.0 + np.exp(-margins)), both[:, :1] - both[:, 1:]
+        # np.minimum/np.maximum rather than np.clip: the same values without np.clip's Python-level
+        # dispatch, which costs more than the arithmetic on a single row.
+        bounded = np.minimum(np.maximum(margins, -limit), limit)
+        occluded = np.minimum(np.maximum(changes + margins[:, None], -limit), limit)
+        return 1.0 / (1.0 + np.exp(-margins)), bounded[:, None] - occluded
 
     def explain(self, matrix: np.ndarray, reference: np.ndarray, column_group: np.ndarray, n_groups: int):
         """(raw probabilities (n,), raw probabilities with each group at the reference (n, groups)).
