@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -209,6 +210,9 @@ class FeatureSchema:
             if spec.kind == "categorical"
         }
         self._accepted = {spec.name: frozenset(spec.categories) for spec in self.features if spec.kind == "categorical"}
+        self._spellings = {
+            spec.name: _spellings_by_case(spec.categories) for spec in self.features if spec.kind == "categorical"
+        }
         self._offsets: dict[str, int] = {}
         offset = 0
         for spec in self.features:
@@ -262,7 +266,11 @@ class FeatureSchema:
                 if value == spec.false_label or str(value).strip() == str(spec.false_label):
                     return False
             return clean_boolean(value)
-        return clean_category(value)
+        text = clean_category(value)
+        if text is None or text in self._accepted[name]:
+            return text
+        # A training category written in another case ('PREMIUM' for 'Premium') is that category.
+        return self._spellings[name].get(text.casefold(), text)
 
     # ---- encoding ------------------------------------------------------------------------
     def encode(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> EncodeResult:
@@ -423,7 +431,29 @@ def _skewness(values: np.ndarray) -> float:
     return float(np.mean(((values - values.mean()) / std) ** 3)) if std > 0 else 0.0
 
 
+def _spellings_by_case(categories: Sequence[str]) -> dict[str, str]:
+    """Case-folded category -> the category, for the categories no other one folds to."""
+    folded = Counter(category.casefold() for category in categories)
+    return {category.casefold(): category for category in categories if folded[category.casefold()] == 1}
+
+
+def _one_spelling_per_case(present: list[Any]) -> list[Any]:
+    """Values that differ only in case written as their most common spelling (ties: the first in order).
+
+    Exports merged from several systems spell one category differently ('Premium', 'PREMIUM'):
+    one category, one column, and serving maps any case of it back (``FeatureSchema.clean_value``).
+    """
+    counts = Counter(str(value) for value in present)
+    best: dict[str, str] = {}
+    for text in sorted(counts, key=lambda text: (-counts[text], text)):
+        best.setdefault(text.casefold(), text)
+    if len(best) == len(counts):
+        return present
+    return [best[str(value).casefold()] for value in present]
+
+
 def _fit_categorical(spec: FeatureSpec, present: list[Any], n: int, max_encoded: int) -> None:
+    present = _one_spelling_per_case(present)
     unique, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True)
     order = np.argsort(-counts, kind="stable")
     ranked = [(str(unique[i]), int(counts[i])) for i in order]

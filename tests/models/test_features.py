@@ -174,3 +174,26 @@ def test_skewed_non_negative_feature_is_log_transformed():
     spec = fit_feature("balance", "numeric", list(rng.lognormal(3, 1.5, 1000)))
     assert spec.log_transform
     assert not math.isnan(spec.mean)
+
+
+def test_category_spellings_that_differ_only_in_case_are_one_category():
+    values = ["Premium"] * 30 + ["premium"] * 10 + ["PREMIUM"] * 5 + ["Basic"] * 40 + ["basic"] * 20
+    spec = fit_feature("plan", "categorical", values)
+    schema = FeatureSchema([spec], target="Churn", positive_label="Yes")
+
+    assert spec.categories == ["Basic", "Premium"] and spec.impute == "Basic"  # 60 of any case against 45
+    assert schema.clean_value("plan", " pReMiUm ") == "Premium"
+    assert schema.clean_value("plan", "basic") == "Basic"
+    assert schema.clean_value("plan", "Gold") == "Gold"  # unseen stays unseen (and is reported as such)
+    encoded = schema.encode({"plan": [schema.clean_value("plan", v) for v in ("PREMIUM", "Premium")]}, 2)
+    np.testing.assert_array_equal(encoded.matrix[0], encoded.matrix[1])
+    assert not encoded.unseen
+
+
+def test_a_bundle_whose_categories_differ_only_in_case_keeps_reading_them_exactly():
+    spec = fit_feature("plan", "categorical", ["x"] * 10)
+    spec.categories, spec.encoded = ["Premium", "premium"], ["Premium", "premium"]  # as fitted before merging
+    schema = FeatureSchema([spec], target="Churn", positive_label="Yes")
+
+    assert schema.clean_value("plan", "premium") == "premium"
+    assert schema.clean_value("plan", "PREMIUM") == "PREMIUM"  # ambiguous: not guessed
