@@ -35,6 +35,8 @@ TARGET_WORDS = frozenset({"churn", "churned", "churner", "attrition", "attrited"
 WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 ID_NAMES = frozenset({"id", "customerid", "userid", "clientid", "accountid", "memberid", "subscriberid", "customerno"})
 SEQUENCE_NAMES = re.compile(r"(^|_)(row|index|rownumber|rownum|unnamed|serial|seq)", re.IGNORECASE)
+# Words that make unique whole numbers a reference rather than a measurement: account_number, PhoneNo.
+ID_WORDS = frozenset({"number", "no", "num", "nr", "code", "ref", "reference", "key", "uuid", "guid", "msisdn", "imei"})
 ID_SUFFIX = re.compile(r"((^|[_\-\s.])id|[a-z]I[dD])$")
 DATE_TEXT = re.compile(
     r"^(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?"
@@ -348,7 +350,7 @@ def numeric_role(name: str, profile: ColumnProfile) -> ColumnRole:
 def is_sequence_identifier(name: str, profile: ColumnProfile, numbers: np.ndarray) -> bool:
     if not profile.all_unique or numbers.size == 0 or not np.all(np.mod(numbers, 1) == 0):
         return False
-    if looks_like_id_name(name) or SEQUENCE_NAMES.search(name):
+    if looks_like_id_name(name) or SEQUENCE_NAMES.search(name) or name_words(name) & ID_WORDS:
         return True
     # Densely packed unique integers are a counter, not a measurement.
     span = numbers.max() - numbers.min() + 1

@@ -220,3 +220,21 @@ def test_target_labels_differing_only_in_case_are_one_label() -> None:
     assert (target.positive_label, target.negative_label) == ("Yes", "No")
     expected = np.isin(spelled, ["Yes", "yes", "YES"]).astype(int)
     np.testing.assert_array_equal(target_vector(cleaned["Churn"], target), expected)
+
+
+def test_unique_whole_numbers_named_as_references_are_identifiers_not_features() -> None:
+    rng = np.random.default_rng(4)
+    n = 600
+    frame = pd.DataFrame(
+        {
+            "account_number": rng.integers(100_000, 1_000_000, n),  # seeded: no repeats among these 600
+            "PhoneNo": rng.integers(10**9, 2 * 10**9, n),
+            "balance": rng.integers(0, 10**6, n),  # as unique, but a measurement
+            "Churn": rng.choice(["Yes", "No"], n),
+        }
+    )
+
+    report = by_name(roles_of(frame))
+
+    assert report["account_number"]["role"] == report["PhoneNo"]["role"] == "dropped (identifier)"
+    assert report["balance"]["role"] == "numeric"
