@@ -597,6 +597,8 @@ class RowEncoder:
                     return None  # unseen (or no column for it): the full encoder warns about it
             elif rule.kind == "boolean":
                 row[column] = 1.0 if value else 0.0
+            elif rule.minimum is not None and not rule.minimum <= value <= rule.maximum:
+                return None  # outside the training range: the full encoder warns about it
             else:
                 row[column] = _scaled(rule, value)
         return np.array([row])
@@ -644,6 +646,8 @@ class ColumnEncoder:
                 raw = np.array(values, dtype=np.float64)  # None (missing) becomes NaN
                 missing = np.isnan(raw)
                 needs_schema |= missing
+                if spec.minimum is not None and spec.maximum is not None:
+                    needs_schema |= (raw < spec.minimum) | (raw > spec.maximum)  # warned about there
                 if spec.cap_low is not None:
                     np.clip(raw, spec.cap_low, spec.cap_high, out=raw)
                 if spec.log_transform:
@@ -660,6 +664,7 @@ class ColumnEncoder:
                 warnings[row] = exact.warnings[position]
             result.imputed = [(special[position], name) for position, name in exact.imputed]
             result.unseen = [(special[position], name) for position, name in exact.unseen]
+            result.out_of_range = [(special[position], name) for position, name in exact.out_of_range]
         return result
 
 

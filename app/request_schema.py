@@ -118,7 +118,9 @@ class PredictionOut(BaseModel):
     top_reasons: list[Reason] | None = Field(
         default=None, description="Features that raise this customer's risk most (absent when not requested)"
     )
-    warnings: list[str] = Field(description="Imputed missing values and categories not seen in training")
+    warnings: list[str] = Field(
+        description="Imputed missing values, categories not seen in training, numbers outside the training range"
+    )
     model_version: str
 
 

@@ -190,6 +190,8 @@ class EncodeResult:
     warnings: list[list[str]]
     imputed: list[tuple[int, str]]  # (row, feature) pairs filled with the training value
     unseen: list[tuple[int, str]]  # (row, feature) pairs with a category training never saw
+    # (row, feature) pairs with a number outside the training range: capped, but the model never saw one
+    out_of_range: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -284,13 +286,14 @@ class FeatureSchema:
         matrix = np.zeros((n_rows, self.n_encoded), dtype=np.float64)
         imputed: list[tuple[int, str]] = []
         unseen: list[tuple[int, str]] = []
+        outside: list[tuple[int, str]] = []
         for spec in self.features:
             values = columns.get(spec.name)
             if values is None:
                 values = [None] * n_rows
             offset = self._offsets[spec.name]
             if spec.kind == "numeric":
-                self._encode_numeric(spec, values, matrix, offset, imputed)
+                self._encode_numeric(spec, values, matrix, offset, imputed, outside)
             elif spec.kind == "boolean":
                 self._encode_boolean(spec, values, matrix, offset, imputed)
             else:
@@ -300,11 +303,20 @@ class FeatureSchema:
             warnings[row].append(f"{name}: missing, imputed with the training value {self[name].example()!r}")
         for row, name in unseen:
             warnings[row].append(f"{name}: category not seen in training, treated as 'other'")
-        return EncodeResult(matrix=matrix, warnings=warnings, imputed=imputed, unseen=unseen)
+        for row, name in outside:
+            spec = self[name]
+            warnings[row].append(
+                f"{name}: outside the training range ({spec.minimum:g} to {spec.maximum:g}); "
+                "the model has seen no such value"
+            )
+        return EncodeResult(matrix=matrix, warnings=warnings, imputed=imputed, unseen=unseen, out_of_range=outside)
 
-    def _encode_numeric(self, spec, values, matrix, offset, imputed) -> None:
+    def _encode_numeric(self, spec, values, matrix, offset, imputed, outside) -> None:
         raw = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         missing = np.isnan(raw)
+        if spec.minimum is not None and spec.maximum is not None:
+            beyond = (raw < spec.minimum) | (raw > spec.maximum)  # missing (NaN) compares False
+            outside.extend((int(row), spec.name) for row in np.flatnonzero(beyond))
         if missing.any():
             imputed.extend((int(row), spec.name) for row in np.flatnonzero(missing))
             raw[missing] = spec.impute

@@ -464,3 +464,19 @@ def test_an_integer_too_large_for_a_float_is_a_422_in_a_batch_as_in_a_single_cal
 
     assert single.status_code == 422 and batch.status_code == 422
     assert batch.json()["detail"][0]["type"] == single.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_a_number_outside_the_training_range_is_scored_with_a_warning(
+    client: Any, record: dict[str, Any], linear_models_dir: Path
+) -> None:
+    spec = verify_bundle(current_bundle_dir(linear_models_dir)).schema["MonthlyCharges"]
+    far = {**record, "MonthlyCharges": spec.maximum * 50}
+
+    single = client.post("/predict", json=far).json()
+    batch = client.post("/predict/batch", params={"reasons": "true"}, json=[far, record]).json()["results"]
+
+    expected = f"MonthlyCharges: outside the training range ({spec.minimum:g} to {spec.maximum:g})"
+    assert any(warning.startswith(expected) for warning in single["warnings"])
+    assert batch[0]["warnings"] == single["warnings"] and batch[1]["warnings"] == []
+    assert batch[0]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
+    assert client.post("/predict", json=record).json()["warnings"] == []
