@@ -827,6 +827,7 @@ class Predictor:
             risk_bands=bands,
             imputed=encoded.imputed,
             unseen=encoded.unseen,
+            out_of_range=encoded.out_of_range,
             stage_seconds=stages,
             row=None if values is None else tuple(values.values()),
         )

@@ -27,6 +27,7 @@ class PredictionEvent:
     risk_bands: list[str]
     imputed: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) filled with training values
     unseen: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) categories not seen in training
+    out_of_range: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) numbers outside training's
     stage_seconds: dict[str, float] = field(default_factory=dict)  # validation, features, inference, explanation
     # A single record's values in the order of ``columns`` (None for batches): the background
     # gathers many /predict events into columns with one transposition of these rows, about

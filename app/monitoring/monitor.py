@@ -199,6 +199,8 @@ class Monitor:
             self._warning_child(spec.name, "imputed")
             if spec.kind == "categorical":
                 self._warning_child(spec.name, "unseen_category")
+            elif spec.kind == "numeric":
+                self._warning_child(spec.name, "out_of_range")
 
     def _set_reference_rate(self, manifest: Manifest) -> None:
         # The share flagged at the threshold on held-out training data, when training recorded it.
@@ -314,7 +316,7 @@ class Monitor:
         observe_many(self._score, np.concatenate([event.scores for event, _ in events]).astype(np.float64, copy=False))
         self._observe_stages([event.stage_seconds for event, _ in events])
         for event, _ in events:
-            if event.imputed or event.unseen:
+            if event.imputed or event.unseen or event.out_of_range:
                 self._count_warnings(event)
 
     def _observe_stages(self, stage_seconds: list[dict[str, float]]) -> None:
@@ -330,6 +332,7 @@ class Monitor:
     def _count_warnings(self, event: PredictionEvent) -> None:
         counts = Counter((name, "imputed") for _, name in event.imputed)
         counts.update((name, "unseen_category") for _, name in event.unseen)
+        counts.update((name, "out_of_range") for _, name in event.out_of_range)
         for (feature, kind), count in counts.items():
             self._warning_child(feature, kind).inc(count)
 

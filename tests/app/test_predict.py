@@ -480,3 +480,11 @@ def test_a_number_outside_the_training_range_is_scored_with_a_warning(
     assert batch[0]["warnings"] == single["warnings"] and batch[1]["warnings"] == []
     assert batch[0]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
     assert client.post("/predict", json=record).json()["warnings"] == []
+
+
+def test_out_of_range_numbers_reach_monitoring_by_row_and_feature(predictor: Any, record: dict[str, Any]) -> None:
+    far = {**record, "MonthlyCharges": 1e9}
+
+    assert predictor.predict_records([far]).event.out_of_range == [(0, "MonthlyCharges")]
+    assert predictor.predict_records([record, far, record]).event.out_of_range == [(1, "MonthlyCharges")]
+    assert predictor.predict_records([record]).event.out_of_range == []

@@ -323,3 +323,21 @@ def test_openapi_documents_the_monitoring_answers_on_and_off(tmp_path):
     assert documented[True][("/feedback", "post")] >= {"200", "401", "403", "422", "503"}
     assert "503" in documented[True][("/monitoring/report", "get")]
     assert all("404" in statuses for statuses in documented[False].values())
+
+
+def test_numbers_outside_the_training_range_are_counted_by_feature(tmp_path):
+    from dataclasses import replace
+
+    manifest = make_manifest()
+    monitor = Monitor(make_settings(tmp_path))
+    monitor.model_loaded(manifest)
+    event = make_event(manifest, 3, seed=5)
+    monitor.record(replace(event, out_of_range=[(0, "tenure"), (2, "tenure")]))
+    monitor.record(make_event(manifest, 2, seed=6))
+    monitor.flush_metrics()
+
+    text = monitor.metrics.exposition().decode()
+    assert metric_value(text, "churn_feature_warnings_total", feature="tenure", kind="out_of_range") == 2
+    # Every numeric feature has the series from the start, so a rate over it is 0 rather than absent.
+    assert metric_value(text, "churn_feature_warnings_total", feature="monthly_charges", kind="out_of_range") == 0
+    monitor.drift.close()
