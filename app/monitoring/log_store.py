@@ -42,13 +42,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from app.monitoring.events import PredictionEvent
+from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 SECONDS_PER_DAY = 86_400
-ERROR_LOG_INTERVAL_S = 60.0  # a broken database is logged once a minute, not once per batch
 MAX_WRITE_ATTEMPTS = 5  # tries per batch while the database reports errors that may pass
 
 metadata = MetaData()
@@ -230,13 +230,6 @@ class WriteReport:
     waiting: int = 0  # records kept for another try after this call
     deleted: int = 0  # records removed by retention
 
-    def add(self, other: WriteReport) -> None:
-        self.written += other.written
-        self.errors += other.errors
-        self.dropped.update(other.dropped)
-        self.waiting = other.waiting
-        self.deleted += other.deleted
-
 
 class LogWriter:
     """Writes pending rows to the log database in batches; keeps failed batches for another try.
@@ -253,7 +246,7 @@ class LogWriter:
         self.queue_size = queue_size
         self.engine = engine
         self._tables_ready = False
-        self._last_error_logged = 0.0
+        self._errors = ThrottledErrors(logger)
         # Batches whose write failed for a reason that may pass, with their attempts so far.
         self._retry: list[tuple[list[tuple[Any, ...]], int]] = []
 
@@ -311,7 +304,7 @@ class LogWriter:
                     rows.append(table_row(item))
                 except Exception as exc:
                     report.dropped["invalid"] += 1
-                    self._log_failure("cannot log a prediction: %s", exc)
+                    self._errors.error("cannot log a prediction: %s", exc)
             return rows
 
     def _write_batch(self, rows: list[tuple[Any, ...]], report: WriteReport) -> Exception | None:
@@ -324,14 +317,14 @@ class LogWriter:
                 insert_rows(connection, self.engine, rows)
         except Exception as exc:  # down, full, read-only, dropped table: count and carry on
             report.errors += 1
-            self._log_failure("prediction log write of %d rows failed: %s", len(rows), exc)
+            self._errors.error("prediction log write of %d rows failed: %s", len(rows), exc)
             self._tables_ready = False  # a dropped table is recreated on the next write
             return exc
         return None
 
     def _drop(self, rows: list[tuple[Any, ...]], why: object, report: WriteReport) -> None:
         report.dropped["write_error"] += len(rows)
-        self._log_failure("dropped %d prediction log rows after a failed write: %s", len(rows), why)
+        self._errors.error("dropped %d prediction log rows after a failed write: %s", len(rows), why)
 
     def _bound_retry(self, report: WriteReport) -> None:
         """Keep at most ``queue_size`` rows waiting for another try, dropping the oldest first."""
@@ -349,7 +342,7 @@ class LogWriter:
         except Exception as exc:
             if report is not None:
                 report.errors += 1
-            self._log_failure("cannot create the prediction log tables: %s", exc)
+            self._errors.error("cannot create the prediction log tables: %s", exc)
             return False
         self._tables_ready = True
         return True
@@ -367,13 +360,7 @@ class LogWriter:
                 result = connection.execute(delete(predictions_table).where(predictions_table.c.predicted_at < cutoff))
         except Exception as exc:
             report.errors += 1
-            self._log_failure("prediction log retention failed: %s", exc)
+            self._errors.error("prediction log retention failed: %s", exc)
             return report
         report.deleted = int(result.rowcount or 0)
         return report
-
-    def _log_failure(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
-            self._last_error_logged = now
-            logger.error(message, *args)

@@ -53,6 +53,7 @@ from app.monitoring.performance import (
 from app.monitoring.prediction_log import PredictionLog
 from app.monitoring.report import daily_report
 from app.monitoring.routes import build_disabled_router, build_router
+from app.monitoring.throttled import ThrottledErrors
 from app.settings import Settings
 from models.bundle import Manifest
 
@@ -60,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 MEMORY_UPDATE_SECONDS = 10.0
 STALE_TABLE_CHECK_SECONDS = 60.0
-ERROR_LOG_INTERVAL_S = 60.0
 _VERSION = attrgetter("model_version")
 _BANDS = attrgetter("risk_bands")
 _FIRST = itemgetter(0)
@@ -121,7 +121,7 @@ class Monitor:
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_error_logged = 0.0
+        self._errors = ThrottledErrors(logger)
         self.metrics.model_ready.set(0)
         self.metrics.set_memory(resident_memory_bytes())
 
@@ -451,10 +451,7 @@ class Monitor:
     def _contained_failure(self, where: str, exc: Exception) -> None:
         with contextlib.suppress(Exception):
             self.metrics.monitoring_errors.labels(where=where).inc()
-        now = time.monotonic()
-        if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
-            self._last_error_logged = now
-            logger.error("monitoring %s failed (the request is unaffected): %s", where, exc, exc_info=exc)
+        self._errors.error("monitoring %s failed (the request is unaffected): %s", where, exc, exc_info=exc)
 
 
 class NullMonitor:

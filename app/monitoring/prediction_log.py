@@ -29,7 +29,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.monitoring.events import PredictionEvent
 from app.monitoring.log_process import LogWriterProcess
 from app.monitoring.log_store import (
-    ERROR_LOG_INTERVAL_S,
     LogWriter,
     PendingRow,
     WriteReport,
@@ -38,6 +37,7 @@ from app.monitoring.log_store import (
     pending_rows,
 )
 from app.monitoring.metrics import Metrics
+from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class PredictionLog:
         self._write_lock = threading.Lock()  # one writer call at a time: the thread, or a flush for feedback
         self._thread: threading.Thread | None = None
         self._last_retention = 0.0
-        self._last_error_logged = 0.0
+        self._errors = ThrottledErrors(logger)
         self._tables_checked = False  # by readers
 
     # ---- request path ----------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class PredictionLog:
         if not accepted:
             self.metrics.log_dropped.labels(reason="queue_full").inc(size)
             self.metrics.log_queue.set(queued)
-            self._log_failure("prediction log queue is full (%d records): dropped %d", self.queue_size, size)
+            self._errors.error("prediction log queue is full (%d records): dropped %d", self.queue_size, size)
             return False
         # The queue gauge is refreshed by the writer, not here: one gauge write less per prediction.
         if queued >= self.batch_size and not self._wake.is_set():
@@ -181,7 +181,7 @@ class PredictionLog:
             self.metrics.flush_pending()
         except Exception as exc:
             self.metrics.monitoring_errors.labels(where="metrics").inc()
-            self._log_failure("applying deferred metric updates failed: %s", exc)
+            self._errors.error("applying deferred metric updates failed: %s", exc)
 
     def publish_queue_size(self) -> None:
         self.metrics.log_queue.set(self._pending_records + self._waiting_records)
@@ -202,7 +202,7 @@ class PredictionLog:
             if self._writer is None:  # not started, or stopped: nothing can write them
                 if pending:
                     self.metrics.log_dropped.labels(reason="write_error").inc(len(pending))
-                    self._log_failure("prediction log is not running: dropped %d rows", len(pending))
+                    self._errors.error("prediction log is not running: dropped %d rows", len(pending))
                 return 0
             report = self._writer.write(pending)
             self._apply(report)
@@ -216,7 +216,7 @@ class PredictionLog:
                 rows.extend(pending_rows(item_event, latency))
             except Exception as exc:  # a malformed event must not block the others
                 self.metrics.log_dropped.labels(reason="invalid").inc(len(item_event.prediction_ids))
-                self._log_failure("cannot log a prediction event: %s", exc)
+                self._errors.error("cannot log a prediction event: %s", exc)
         return rows
 
     def _apply(self, report: WriteReport) -> None:
@@ -229,12 +229,6 @@ class PredictionLog:
             if count:
                 self.metrics.log_dropped.labels(reason=reason).inc(count)
         self._waiting_records = report.waiting
-
-    def _log_failure(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
-            self._last_error_logged = now
-            logger.error(message, *args)
 
     # ---- retention ---------------------------------------------------------------------------------
     def _maybe_enforce_retention(self) -> None:
