@@ -138,15 +138,10 @@ class LogWriterProcess:
     def _request(self, message: tuple[Any, ...], records: int) -> WriteReport:
         with self._lock:
             try:
-                if self._process is None or self._process.poll() is not None:
-                    if self._process is not None:
-                        logger.error("the prediction log writer process exited (%s): starting a new one",
-                                     self._process.returncode)  # fmt: skip
-                        lost = self._lost(records)
-                        self._stop_process()
-                        self._start()
-                        return lost
+                if self._process is None:
                     self._start()
+                elif self._process.poll() is not None:
+                    raise WriterProcessError(f"it exited ({self._process.returncode})")
                 return self._call(message, timeout_s=REPLY_TIMEOUT_S)
             except (WriterProcessError, OSError) as exc:
                 logger.error("the prediction log writer process failed: %s; starting a new one", exc)
