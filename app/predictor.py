@@ -514,7 +514,7 @@ class RecordCleaner:
             numbers = np.array(raw, dtype=np.float64)  # None becomes NaN
         except (OverflowError, ValueError, TypeError):
             return None
-        if not np.isfinite(numbers[~np.isnan(numbers)]).all():
+        if np.isinf(numbers).any():
             return None
         missing = np.isnan(numbers)
         cleaned = numbers.tolist()
