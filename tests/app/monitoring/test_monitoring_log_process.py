@@ -11,7 +11,7 @@ from app.monitoring import Monitor
 from app.monitoring.log_process import LogWriterProcess
 from app.monitoring.log_store import pending_rows
 from tests.app.monitoring.monitoring_helpers import make_event, make_settings, metric_value, running
-from tests.app.monitoring.test_monitoring_prediction_log import dropped, logged_rows, wait_until
+from tests.app.monitoring.test_monitoring_prediction_log import dropped, logged_rows, logged_rows_after, wait_until
 
 
 def alive(pid: int) -> bool:
@@ -41,22 +41,9 @@ def test_the_writer_process_writes_and_exits_with_the_service(tmp_path, manifest
         monitor.record(make_event(manifest, 40, seed=1))
         monitor.record(make_event(manifest, 1, seed=2))
     # Stopping wrote what was still queued, then ended the child.
-    assert len(logged_rows_after_stop(monitor)) == 41
+    assert len(logged_rows_after(monitor)) == 41
     assert wait_until(lambda: not alive(pid))
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 41
-
-
-def logged_rows_after_stop(monitor: Monitor) -> list[dict]:
-    monitor.log.engine = None
-    from sqlalchemy import create_engine, select
-
-    from app.monitoring.log_store import engine_url, predictions_table
-
-    engine = create_engine(engine_url(monitor.settings.database_url))
-    with engine.connect() as connection:
-        rows = [dict(row._mapping) for row in connection.execute(select(predictions_table))]
-    engine.dispose()
-    return rows
 
 
 def test_a_terminal_interrupt_does_not_stop_the_writer_before_the_service(tmp_path, manifest):
