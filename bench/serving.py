@@ -47,11 +47,11 @@ from bench.loadgen import (
     BenchmarkError,
     ServiceProcess,
     WrkResult,
-    cmdline,
     cpu_seconds,
     descendants,
     free_port,
     http_request,
+    log_writer_pids,
     maps_mention,
     merge_results,
     read_status_kib,
@@ -353,7 +353,6 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 HTTP_DURATION_SUM = "churn_http_request_duration_seconds_sum"
 LOG_WRITTEN = "churn_prediction_log_written_total"
-LOG_WRITER_COMMAND = "app.monitoring.log_process"
 HTTP_DURATION_COUNT = "churn_http_request_duration_seconds_count"
 STAGE_DURATION_SUM = "churn_prediction_stage_duration_seconds_sum"
 
@@ -705,8 +704,7 @@ class Bench:
         if workers != [service.pid]:
             info["supervisor_rss_mib"] = _mib(read_status_kib(service.pid, "VmRSS"))
         # Each worker's prediction log writer, a small child process (see the README).
-        writers = [pid for pid in descendants(service.pid) if LOG_WRITER_COMMAND in cmdline(pid)]
-        info["log_writers_rss_mib"] = [_mib(read_status_kib(pid, "VmRSS")) for pid in writers]
+        info["log_writers_rss_mib"] = [_mib(read_status_kib(pid, "VmRSS")) for pid in log_writer_pids(service.pid)]
         self.report.runs.setdefault("memory", {})[label] = info
         return info
 

@@ -155,18 +155,9 @@ async def _time_calls(app: Any, path: str, body: bytes, calls: int, warmups: int
 
 def _writer_cpu_seconds() -> float:
     """CPU used so far by this process's prediction log writer children (Linux /proc)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and "app.monitoring.log_process" in command:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    from bench.loadgen import cpu_seconds, log_writer_pids
+
+    return sum(cpu_seconds(pid) or 0.0 for pid in log_writer_pids(os.getpid()))
 
 
 # ---- the run ---------------------------------------------------------------------------------------
