@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.bundle import current_bundle_dir, verify_bundle
 from models.features import clean_columns
@@ -388,6 +390,80 @@ def test_a_valid_batch_decoded_from_bytes_equals_the_general_path(predictor: Any
     assert typed.scored.reasons == general.scored.reasons
     assert typed.scored.customer_ids[:3] == ["wins-over-the-table-id", None, "12345"]
     assert typed.scored.warnings[5] and typed.scored.warnings[3]
+
+
+def test_a_batch_of_the_training_spellings_is_decoded_exactly(predictor: Any, customers: pd.DataFrame) -> None:
+    """Categories, labels and numbers as training wrote them (charges as plain text too) take the exact
+    decoder, and clean exactly as a dictionary per record does."""
+    records = [customer_record(customers, row, drop_extra=False) for row in range(30)]
+    for row, text in enumerate(["29.85", "-0", ".5", "5.", "1e3", "+7", " 12 ", "$3", "1,234.5", ""]):
+        records[row]["TotalCharges"] = text
+    records[11]["MonthlyCharges"] = 70
+    records[12]["Partner"] = True
+    records[13].pop("TotalCharges")
+    body = json.dumps(records).encode()
+    cleaner = predictor.cleaner
+    cleaner._exact_paused = 0
+
+    exact = predictor.predict_json_batch(body, max_records=100, explain=True)
+    general = predictor.predict_records(json.loads(body), explain=True)
+
+    assert cleaner._exact_paused == 0  # the exact decoder took it
+    assert exact is not None and not exact.errors
+    assert outcome_summary(exact) == outcome_summary(general)
+    assert exact.scored.reasons == general.scored.reasons
+    assert exact.event.columns["TotalCharges"][:9] == [29.85, 0.0, 0.5, 5.0, 1000.0, 7.0, 12.0, 3.0, 1234.5]
+
+
+def test_a_quirky_batch_pauses_the_exact_decoder(predictor: Any, customers: pd.DataFrame) -> None:
+    """A spelling outside the training ones fails the exact decoding: the lenient decoder cleans the
+    batch as always, and the next batches skip the exact attempt for a while."""
+    from app.predictor import _EXACT_DECODER_PAUSE
+
+    records = [customer_record(customers, row) for row in range(10)]
+    records[3]["Contract"] = records[3]["Contract"].upper()
+    cleaner = predictor.cleaner
+    cleaner._exact_paused = 0
+
+    quirky = predictor.predict_json_batch(json.dumps(records).encode(), max_records=100)
+    assert quirky is not None and not quirky.errors
+    assert cleaner._exact_paused == _EXACT_DECODER_PAUSE
+    assert quirky.event.columns["Contract"][3] == customer_record(customers, 3)["Contract"]
+
+    records[3] = customer_record(customers, 3)
+    predictor.predict_json_batch(json.dumps(records).encode(), max_records=100)
+    assert cleaner._exact_paused == _EXACT_DECODER_PAUSE - 1
+    cleaner._exact_paused = 0
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789+-.eE ,$_%", max_size=14),
+        st.from_regex(r"\A[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,3})?\Z"),
+        st.floats(allow_nan=False),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.sampled_from(["1e999", "-1e999", "\uff11\uff12", "nan", "inf", "1_000", "\u0663"]),
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_plain_numbers_clean_as_the_rules_do(value: Any) -> None:
+    """What the shortcut settles, the cleaning rules settle the same way; the rest is left to them."""
+    from app.predictor import _PLAIN_NUMBER, _plain_numbers
+    from models.features import FeatureSchema, FeatureSpec, FeatureValueError
+
+    for lower_bound in (None, 0.0):
+        spec = FeatureSpec(name="charges", kind="numeric", lower_bound=lower_bound)
+        schema = FeatureSchema(features=[spec], target="churn", positive_label=1)
+        mapping = _plain_numbers(spec, {value})
+        try:
+            expected = schema.clean_value("charges", value)
+        except (FeatureValueError, OverflowError):
+            assert value not in mapping
+            continue
+        if value in mapping:
+            assert mapping[value] == expected
+        else:  # only integers too large to be worth the shortcut, or text the rules must read
+            assert isinstance(value, int) or (isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value))
 
 
 @pytest.mark.parametrize(
