@@ -1,5 +1,8 @@
 """``python -m app``: serve with uvicorn using the host, port, workers and log level from settings.
 
+Every setting is an environment variable (``CHURN_*``, see ``app.settings``); the few a command line
+usually changes are flags too (``--help``), and a flag wins over its variable.
+
 Before anything imports the Prometheus client, PROMETHEUS_MULTIPROC_DIR is pointed at a fresh,
 empty directory so the metrics of every worker process add up (and stale files from an earlier
 run cannot). With several workers, CHURN_RELOAD_DIR is pointed at a fresh directory inside it, where
@@ -9,9 +12,11 @@ parallelism comes from worker processes.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 APP_FACTORY = "app.main:create_app"
@@ -38,13 +43,53 @@ def share_reloads(metrics_dir: Path, workers: int) -> None:
     os.environ[RELOAD_DIR_ENV] = str(reload_dir)
 
 
-def main() -> None:
+# Flag -> the setting's environment variable. Set in the environment rather than passed on, so that
+# worker processes (which read settings anew) see them too.
+_FLAGS = {
+    "host": "CHURN_HOST",
+    "port": "CHURN_PORT",
+    "workers": "CHURN_WORKERS",
+    "model_dir": "CHURN_MODEL_DIR",
+    "log_level": "CHURN_LOG_LEVEL",
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Serve churn predictions from the current bundle in the model directory.",
+        epilog="Every setting is also an environment variable: CHURN_HOST, CHURN_PORT, CHURN_WORKERS, "
+        "CHURN_MODEL_DIR, CHURN_API_KEY, CHURN_DATABASE_URL, ... (README, Configuration). A flag wins over "
+        "its variable.",
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--workers", type=int, help="worker processes, one thread each: about one per core")
+    parser.add_argument("--model-dir", help="directory whose `current` bundle is served (default models)")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    return parser.parse_args(argv)
+
+
+def apply_flags(args: argparse.Namespace) -> None:
+    for name, variable in _FLAGS.items():
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[variable] = str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    apply_flags(parse_args(argv))
     for variable in _ONE_THREAD:
         os.environ.setdefault(variable, "1")
 
+    from pydantic import ValidationError
+
     from app.settings import get_settings
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise SystemExit(f"invalid settings:\n{exc}") from None
     metrics_dir, temporary = fresh_metrics_dir(settings.metrics_multiproc_dir)
     # Workers are separate processes that inherit this environment.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.__main__ import RELOAD_DIR_ENV, fresh_metrics_dir, share_reloads
+from app.__main__ import RELOAD_DIR_ENV, fresh_metrics_dir, main, share_reloads
 from tests.app.test_families import bundle_probabilities
 from tests.conftest import customer_record
 
@@ -51,15 +51,22 @@ def running_service(linear_models_dir: Path, tmp_path: Path) -> Any:
     (metrics_dir / "counter_12345.db").write_bytes(b"left over from an earlier run")
     env = {
         **os.environ,
-        "CHURN_MODEL_DIR": str(linear_models_dir),
-        "CHURN_PORT": str(port),
-        "CHURN_WORKERS": "2",
+        # The flags below win over these.
+        "CHURN_MODEL_DIR": str(tmp_path / "no-models-here"),
+        "CHURN_PORT": "1",
+        "CHURN_WORKERS": "1",
         "CHURN_LOG_LEVEL": "warning",
         "CHURN_DATABASE_URL": f"sqlite:///{tmp_path / 'predictions.sqlite3'}",
         "CHURN_METRICS_MULTIPROC_DIR": str(metrics_dir),
     }
+    flags = ["--port", str(port), "--workers", "2", "--model-dir", str(linear_models_dir)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "app", *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -135,3 +142,21 @@ def test_a_single_worker_shares_reloads_with_nobody(tmp_path: Path, monkeypatch:
 
     assert RELOAD_DIR_ENV not in os.environ
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_flag_is_refused_with_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--prot", "8001"])
+
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --prot" in capsys.readouterr().err
+
+
+def test_an_invalid_setting_stops_the_start_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() writes the environment: these make the test restore it.
+    for variable in ("CHURN_WORKERS", "CHURN_PORT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(variable, "1")
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", "0"])
+
+    assert "invalid settings" in str(exited.value) and "port" in str(exited.value)
