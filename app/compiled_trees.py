@@ -6,7 +6,7 @@ before the first tree is walked, and none of them can say "what would this custo
 feature set to the reference value" without building and scoring extra rows. So the service reads
 each model's trees into flat arrays once, at load, and walks them with small loops that numba
 compiles to machine code: one customer is scored and explained (each feature group occluded in
-each tree that splits on it) in microseconds, and batches are walked row by row the same way.
+each tree that splits on it) in microseconds, and batches are walked a block of rows at a time.
 
 A model is compiled only when its trees can be expressed exactly (binary objective, numeric
 ``<=``/``<`` splits) and only used after it reproduced the native scores on a probe set at load
@@ -51,6 +51,48 @@ def _leaf_sums(x, n_rows, width, roots, feature, threshold, left, right, value, 
         for tree in range(roots.size):
             total += value[_leaf(x, offset, roots[tree], feature, threshold, left, right, strict_less)]
         sums[row] = total
+    return sums
+
+
+# Rows walked together by the batch kernel: enough independent walks for the processor to overlap.
+_BLOCK_ROWS = 32
+
+
+@njit(cache=True)
+def _leaf_sums_blocked(
+    x, n_rows, width, roots, depths, feature, threshold, children, value, strict_less
+):  # pragma: no cover
+    """``_leaf_sums`` for many rows, the same sums (trees added in the same order), about twice as fast.
+
+    One row's walk down a tree is a chain of dependent loads and unpredictable branches, so the
+    processor mostly waits. Here each tree is walked by a block of rows a level at a time: the
+    block's walks are independent, so the processor overlaps them, and the child is picked by index
+    arithmetic (``children[2 * node + goes_right]``) instead of a branch. A leaf is its own child, so
+    a row that reached its leaf stays there while the others go on; a level where no row moved ends
+    the tree early (random forests' deep, unbalanced trees).
+    """
+    sums = np.zeros(n_rows)
+    nodes = np.empty(_BLOCK_ROWS, dtype=np.intp)
+    offsets = np.empty(_BLOCK_ROWS, dtype=np.intp)
+    for start in range(0, n_rows, _BLOCK_ROWS):
+        count = min(_BLOCK_ROWS, n_rows - start)
+        for r in range(count):
+            offsets[r] = (start + r) * width
+        for tree in range(roots.size):
+            for r in range(count):
+                nodes[r] = roots[tree]
+            for _ in range(depths[tree]):
+                moved = False
+                for r in range(count):
+                    node = nodes[r]
+                    goes_right = not _goes_left(x[offsets[r] + feature[node]], threshold[node], strict_less)
+                    child = children[2 * node + goes_right]
+                    moved |= child != node
+                    nodes[r] = child
+                if not moved:
+                    break
+            for r in range(count):
+                sums[start + r] += value[nodes[r]]
     return sums
 
 
@@ -118,9 +160,9 @@ _RELEASE_GIL_FROM_ROWS = 256
 
 @njit(cache=True, nogil=True)
 def _leaf_sums_releasing(
-    x, n_rows, width, roots, feature, threshold, left, right, value, strict_less
+    x, n_rows, width, roots, depths, feature, threshold, children, value, strict_less
 ):  # pragma: no cover
-    return _leaf_sums(x, n_rows, width, roots, feature, threshold, left, right, value, strict_less)
+    return _leaf_sums_blocked(x, n_rows, width, roots, depths, feature, threshold, children, value, strict_less)
 
 
 @njit(cache=True, nogil=True)
@@ -157,14 +199,21 @@ class CompiledTrees:
         self.average: bool = rule["average"]  # random forest averages, boosting sums margins
         self.offset: float = rule.get("offset", 0.0)
         self.dtype = np.float32 if self.float32 else np.float64
+        # For the batch kernel: node i's children at 2i (left) and 2i + 1 (right), and each tree's depth.
+        self.children = np.ravel(np.column_stack([self.left, self.right]))
+        self.depths = _tree_depths(self.left, self.right, self.roots)
 
     def _rows(self, matrix: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(matrix, dtype=self.dtype).ravel()
 
     def leaf_sums(self, matrix: np.ndarray) -> np.ndarray:
         n_rows, width = matrix.shape
-        kernel = _leaf_sums_releasing if n_rows >= _RELEASE_GIL_FROM_ROWS else _leaf_sums
-        return kernel(
+        if n_rows >= _RELEASE_GIL_FROM_ROWS:
+            return _leaf_sums_releasing(
+                self._rows(matrix), n_rows, width, self.roots, self.depths, self.feature, self.threshold,
+                self.children, self.value, self.strict_less,
+            )  # fmt: skip
+        return _leaf_sums(
             self._rows(matrix), n_rows, width, self.roots, self.feature, self.threshold, self.left, self.right,
             self.value, self.strict_less,
         )  # fmt: skip
@@ -218,6 +267,21 @@ class CompiledTrees:
             column_group, self.roots, self.feature, self.threshold, self.left, self.right, self.value,
             self.strict_less,
         )  # fmt: skip
+
+
+def _tree_depths(left: np.ndarray, right: np.ndarray, roots: np.ndarray) -> np.ndarray:
+    """Each tree's depth (edges on its longest path; 0 for a lone leaf), without recursion."""
+    depths = np.zeros(roots.size, dtype=np.intp)
+    for tree, root in enumerate(roots.tolist()):
+        level, deepest = [root], 0
+        while True:
+            below = [child for node in level if left[node] != node for child in (left[node], right[node])]
+            if not below:
+                break
+            deepest += 1
+            level = below
+        depths[tree] = deepest
+    return depths
 
 
 class _TreeBuilder:
@@ -337,12 +401,18 @@ def compile_trees(family: str, model: RawModel, width: int) -> RawModel:
         return model
     if compiled is None:
         return model
-    probe = np.random.default_rng(0).normal(size=(64, width)) * (np.arange(64) % 2)[:, None]
+    # Enough rows for the batch kernel; its first rows are scored by the small-input one too.
+    probe = np.random.default_rng(0).normal(size=(_RELEASE_GIL_FROM_ROWS, width))
+    probe *= (np.arange(len(probe)) % 2)[:, None]
     probe[::3] = np.round(probe[::3])  # one-hot-like 0/1 columns too
     native = model.raw_proba(probe)
     if family == "xgboost":
         compiled.offset = float(np.median(_margin(native) - _margin(compiled.raw_proba(probe))))
-    if not np.allclose(compiled.raw_proba(probe), native, rtol=0.0, atol=1e-6):
+    small = slice(0, 64)
+    if not (
+        np.allclose(compiled.raw_proba(probe), native, rtol=0.0, atol=1e-6)
+        and np.allclose(compiled.raw_proba(probe[small]), native[small], rtol=0.0, atol=1e-6)
+    ):
         return model
     return compiled
 

@@ -70,6 +70,10 @@ def test_compiled_trees_reproduce_the_native_library(family: str, family_models_
 
     np.testing.assert_allclose(model.raw_proba(matrix), model.native.raw_proba(matrix), rtol=0, atol=1e-6)
     np.testing.assert_allclose(model.raw_proba(matrix[:1]), model.native.raw_proba(matrix[:1]), rtol=0, atol=1e-6)
+    # The batch kernel (blocks of rows, 500 here) adds the same leaves in the same order as the
+    # small-input one (row by row): identical sums, not merely close ones.
+    row_by_row = np.concatenate([model.leaf_sums(matrix[start : start + 100]) for start in range(0, 500, 100)])
+    np.testing.assert_array_equal(model.leaf_sums(matrix), row_by_row)
 
 
 @pytest.mark.parametrize("family", ["random_forest", "xgboost", "lightgbm"])
