@@ -151,6 +151,25 @@ def _occlusion_sums(
     return sums, changes
 
 
+@njit(cache=True)
+def _bounded_log_odds(sums, changes, offset, limit):  # pragma: no cover
+    """Boosted trees' probabilities and per-group log-odds changes, clipped to +-``limit``, in one call.
+
+    ``1 / (1 + exp(-margin))`` and ``clip(margin) - clip(margin + change)``: what a dozen numpy
+    calls would compute, without their per-call cost (most of the work for one row).
+    """
+    n_rows, n_groups = changes.shape
+    probabilities = np.empty(n_rows)
+    contributions = np.empty((n_rows, n_groups))
+    for row in range(n_rows):
+        margin = sums[row] + offset
+        probabilities[row] = 1.0 / (1.0 + np.exp(-margin))
+        bounded = min(max(margin, -limit), limit)
+        for group in range(n_groups):
+            contributions[row, group] = bounded - min(max(changes[row, group] + margin, -limit), limit)
+    return probabilities, contributions
+
+
 # Entry points. Releasing the GIL costs little for a batch (other threads, /health and /predict
 # among them, run meanwhile) but hurts a single record: the microseconds of machine code become a
 # chance for a background thread to take the interpreter, and getting it back can take
@@ -241,13 +260,7 @@ class CompiledTrees:
             occluded = np.clip(occluded, epsilon, 1.0 - epsilon)
             return scores, np.log(clipped / (1.0 - clipped)) - np.log(occluded / (1.0 - occluded))
         sums, changes = self._occlusion_sums(matrix, reference, column_group, n_groups)
-        limit = _logit_limit(epsilon)
-        margins = sums + self.offset
-        # np.minimum/np.maximum rather than np.clip: the same values without np.clip's Python-level
-        # dispatch, which costs more than the arithmetic on a single row.
-        bounded = np.minimum(np.maximum(margins, -limit), limit)
-        occluded = np.minimum(np.maximum(changes + margins[:, None], -limit), limit)
-        return 1.0 / (1.0 + np.exp(-margins)), bounded[:, None] - occluded
+        return _bounded_log_odds(sums, changes, self.offset, _logit_limit(epsilon))
 
     def explain(self, matrix: np.ndarray, reference: np.ndarray, column_group: np.ndarray, n_groups: int):
         """(raw probabilities (n,), raw probabilities with each group at the reference (n, groups)).
@@ -430,6 +443,7 @@ def compile_kernels() -> None:
         trees = CompiledTrees(None, one_leaf, [0], strict_less=float32, float32=float32, average=False)
         for rows in (1, _RELEASE_GIL_FROM_ROWS):
             trees.explain(np.zeros((rows, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1)
+            trees.explain_log_odds(np.zeros((rows, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1, 1e-7)
             trees.raw_proba(np.zeros((rows, 1)))
 
 

@@ -76,6 +76,23 @@ def test_compiled_trees_reproduce_the_native_library(family: str, family_models_
     np.testing.assert_array_equal(model.leaf_sums(matrix), row_by_row)
 
 
+def test_bounded_log_odds_equal_the_array_formulas() -> None:
+    """The fused kernel computes what the numpy expressions say, clipping included (huge margins)."""
+    from app.compiled_trees import _bounded_log_odds, _logit_limit
+
+    rng = np.random.default_rng(11)
+    sums, changes = rng.normal(scale=20, size=40), rng.normal(scale=40, size=(40, 6))
+    offset, limit = 0.3, _logit_limit(1e-7)
+
+    probabilities, contributions = _bounded_log_odds(sums, changes, offset, limit)
+
+    margins = sums + offset
+    expected = np.clip(margins, -limit, limit)[:, None] - np.clip(changes + margins[:, None], -limit, limit)
+    np.testing.assert_allclose(probabilities, 1.0 / (1.0 + np.exp(-margins)), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(contributions, expected, rtol=0, atol=1e-12)
+    assert np.abs(contributions).max() <= 2 * limit
+
+
 @pytest.mark.parametrize("family", ["random_forest", "xgboost", "lightgbm"])
 def test_compiled_occlusion_equals_scoring_each_occluded_row(family: str, family_models_dirs: dict[str, Path]) -> None:
     """Each group's occluded probability is the native score of the row with that group at the reference."""
