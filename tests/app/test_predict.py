@@ -318,6 +318,20 @@ def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
     assert {value[12:24] for value in ids} == {first[0][12:24]}  # one tag per process
 
 
+def test_prediction_ids_keep_eight_sequence_digits_when_the_sequence_wraps() -> None:
+    from app.predictor import _PredictionIds
+
+    ids = _PredictionIds()
+    ids.take(1)  # sets this process's tag and sequence
+    ids._next = 0xFFFF_FFFE
+    wrapped = ids.take(4)
+    plain = ids.take(3)
+
+    assert all(len(value) == 32 for value in wrapped + plain)
+    assert [value[24:] for value in wrapped] == ["fffffffe", "ffffffff", "00000000", "00000001"]
+    assert [value[24:] for value in plain] == ["00000002", "00000003", "00000004"]
+
+
 def test_a_later_batch_with_new_or_odd_values_in_known_columns_is_still_checked_field_by_field(
     client: Any, customers: pd.DataFrame
 ) -> None:
@@ -434,6 +448,16 @@ def test_a_quirky_batch_pauses_the_exact_decoder(predictor: Any, customers: pd.D
     predictor.predict_json_batch(json.dumps(records).encode(), max_records=100)
     assert cleaner._exact_paused == _EXACT_DECODER_PAUSE - 1
     cleaner._exact_paused = 0
+
+
+def test_an_invalid_batch_does_not_pause_the_exact_decoder(predictor: Any, customers: pd.DataFrame) -> None:
+    records = [customer_record(customers, row) for row in range(3)]
+    records[1]["surprise"] = 1
+    cleaner = predictor.cleaner
+    cleaner._exact_paused = 0
+
+    assert predictor.predict_json_batch(json.dumps(records).encode(), max_records=100) is None
+    assert cleaner._exact_paused == 0
 
 
 @given(
