@@ -231,6 +231,37 @@ def test_a_bundle_from_the_training_pipeline_serves(tmp_path: Path, serve: Any) 
         assert [r["customer_id"] for r in batch["results"]] == [str(r[id_column]) for r in raw_rows]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("schema", ["bank", "subscription"])
+def test_batches_of_other_tables_clean_the_same_from_bytes_as_record_by_record(tmp_path: Path, schema: str) -> None:
+    """Rows straight from other tables ("$" fees, "?" and "NA", text numbers, true/false labels, ids and
+    targets), as JSON: the batch decoders must clean them exactly as a dictionary per record does."""
+    import orjson
+
+    from training.config import TrainingConfig
+    from training.pipeline import run_training
+    from training.synthetic import generate_customers
+
+    table = generate_customers(1200, seed=9, schema=schema)
+    config = TrainingConfig(
+        data=table, model_dir=tmp_path / "models", models=("lightgbm",), trials=1, report=False, progress=False
+    )
+    run_training(config)
+    predictor = build_predictor(service_settings(tmp_path / "models"))
+    rows = table.sample(300, random_state=1).to_dict(orient="records")
+    body = orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    from_bytes = predictor.predict_json_batch(body, max_records=1000, explain=True)
+    by_record = predictor.predict_records(orjson.loads(body), explain=True)
+
+    assert from_bytes is not None and not from_bytes.errors and not by_record.errors
+    assert from_bytes.scored.probabilities == by_record.scored.probabilities
+    assert from_bytes.scored.customer_ids == by_record.scored.customer_ids
+    assert from_bytes.scored.warnings == by_record.scored.warnings
+    assert from_bytes.scored.reasons == by_record.scored.reasons
+    assert {name: list(values) for name, values in from_bytes.event.columns.items()} == by_record.event.columns
+
+
 def build_soft_vote_bundle(models_dir: Path) -> Path:
     """A published soft-vote bundle (logistic regression + LightGBM), laid out like ``python -m training``'s."""
     from models.bundle import Calibration, Manifest, library_versions, new_version, publish, staging_dir, utc_now_iso
