@@ -59,7 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m app",
         description="Serve churn predictions from the current bundle in the model directory.",
         epilog="Every setting is also an environment variable: CHURN_HOST, CHURN_PORT, CHURN_WORKERS, "
-        "CHURN_MODEL_DIR, CHURN_API_KEY, CHURN_DATABASE_URL, ... (README, Configuration). A flag wins over "
+        "CHURN_MODEL_DIR, CHURN_API_KEY, CHURN_DATABASE_URL, ... (README: The prediction service). A flag wins over "
         "its variable.",
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
