@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--workers", type=int, help="worker processes, one thread each: about one per core")
     parser.add_argument("--model-dir", help="directory whose `current` bundle is served (default models)")
-    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", type=str.lower, choices=["critical", "error", "warning", "info", "debug"])
     return parser.parse_args(argv)
 
 
