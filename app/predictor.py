@@ -932,9 +932,12 @@ class Predictor:
         return self.column_encoder.encode(batch.columns, len(batch))
 
     def _all_reasons(self, contributions: np.ndarray, columns: dict[str, list[Any]]) -> list[list[dict[str, Any]]]:
-        return [self._reasons(row_contributions, columns, row) for row, row_contributions in enumerate(contributions)]
+        if len(contributions) == 1:  # /predict: plain Python beats numpy's per-call cost on one row
+            return [self._reasons(self.explainer.top_features(contributions[0], self.top_reasons), columns, 0)]
+        ranked = self.explainer.top_features_many(contributions, self.top_reasons)
+        return [self._reasons(top, columns, row) for row, top in enumerate(ranked)]
 
-    def _reasons(self, contributions: np.ndarray, columns: dict[str, list[Any]], row: int) -> list[dict[str, Any]]:
+    def _reasons(self, top: list[tuple[int, float]], columns: dict[str, list[Any]], row: int) -> list[dict[str, Any]]:
         names = self.explainer.feature_names
         return [
             {
@@ -942,7 +945,7 @@ class Predictor:
                 "value": self.display_value(names[position], columns[names[position]][row]),
                 "contribution": round(contribution, 6),
             }
-            for position, contribution in self.explainer.top_features(contributions, self.top_reasons)
+            for position, contribution in top
         ]
 
     def display_value(self, name: str, cleaned: Any) -> Any:

@@ -60,3 +60,17 @@ def test_a_missing_value_is_itself_a_reason_candidate(schema_and_data):
     _, contributions = explainer.score_and_explain(schema.encode(values, 1).matrix)
     assert contributions[0, schema.names.index("charges")] != 0.0
     assert contributions[0, schema.names.index("tenure")] == 0.0
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, 25])
+def test_top_features_of_a_batch_equal_those_of_each_row(limit: int) -> None:
+    """Ties (in feature order), zeros, negatives and tiny positives ranked as the one-row version ranks them."""
+    rng = np.random.default_rng(4)
+    contributions = rng.integers(-3, 4, size=(200, 19)) / 4.0  # many exact ties
+    contributions[::7] = 0.0
+    contributions[1::9, 5] = 1e-9  # positive, but below the threshold of a reason
+
+    ranked = Explainer.top_features_many(contributions, limit)
+
+    assert ranked == [Explainer.top_features(row, limit) for row in contributions]
+    assert all(len(top) <= limit for top in ranked)
