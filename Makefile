@@ -4,7 +4,8 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-MODEL_DIR ?= models
+# The bundle directory for both training and serving: CHURN_MODEL_DIR when set, else models/.
+MODEL_DIR ?= $(or $(CHURN_MODEL_DIR),models)
 
 .PHONY: run serve train setup setup-dev test lint bench bench-training bench-serving clean
 
@@ -29,11 +30,11 @@ setup-dev: $(VENV)/.dev
 run: setup
 	@test -f $(MODEL_DIR)/current || $(BIN)/python -m training --model-dir $(MODEL_DIR)
 	@$(BIN)/python -m app.compiled_trees
-	$(BIN)/python -m app
+	$(BIN)/python -m app --model-dir $(MODEL_DIR)
 
 serve: setup
 	@$(BIN)/python -m app.compiled_trees
-	$(BIN)/python -m app
+	$(BIN)/python -m app --model-dir $(MODEL_DIR)
 
 train: setup
 	$(BIN)/python -m training --model-dir $(MODEL_DIR) $(ARGS)
