@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     reload_poll_seconds: float = Field(default=0.5, gt=0)
     # How long POST /admin/reload waits for every worker to report the new version before answering.
     reload_wait_seconds: float = Field(default=30.0, ge=0)
-    # How long a background thread (monitoring's writer) may keep the interpreter while a request
-    # waits for it. Python's default is 5 ms, which shows in the request path's tail latency.
+    # How long a background thread (a batch's monitoring drain, the log writer's hand-over) may
+    # keep the interpreter while a request waits for it. Python's default is 5 ms, which shows in
+    # the request path's tail latency.
     gil_switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
 
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.

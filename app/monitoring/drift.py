@@ -392,37 +392,47 @@ class DriftTracker:
         if len(self._pending) > MAX_PENDING_EVENTS:
             self.apply_pending()  # the background thread is not keeping up: keep memory bounded here
 
-    def apply_pending(self, on_error: Callable[[Exception], None] | None = None) -> int:
-        """Bin every remembered batch into this worker's slot table; returns the records counted."""
-        with self._apply_lock:
-            per_slot: dict[int, np.ndarray] = {}
-            singles: dict[int, list[_Single]] = {}
-            counted = 0
-            while self._pending:
-                timestamp, columns, scores, decisions, row = self._pending.popleft()
-                slot = int(timestamp // self.slot_seconds)
-                try:
-                    if len(scores) == 1:
-                        singles.setdefault(slot, []).append((columns, row, float(scores[0]), bool(decisions[0])))
-                    elif len(scores) > 1:
-                        counts = self._counts_of_many(columns, scores, decisions)
-                        per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
-                    counted += len(scores)
-                except Exception as exc:  # one malformed batch must not stop the others
-                    if on_error is not None:
-                        on_error(exc)
-            for slot, records in singles.items():
-                try:
-                    counts = self._counts_of_singles(records)
-                except Exception as exc:
-                    counted -= len(records)
-                    if on_error is not None:
-                        on_error(exc)
-                    continue
-                per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
-            for slot, counts in per_slot.items():
-                self.table.add_counts(slot, counts)
-            return counted
+    def apply_pending(self, on_error: Callable[[Exception], None] | None = None, *, blocking: bool = True) -> int:
+        """Bin every remembered batch into this worker's slot table; returns the records counted.
+
+        ``blocking=False``: return 0 at once when another thread is binning (it may take a while).
+        """
+        if not self._apply_lock.acquire(blocking=blocking):
+            return 0
+        try:
+            return self._apply_locked(on_error)
+        finally:
+            self._apply_lock.release()
+
+    def _apply_locked(self, on_error: Callable[[Exception], None] | None) -> int:
+        per_slot: dict[int, np.ndarray] = {}
+        singles: dict[int, list[_Single]] = {}
+        counted = 0
+        while self._pending:
+            timestamp, columns, scores, decisions, row = self._pending.popleft()
+            slot = int(timestamp // self.slot_seconds)
+            try:
+                if len(scores) == 1:
+                    singles.setdefault(slot, []).append((columns, row, float(scores[0]), bool(decisions[0])))
+                elif len(scores) > 1:
+                    counts = self._counts_of_many(columns, scores, decisions)
+                    per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
+                counted += len(scores)
+            except Exception as exc:  # one malformed batch must not stop the others
+                if on_error is not None:
+                    on_error(exc)
+        for slot, records in singles.items():
+            try:
+                counts = self._counts_of_singles(records)
+            except Exception as exc:
+                counted -= len(records)
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            per_slot[slot] = per_slot[slot] + counts if slot in per_slot else counts
+        for slot, counts in per_slot.items():
+            self.table.add_counts(slot, counts)
+        return counted
 
     def _counts_of_singles(self, records: list[_Single]) -> np.ndarray:
         """Bin counts of many single-record predictions, binned feature by feature like a batch.

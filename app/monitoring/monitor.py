@@ -4,10 +4,11 @@ The request path does two things: the middleware adds to plain Python counters (
 flight, requests and durations by route) and :meth:`Monitor.record` appends the scored event to an
 in-memory inbox. Everything else happens in :meth:`Monitor.drain`, vectorised over every event
 queued since the last drain: the prediction counters and histograms, feature warnings, drift
-binning and the prediction log queue. The prediction log writer drains at least every
-``prediction_log_flush_seconds`` (sooner once a batch's worth is queued); every scrape this worker
-serves, every drift update, feedback call, report and the stop drain first, so what they show
-includes every prediction answered before them. Everything that reads files or databases runs in
+binning and the prediction log queue. Under ``/predict`` traffic the event loop drains between two
+requests once ``LOOP_DRAIN_RECORDS`` wait; a batch is drained by the prediction log's thread, which
+also drains at least every ``prediction_log_flush_seconds``; every scrape this worker serves, every
+drift update, feedback call, report and the stop drain first, so what they show includes every
+prediction answered before them. Everything that reads files or databases runs in
 background threads started by :meth:`Monitor.start`: drift figures every ``drift_update_seconds``,
 realized performance every ``performance_update_seconds`` (and right after feedback), the memory
 gauge, and the prediction log writer.
@@ -64,6 +65,11 @@ STALE_TABLE_CHECK_SECONDS = 60.0
 _VERSION = attrgetter("model_version")
 _BANDS = attrgetter("risk_bands")
 _FIRST = itemgetter(0)
+# /predict traffic is drained on the event loop once this many records wait (about 0.4 ms of
+# work at a time, 6-7 us a record; smaller steps cost more per record, larger ones stall longer).
+LOOP_DRAIN_RECORDS = 64
+# A longer backlog (a batch) is left to the background thread, so the loop never stalls for long.
+LOOP_DRAIN_MAX_RECORDS = 1_024
 
 
 def resident_memory_bytes() -> float:
@@ -117,6 +123,7 @@ class Monitor:
         self._inbox_limit = settings.prediction_log_queue_size
         self._inbox_lock = threading.Lock()
         self._drain_lock = threading.Lock()
+        self._loop_drain_scheduled = False  # only the event loop's thread reads and sets it
         self.metrics.add_flush_source(self.drain)
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
@@ -247,9 +254,10 @@ class Monitor:
         """Queue a scored batch for monitoring: one list append under an uncontended lock. Never raises.
 
         Everything else (counters, histograms, warnings, drift binning, the prediction log) happens
-        in :meth:`drain`, off the request path and vectorised over every event queued since the last
-        drain: the log writer drains at least every ``prediction_log_flush_seconds`` (sooner once a
-        batch's worth is queued), and every scrape, drift update, feedback and report drains first.
+        in :meth:`drain`, after the response and vectorised over every event queued since the last
+        drain: on the event loop between requests for single records, in the log's thread for
+        batches and at least every ``prediction_log_flush_seconds``, and before every scrape, drift
+        update, feedback and report.
         """
         try:
             size = len(event.prediction_ids)
@@ -262,38 +270,73 @@ class Monitor:
                 self._inbox_records = backlog = self._inbox_records + size
             if backlog >= self._inbox_limit:
                 self.drain()  # the background writer is not keeping up: keep memory bounded here
-            elif backlog >= self.log.batch_size:
-                self.log.wake()
+            elif backlog > LOOP_DRAIN_MAX_RECORDS:
+                self.log.wake()  # a batch: drained by the background thread, not between requests
+            elif backlog >= LOOP_DRAIN_RECORDS:
+                self._drain_between_requests()
         except Exception as exc:
             self._contained_failure("record", exc)
+
+    def _drain_between_requests(self) -> None:
+        """Have the event loop drain the inbox once it has finished the work queued before this call.
+
+        Why on the loop and not in the background thread: the drain is a few microseconds per
+        record, but a background thread that wants the interpreter lock takes it at every point
+        where the request path lets it go (a socket wait, a numpy call), and the request path then
+        waits up to the switch interval to get it back. Drained on the loop, a few dozen records at
+        a time, it costs the requests only its own time, spread evenly over them.
+        """
+        if self._loop_drain_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # recorded outside the event loop (a thread): the background thread drains
+            self.log.wake()
+            return
+        self._loop_drain_scheduled = True
+        loop.call_soon(self._drain_on_loop)
+
+    def _drain_on_loop(self) -> None:
+        self._loop_drain_scheduled = False
+        # Never wait on the loop: a drain already running elsewhere takes these events too.
+        if self._inbox_records > LOOP_DRAIN_MAX_RECORDS or not self._drain_lock.acquire(blocking=False):
+            self.log.wake()
+            return
+        try:
+            self._drain_locked(wait_for_drift=False)
+        finally:
+            self._drain_lock.release()
 
     def drain(self) -> int:
         """Account for every queued event: metrics, drift counts and the log queue. Any thread; returns records."""
         with self._drain_lock:
-            with self._inbox_lock:
-                events, self._inbox = self._inbox, []
-                self._inbox_records = 0
-            if not events:
-                return 0
+            return self._drain_locked(wait_for_drift=True)
+
+    def _drain_locked(self, wait_for_drift: bool) -> int:
+        with self._inbox_lock:
+            events, self._inbox = self._inbox, []
+            self._inbox_records = 0
+        if not events:
+            return 0
+        try:
+            self._count_events(events)
+        except Exception as exc:
+            self._contained_failure("record", exc)
+        drift = self.drift
+        records = 0
+        for event, latency in events:
+            records += len(event.prediction_ids)
             try:
-                self._count_events(events)
+                if drift is not None and drift.layout.model_version == event.model_version:
+                    drift.count(event.timestamp, event.columns, event.scores, event.decisions, event.row)
+                self.log.enqueue(event, latency)
             except Exception as exc:
                 self._contained_failure("record", exc)
-            drift = self.drift
-            records = 0
-            for event, latency in events:
-                records += len(event.prediction_ids)
-                try:
-                    if drift is not None and drift.layout.model_version == event.model_version:
-                        drift.count(event.timestamp, event.columns, event.scores, event.decisions, event.row)
-                    self.log.enqueue(event, latency)
-                except Exception as exc:
-                    self._contained_failure("record", exc)
-            if drift is not None:
-                # Binned now, a drain's worth at a time: small steps that leave the request path the
-                # interpreter, rather than one long step per drift update.
-                drift.apply_pending(on_error=lambda exc: self._contained_failure("drift", exc))
-            return records
+        if drift is not None:
+            # Binned now, a drain's worth at a time (small steps, rather than one long step per
+            # drift update); on the loop only if no other thread is binning at this moment.
+            drift.apply_pending(on_error=lambda exc: self._contained_failure("drift", exc), blocking=wait_for_drift)
+        return records
 
     def _count_events(self, events: list[tuple[PredictionEvent, float | None]]) -> None:
         """The prediction metrics of many events with one update per series."""

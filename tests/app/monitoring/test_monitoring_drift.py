@@ -229,3 +229,15 @@ def test_monitor_exports_drift_and_resets_on_reload(tmp_path):
         # Events scored by the previous model (in flight during the reload) do not pollute the new window.
         monitor.record(make_event(manifest, 10, seed=4, timestamp=NOW))
         assert monitor.update_drift().window_predictions == 0
+
+
+def test_binning_without_waiting_leaves_the_work_to_a_thread_already_binning(tmp_path):
+    manifest = make_manifest()
+    tracker = tracker_for(tmp_path, manifest)
+    event = make_event(manifest, 20, seed=4, timestamp=NOW)
+    tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    with tracker._apply_lock:  # another thread is binning
+        assert tracker.apply_pending(blocking=False) == 0
+    assert tracker.apply_pending(blocking=False) == 20
+    assert tracker.snapshot(NOW).window_predictions == 20
+    tracker.close()

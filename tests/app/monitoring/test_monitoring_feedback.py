@@ -36,8 +36,12 @@ def feedback_counts(monitor: Monitor) -> dict[str, float | None]:
 
 @pytest.fixture
 def slow_log_client(tmp_path):
-    """A service whose log writer waits an hour: feedback must flush queued predictions itself."""
-    settings = make_settings(tmp_path, prediction_log_flush_seconds=3600)
+    """A service whose log writer waits an hour: feedback must flush queued predictions itself.
+
+    Retention covers ten years: some tests log predictions on fixed past dates, and the log's
+    thread, woken when enough records wait, would otherwise delete them as expired.
+    """
+    settings = make_settings(tmp_path, prediction_log_flush_seconds=3600, prediction_log_retention_days=3650)
     monitor = Monitor(settings)
     with TestClient(build_app(settings, monitor, make_manifest())) as client:
         yield client, monitor

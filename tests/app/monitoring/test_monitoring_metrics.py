@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import numpy as np
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.monitoring import Monitor, NullMonitor, create_monitor
 from app.monitoring.events import PredictionEvent
 from app.monitoring.metrics import LATENCY_BUCKETS, SCORE_BUCKETS, Metrics, observe_many
+from app.monitoring.monitor import LOOP_DRAIN_MAX_RECORDS, LOOP_DRAIN_RECORDS
 from app.monitoring.routes import DISABLED_DETAIL
 from tests.app.monitoring.monitoring_helpers import (
     API_KEY,
@@ -341,3 +343,72 @@ def test_numbers_outside_the_training_range_are_counted_by_feature(tmp_path):
     # Every numeric feature has the series from the start, so a rate over it is 0 rather than absent.
     assert metric_value(text, "churn_feature_warnings_total", feature="monthly_charges", kind="out_of_range") == 0
     monitor.drift.close()
+
+
+# ---- where recorded predictions are drained ---------------------------------------------------------------
+def _singles(manifest, count: int) -> list[PredictionEvent]:
+    return [make_event(manifest, 1, seed=seed) for seed in range(count)]
+
+
+def _score_count(monitor: Monitor) -> float | None:
+    samples = monitor.metrics.score.collect()[0].samples
+    return next((sample.value for sample in samples if sample.name == "churn_prediction_score_count"), None)
+
+
+def test_single_records_are_drained_on_the_event_loop_in_small_steps(tmp_path, manifest):
+    # The log thread would only wake after an hour: whatever is drained here was drained by the loop.
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
+    monitor.model_loaded(manifest)
+    events = _singles(manifest, LOOP_DRAIN_RECORDS)
+
+    async def record_all() -> tuple[int, int]:
+        for event in events[:-1]:
+            monitor.record(event)
+        await asyncio.sleep(0)
+        waiting_before = len(monitor._inbox)  # below the step size: nothing drained yet
+        monitor.record(events[-1])
+        await asyncio.sleep(0)  # the drain runs once the loop has finished what was queued before it
+        return waiting_before, len(monitor._inbox)
+
+    waiting_before, waiting_after = asyncio.run(record_all())
+    assert (waiting_before, waiting_after) == (LOOP_DRAIN_RECORDS - 1, 0)
+    assert monitor.log._pending_records == LOOP_DRAIN_RECORDS  # handed on to the log queue
+    assert monitor.drift is not None and not monitor.drift._pending  # and binned
+    monitor.metrics.flush_pending()  # counted: the deferred updates the drain made reach the metric
+    assert _score_count(monitor) == LOOP_DRAIN_RECORDS
+
+
+def test_batches_and_records_from_other_threads_are_left_to_the_background(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
+    monitor.model_loaded(manifest)
+
+    async def record_batch() -> int:
+        monitor.record(make_event(manifest, LOOP_DRAIN_MAX_RECORDS + 1, seed=1))
+        await asyncio.sleep(0)
+        return len(monitor._inbox)
+
+    assert asyncio.run(record_batch()) == 1  # the loop never stalls on a batch's drain
+    assert monitor.log._wake.is_set()  # the log thread was asked to drain it
+    monitor.drain()
+    monitor.log._wake.clear()
+    for event in _singles(manifest, LOOP_DRAIN_RECORDS):  # no event loop in this thread
+        monitor.record(event)
+    assert len(monitor._inbox) == LOOP_DRAIN_RECORDS and monitor.log._wake.is_set()
+    assert monitor.drain() == LOOP_DRAIN_RECORDS
+
+
+def test_a_drain_on_the_loop_never_waits_for_another_threads_drain(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
+    monitor.model_loaded(manifest)
+    events = _singles(manifest, LOOP_DRAIN_RECORDS)
+
+    async def record_while_draining_elsewhere() -> int:
+        with monitor._drain_lock:  # as if the log thread were draining right now
+            for event in events:
+                monitor.record(event)
+            await asyncio.sleep(0)  # the loop's drain step finds the lock taken and returns
+            return len(monitor._inbox)
+
+    assert asyncio.run(record_while_draining_elsewhere()) == LOOP_DRAIN_RECORDS
+    assert monitor.log._wake.is_set()  # left to the thread that holds the lock
+    assert monitor.drain() == LOOP_DRAIN_RECORDS
