@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from app.main import GC_YOUNG_THRESHOLD
 from app.reload import Announcement, WorkerReport, WorkerSync
 from models.bundle import MANIFEST, current_bundle_dir, set_current
 from tests.conftest import API_KEY, build_bundle, customer_record
@@ -32,6 +34,15 @@ def models_dir(tmp_path: Path, linear_models_dir: Path) -> Path:
     copy = tmp_path / "models"
     shutil.copytree(linear_models_dir, copy)
     return copy
+
+
+def test_startup_sets_the_young_collection_threshold_and_keeps_the_older_ones(serve: Any, models_dir: Path) -> None:
+    before = gc.get_threshold()
+    try:
+        serve(models_dir)
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_health_and_ready_when_a_bundle_is_loaded(serve: Any, models_dir: Path) -> None:
