@@ -25,16 +25,9 @@ import sys
 import numpy as np
 
 from models.features import FeatureSchema
-from models.scoring import EnsembleModel, LinearModel, RawModel
+from models.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit, member_logits
 
-_EPSILON = 1e-7
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    # np.minimum/np.maximum rather than np.clip: the same values, without np.clip's Python-level
-    # dispatch, which costs more than the arithmetic on a single row.
-    p = np.minimum(np.maximum(p, _EPSILON), 1.0 - _EPSILON)
-    return np.log(p / (1.0 - p))
+_EPSILON = LOGIT_EPSILON
 
 
 class Explainer:
@@ -78,8 +71,7 @@ class Explainer:
         explained = [member.score_and_explain(matrix) for member in self._members]
         weights = self.model.weights
         # The same arithmetic as EnsembleModel.raw_proba, so the score equals the plain call's.
-        member_logits = np.stack([_logit(scores) for scores, _ in explained])
-        scores = 1.0 / (1.0 + np.exp(-(weights @ member_logits)))
+        scores = 1.0 / (1.0 + np.exp(-(weights @ member_logits([scores for scores, _ in explained]))))
         contributions = sum(weight * part for weight, (_, part) in zip(weights.tolist(), explained, strict=True))
         return scores, contributions
 
@@ -95,7 +87,7 @@ class Explainer:
         both = self.model.raw_proba(np.concatenate([matrix, occluded]))
         scores, occluded_scores = both[:n_rows], both[n_rows:]
         contributions = np.zeros((n_rows, n_groups))
-        contributions[rows, groups] = _logit(scores)[rows] - _logit(occluded_scores)
+        contributions[rows, groups] = logit(scores)[rows] - logit(occluded_scores)
         return scores, contributions
 
     @staticmethod

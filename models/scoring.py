@@ -25,14 +25,22 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+LOGIT_EPSILON = 1e-7
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities bounded to [1e-7, 1 - 1e-7].
+
+    np.minimum/np.maximum rather than np.clip: the same values (NaN included), without np.clip's
+    Python-level dispatch, which costs more than the arithmetic on a single row.
+    """
+    p = np.minimum(np.maximum(p, LOGIT_EPSILON), 1.0 - LOGIT_EPSILON)
+    return np.log(p / (1.0 - p))
 
 
 def apply_calibration(calibration: Calibration, raw: np.ndarray) -> np.ndarray:
     if calibration.method == "platt":
-        return _sigmoid(calibration.platt_a * _logit(raw) + calibration.platt_b)
+        return _sigmoid(calibration.platt_a * logit(raw) + calibration.platt_b)
     if calibration.method == "isotonic":
         return np.interp(raw, calibration.isotonic_x, calibration.isotonic_y)
     return raw
@@ -115,6 +123,11 @@ class SoftVote:
     members: list[tuple[str, Any, float]]
 
 
+def member_logits(member_scores: list[np.ndarray]) -> np.ndarray:
+    """The members' log-odds, one row per member: one ``logit`` over all of them, not one per member."""
+    return logit(np.concatenate(member_scores)).reshape(len(member_scores), -1)
+
+
 class EnsembleModel:
     """Weighted mean of the members' log-odds, mapped back to a probability.
 
@@ -143,8 +156,8 @@ class EnsembleModel:
         return cls([(family, wrap_estimator(family, estimator), weight) for family, estimator, weight in vote.members])
 
     def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
-        member_logits = np.stack([_logit(model.raw_proba(matrix)) for _, model, _ in self.members])
-        return _sigmoid(self.weights @ member_logits)
+        member_scores = [model.raw_proba(matrix) for _, model, _ in self.members]
+        return _sigmoid(self.weights @ member_logits(member_scores))
 
 
 def wrap_estimator(family: str, estimator: Any) -> RawModel:

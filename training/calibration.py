@@ -22,9 +22,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from models.bundle import Calibration
 
-# The service's own logit (same clipping), so Platt scaling is fitted on exactly what it is applied to.
-from models.scoring import _logit as score_logit
-from models.scoring import apply_calibration
+# The service's own logit (same bounds), so Platt scaling is fitted on exactly what it is applied to.
+from models.scoring import apply_calibration, logit
 from training.evaluation import as_labels, as_probabilities, binary_log_loss, expected_calibration_error
 
 METHODS = ("none", "platt", "isotonic")  # simplest first: an exact tie goes to the simpler method
@@ -43,7 +42,7 @@ LOSS_EPS = 1e-15
 # ---- the calibrators -----------------------------------------------------------------------------
 def fit_platt(raw: np.ndarray, y: np.ndarray) -> Calibration:
     """Maximum-likelihood a, b of p = sigmoid(a * logit(raw) + b)."""
-    z = score_logit(raw)
+    z = logit(raw)
 
     def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
         s = params[0] * z + params[1]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models.bundle import Calibration
-from models.scoring import apply_calibration, wrap_estimator
+from models.scoring import apply_calibration, logit, member_logits, wrap_estimator
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,14 @@ def test_calibration_maps():
     np.testing.assert_allclose(apply_calibration(platt, raw), raw, atol=1e-9)
     isotonic = Calibration(method="isotonic", isotonic_x=[0.0, 0.5, 1.0], isotonic_y=[0.0, 0.2, 1.0])
     np.testing.assert_allclose(apply_calibration(isotonic, raw), [0.04, 0.2, 0.84])
+
+
+def test_logit_bounds_like_clip_and_member_logits_stack_each_members():
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.random(997), [0.0, 1.0, -0.5, 1.5, 1e-300, np.nan, 1e-7, 1 - 1e-7]])
+    clipped = np.clip(values, 1e-7, 1 - 1e-7)
+    np.testing.assert_array_equal(logit(values), np.log(clipped / (1 - clipped)))  # NaN stays NaN
+    for size in (1, 7, 500):
+        members = [rng.random(size), rng.random(size), rng.random(size)]
+        expected = np.stack([logit(scores) for scores in members])
+        np.testing.assert_array_equal(member_logits(members), expected)  # bit for bit, any batch size
