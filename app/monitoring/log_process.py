@@ -2,13 +2,16 @@
 
 Building each record's row and handing it to the database driver is Python work. In the service's
 process it shares the interpreter lock with the requests: a 10,000-record batch's rows held it for
-about 100 ms while the next batch was being scored. Here the service sends pending rows (a few
-microseconds per record to serialise) and a child process, started with the worker and ended with
-it, builds and writes them with :class:`~app.monitoring.log_store.LogWriter`.
+about 100 ms while the next batch was being scored. Here the service sends pending rows (about a
+microsecond per record to serialise, done by the monitor's drain: see
+:meth:`~app.monitoring.prediction_log.PredictionLog.enqueue_many`) and a child process, started
+with the worker and ended with it, builds and writes them with
+:class:`~app.monitoring.log_store.LogWriter`.
 
 Protocol, over the child's stdin and stdout: frames of an 8-byte little-endian length and a pickle.
-The first frame is the writer's configuration; then each request (``("write", rows)``,
-``("retention", now, days)``, ``("close",)``) gets one :class:`WriteReport` in reply. The child
+The first frame is the writer's configuration; then each request (``("write", rows, payloads)``
+with each payload a pickled list of rows, ``("retention", now, days)``, ``("close",)``) gets one
+:class:`WriteReport` in reply. The child
 exits at ``close`` or when its stdin closes (the service has gone), and logs to the service's
 stderr. Only this package's own process ever writes to the pipe, so unpickling is safe.
 """
@@ -26,10 +29,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from app.monitoring.log_store import LogWriter, PendingRow, WriteReport
+from app.monitoring.log_store import LogWriter, PendingRow, PreparedRows, WriteReport
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +133,11 @@ class LogWriterProcess:
             process.wait()
 
     # ---- calls -----------------------------------------------------------------------------------
-    def write(self, pending: list[PendingRow]) -> WriteReport:
-        return self._request(("write", pending), len(pending))
+    def write(self, pending: list[PendingRow], prepared: Sequence[PreparedRows] = ()) -> WriteReport:
+        # Prepared rows travel as the bytes they already are: pickling bytes is a copy.
+        payloads = [parcel.payload for parcel in prepared]
+        records = len(pending) + sum(parcel.records for parcel in prepared)
+        return self._request(("write", pending, payloads), records)
 
     def enforce_retention(self, now: float, retention_days: int) -> WriteReport:
         return self._request(("retention", now, retention_days), 0)
@@ -195,7 +202,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             return
         kind = message[0]
         if kind == "write":
-            report = writer.write(message[1])
+            report = writer.write(message[1], [PreparedRows(payload, 0) for payload in message[2]])
         elif kind == "retention":
             report = writer.enforce_retention(message[1], message[2])
         elif kind == "close":

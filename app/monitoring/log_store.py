@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import pickle
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Any
@@ -169,6 +171,18 @@ def _may_pass(error: Exception) -> bool:
 PendingRow = tuple[str, float, str, "str | None", tuple[str, ...], tuple[Any, ...], float, bool, str, float, int]
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """Pending rows serialised (a pickle of ``list[PendingRow]``) where they were built, for a writer process."""
+
+    payload: bytes
+    records: int
+
+    def rows(self) -> list[PendingRow]:
+        # Only the service's own process builds these (see PredictionLog.enqueue_many).
+        return pickle.loads(self.payload)
+
+
 def pending_rows(event: PredictionEvent, request_latency: float | None) -> list[PendingRow]:
     """One pending row per record of a scored event (raises on a malformed event)."""
     latency = request_latency if request_latency is not None else float(sum(event.stage_seconds.values()))
@@ -260,9 +274,11 @@ class LogWriter:
         """Rows waiting for another try after a failed write."""
         return sum(len(batch) for batch, _ in self._retry)
 
-    def write(self, pending: list[PendingRow]) -> WriteReport:
-        """Write ``pending`` (after the rows kept from failed writes); what happened, never raises."""
+    def write(self, pending: list[PendingRow], prepared: Sequence[PreparedRows] = ()) -> WriteReport:
+        """Write ``pending`` and ``prepared`` (after the rows kept from failed writes); what happened, never raises."""
         report = WriteReport()
+        if prepared:
+            pending = [*chain.from_iterable(parcel.rows() for parcel in prepared), *pending]
         rows = self._table_rows(pending, report)
         batches = self._retry + [
             (rows[start : start + self.batch_size], 0) for start in range(0, len(rows), self.batch_size)

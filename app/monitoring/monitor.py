@@ -324,14 +324,17 @@ class Monitor:
             self._contained_failure("record", exc)
         drift = self.drift
         records = 0
-        for event, latency in events:
+        for event, _ in events:
             records += len(event.prediction_ids)
             try:
                 if drift is not None and drift.layout.model_version == event.model_version:
                     drift.count(event.timestamp, event.columns, event.scores, event.decisions, event.row)
-                self.log.enqueue(event, latency)
             except Exception as exc:
                 self._contained_failure("record", exc)
+        try:
+            self.log.enqueue_many(events)
+        except Exception as exc:
+            self._contained_failure("record", exc)
         if drift is not None:
             # Binned now, a drain's worth at a time (small steps, rather than one long step per
             # drift update); on the loop only if no other thread is binning at this moment.

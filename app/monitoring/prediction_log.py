@@ -2,11 +2,13 @@
 
 Scored events reach a bounded in-memory queue (counted in records) from the monitor's drain, off
 the request path (see ``Monitor.record``). A background thread takes the queue at least every
-``prediction_log_flush_seconds`` (sooner once ``prediction_log_batch_size`` records wait), turns
-each event into pending rows and hands them to the writer, which builds the table rows and inserts
-them in batches (``app.monitoring.log_store``). By default the writer runs in a process of its own
+``prediction_log_flush_seconds`` (sooner once ``prediction_log_batch_size`` records wait) and hands
+its pending rows to the writer, which builds the table rows and inserts them in batches
+(``app.monitoring.log_store``). By default the writer runs in a process of its own
 (``app.monitoring.log_process``), so building and inserting rows never holds this process's
-interpreter lock while requests wait for it; ``prediction_log_writer = "thread"`` keeps it here.
+interpreter lock while requests wait for it; each drain then queues its events' pending rows
+already serialised, and the thread only passes bytes on. ``prediction_log_writer = "thread"``
+keeps the writer here, and the queue holds the events themselves.
 
 A full queue drops the event (counted by reason, logged) instead of blocking. A failed write is
 counted and logged, never raised (the prediction has already been answered); when the failure may
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import Engine
@@ -31,6 +34,7 @@ from app.monitoring.log_process import LogWriterProcess
 from app.monitoring.log_store import (
     LogWriter,
     PendingRow,
+    PreparedRows,
     WriteReport,
     create_tables,
     make_engine,
@@ -52,7 +56,7 @@ class Writer(Protocol):
 
     def start(self) -> None: ...
 
-    def write(self, pending: list[PendingRow]) -> WriteReport: ...
+    def write(self, pending: list[PendingRow], prepared: Sequence[PreparedRows] = ()) -> WriteReport: ...
 
     def enforce_retention(self, now: float, retention_days: int) -> WriteReport: ...
 
@@ -86,7 +90,8 @@ class PredictionLog:
         self.clock = clock
         self.engine: Engine | None = None  # for readers (feedback, report), and the writer when it runs here
         self._writer: Writer | None = None
-        self._pending: deque[tuple[PredictionEvent, float | None]] = deque()
+        # Scored events, or (with a writer process) their rows already serialised, with request latencies.
+        self._pending: deque[tuple[PredictionEvent | PreparedRows, float | None]] = deque()
         self._pending_records = 0
         self._waiting_records = 0  # kept by the writer for another try, as of its last report
         self._queue_lock = threading.Lock()
@@ -98,27 +103,62 @@ class PredictionLog:
         self._errors = ThrottledErrors(logger)
         self._tables_checked = False  # by readers
 
-    # ---- request path ----------------------------------------------------------------------------
+    # ---- from the monitor's drain -------------------------------------------------------------------
     def enqueue(self, event: PredictionEvent, request_latency: float | None) -> bool:
         """Queue a scored batch for writing; False (and counted) when the queue is full. Never blocks."""
-        size = len(event.prediction_ids)
+        return self._queue(event, request_latency, len(event.prediction_ids))
+
+    def enqueue_many(self, events: list[tuple[PredictionEvent, float | None]]) -> None:
+        """Queue the events of one drain. Never blocks.
+
+        With a writer process, their pending rows are built and serialised here, at once, while
+        the events are fresh in the processor's caches (the drain runs right after they were
+        recorded): the log's thread then only hands bytes to the writer. As with :meth:`enqueue`,
+        an event that does not fit in the queue is dropped (counted), and a malformed one is
+        counted and skipped.
+        """
+        if self.writer_kind != "process":
+            for event, latency in events:
+                self.enqueue(event, latency)
+            return
+        rows_by_event = [self._pending_rows([entry]) for entry in events]
+        dropped = 0
+        with self._queue_lock:  # serialised under the lock, so the queue's record count stays exact
+            queued = self._pending_records
+            accepted: list[PendingRow] = []
+            for rows in rows_by_event:
+                if queued + len(rows) > self.queue_size:
+                    dropped += len(rows)
+                else:
+                    accepted.extend(rows)
+                    queued += len(rows)
+            if accepted:
+                payload = pickle.dumps(accepted, protocol=pickle.HIGHEST_PROTOCOL)
+                self._pending.append((PreparedRows(payload, len(accepted)), None))
+                self._pending_records = queued
+        self._after_queueing(queued, dropped)
+
+    def _queue(self, item: PredictionEvent | PreparedRows, request_latency: float | None, size: int) -> bool:
         with self._queue_lock:
             queued = self._pending_records
             if queued + size > self.queue_size:
                 accepted = False
             else:
-                self._pending.append((event, request_latency))
+                self._pending.append((item, request_latency))
                 self._pending_records = queued = queued + size
                 accepted = True
-        if not accepted:
-            self.metrics.log_dropped.labels(reason="queue_full").inc(size)
+        self._after_queueing(queued, 0 if accepted else size)
+        return accepted
+
+    def _after_queueing(self, queued: int, dropped: int) -> None:
+        if dropped:
+            self.metrics.log_dropped.labels(reason="queue_full").inc(dropped)
             self.metrics.log_queue.set(queued)
-            self._errors.error("prediction log queue is full (%d records): dropped %d", self.queue_size, size)
-            return False
+            self._errors.error("prediction log queue is full (%d records): dropped %d", self.queue_size, dropped)
+            return
         # The queue gauge is refreshed by the writer, not here: one gauge write less per prediction.
         if queued >= self.batch_size and not self._wake.is_set():
             self._wake.set()
-        return True
 
     def wake(self) -> None:
         """Have the writer write now rather than at its next period (a batch's worth is waiting)."""
@@ -167,7 +207,7 @@ class PredictionLog:
             self._maybe_enforce_retention()
 
     # ---- writing ---------------------------------------------------------------------------------
-    def _take(self) -> list[tuple[PredictionEvent, float | None]]:
+    def _take(self) -> list[tuple[PredictionEvent | PreparedRows, float | None]]:
         with self._queue_lock:
             taken = list(self._pending)
             self._pending.clear()
@@ -198,18 +238,21 @@ class PredictionLog:
         next time (see ``LogWriter``); beyond its limits they are dropped and counted.
         """
         with self._write_lock:
-            pending = self._pending_rows(self._take())
+            taken = self._take()
+            prepared = [item for item, _ in taken if isinstance(item, PreparedRows)]
+            pending = self._pending_rows([entry for entry in taken if isinstance(entry[0], PredictionEvent)])
             if self._writer is None:  # not started, or stopped: nothing can write them
-                if pending:
-                    self.metrics.log_dropped.labels(reason="write_error").inc(len(pending))
-                    self._errors.error("prediction log is not running: dropped %d rows", len(pending))
+                lost = len(pending) + sum(parcel.records for parcel in prepared)
+                if lost:
+                    self.metrics.log_dropped.labels(reason="write_error").inc(lost)
+                    self._errors.error("prediction log is not running: dropped %d rows", lost)
                 return 0
-            report = self._writer.write(pending)
+            report = self._writer.write(pending, prepared)
             self._apply(report)
             self.publish_queue_size()
             return report.written
 
-    def _pending_rows(self, taken: list[tuple[PredictionEvent, float | None]]) -> list[PendingRow]:
+    def _pending_rows(self, taken: list[Any]) -> list[PendingRow]:
         rows: list[PendingRow] = []
         for item_event, latency in taken:
             try:

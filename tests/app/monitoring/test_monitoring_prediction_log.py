@@ -257,3 +257,37 @@ def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, man
             assert monitor.write_log() == 0
             assert dropped(monitor)["write_error"] == (3 if attempt == MAX_WRITE_ATTEMPTS else 0)
     assert dropped(monitor)["write_error"] == 3  # counted once, not again at stop
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_a_malformed_event_in_a_drain_is_counted_and_the_others_are_logged(tmp_path, manifest, writer):
+    """With a writer process, a drain's rows are serialised together: one bad event must not cost the rest."""
+    monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
+    good = [make_event(manifest, 1, seed=1), make_event(manifest, 3, seed=2)]
+    bad = make_event(manifest, 2, seed=3)
+    bad.risk_bands = ["low"]  # two predictions, one band: no row can be built for it
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        monitor.log.enqueue_many([(good[0], 0.001), (bad, 0.001), (good[1], 0.002)])
+        queued = monitor.log._pending_records
+        assert monitor.log.flush() == 4
+        rows = logged_rows(monitor)
+    # With a writer process the rows are built as they are queued, so the bad event never took
+    # queue space; a writer thread builds them at the write.
+    assert queued == (4 if writer == "process" else 6)
+    assert sorted(row["prediction_id"] for row in rows) == sorted(good[0].prediction_ids + good[1].prediction_ids)
+    assert {row["latency_seconds"] for row in rows} == {0.001, 0.002}
+    assert dropped(monitor)["invalid"] == 2
+
+
+def test_a_drain_that_does_not_fit_keeps_the_events_that_do(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_queue_size=10, prediction_log_flush_seconds=3600.0))
+    events = [make_event(manifest, size, seed=size) for size in (6, 5, 4)]
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        monitor.log.enqueue_many([(event, None) for event in events])  # 6 fits, 5 does not, 4 does
+        assert monitor.log._pending_records == 10
+        assert monitor.log.flush() == 10
+        rows = logged_rows(monitor)
+    assert sorted(row["prediction_id"] for row in rows) == sorted(events[0].prediction_ids + events[2].prediction_ids)
+    assert dropped(monitor)["queue_full"] == 5
