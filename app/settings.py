@@ -64,7 +64,10 @@ class Settings(BaseSettings):
     monitoring_enabled: bool = True
     database_url: str = "sqlite:///predictions.sqlite3"
     prediction_log_retention_days: int = Field(default=90, ge=1)
-    prediction_log_batch_size: int = Field(default=500, ge=1)
+    # Records per hand-over to the writer (and per insert transaction). Each wake-up of the log's
+    # thread has a fixed cost in this worker's interpreter: at 500, under 4,000 requests/s, it took
+    # 4.5-4.9 us of CPU per request against 1.4-1.8 at 2,000 (and p99 8.4-9.1 against 7.8-8.1 ms).
+    prediction_log_batch_size: int = Field(default=2_000, ge=1)
     prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
     # "process": rows are built and written by a child process of each worker, off this process's
