@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from models.features import FeatureSchema
-from models.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit, member_logits
+from models.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit
 
 _EPSILON = LOGIT_EPSILON
 
@@ -69,10 +69,10 @@ class Explainer:
         """A soft vote's score and attributions from its members' (log-odds are weighted means)."""
         assert isinstance(self.model, EnsembleModel) and self._members is not None
         explained = [member.score_and_explain(matrix) for member in self._members]
-        weights = self.model.weights
-        # The same arithmetic as EnsembleModel.raw_proba, so the score equals the plain call's.
-        scores = 1.0 / (1.0 + np.exp(-(weights @ member_logits([scores for scores, _ in explained]))))
-        contributions = sum(weight * part for weight, (_, part) in zip(weights.tolist(), explained, strict=True))
+        # EnsembleModel.raw_proba's own vote, so the score equals the plain call's.
+        scores = self.model.vote([scores for scores, _ in explained])
+        weights = self.model.weights.tolist()
+        contributions = sum(weight * part for weight, (_, part) in zip(weights, explained, strict=True))
         return scores, contributions
 
     def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -156,7 +156,10 @@ class EnsembleModel:
         return cls([(family, wrap_estimator(family, estimator), weight) for family, estimator, weight in vote.members])
 
     def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
-        member_scores = [model.raw_proba(matrix) for _, model, _ in self.members]
+        return self.vote([model.raw_proba(matrix) for _, model, _ in self.members])
+
+    def vote(self, member_scores: list[np.ndarray]) -> np.ndarray:
+        """The ensemble's probabilities from its members' (in member order): the weighted log-odds mean."""
         return _sigmoid(self.weights @ member_logits(member_scores))
 
 
