@@ -9,11 +9,11 @@ with the worker and ended with it, builds and writes them with
 :class:`~app.monitoring.log_store.LogWriter`.
 
 Protocol, over the child's stdin and stdout: frames of an 8-byte little-endian length and a pickle.
-The first frame is the writer's configuration; then each request (``("write", rows, payloads)``
-with each payload a pickled list of rows, ``("retention", now, days)``, ``("close",)``) gets one
-:class:`WriteReport` in reply. The child
-exits at ``close`` or when its stdin closes (the service has gone), and logs to the service's
-stderr. Only this package's own process ever writes to the pipe, so unpickling is safe.
+The first frame is the writer's configuration; then each request (``("write", rows, prepared)``
+with ``prepared`` a list of :class:`~app.monitoring.log_store.PreparedRows`, ``("retention", now,
+days)``, ``("close",)``) gets one :class:`WriteReport` in reply. The child exits at ``close`` or
+when its stdin closes (the service has gone), and logs to the service's stderr. Only this
+package's own process ever writes to the pipe, so unpickling is safe.
 """
 
 from __future__ import annotations
@@ -135,9 +135,8 @@ class LogWriterProcess:
     # ---- calls -----------------------------------------------------------------------------------
     def write(self, pending: list[PendingRow], prepared: Sequence[PreparedRows] = ()) -> WriteReport:
         # Prepared rows travel as the bytes they already are: pickling bytes is a copy.
-        payloads = [parcel.payload for parcel in prepared]
         records = len(pending) + sum(parcel.records for parcel in prepared)
-        return self._request(("write", pending, payloads), records)
+        return self._request(("write", pending, list(prepared)), records)
 
     def enforce_retention(self, now: float, retention_days: int) -> WriteReport:
         return self._request(("retention", now, retention_days), 0)
@@ -202,7 +201,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             return
         kind = message[0]
         if kind == "write":
-            report = writer.write(message[1], [PreparedRows(payload, 0) for payload in message[2]])
+            report = writer.write(message[1], message[2])
         elif kind == "retention":
             report = writer.enforce_retention(message[1], message[2])
         elif kind == "close":

@@ -284,8 +284,8 @@ class Monitor:
         Why on the loop and not in the background thread: the drain is a few microseconds per
         record, but a background thread that wants the interpreter lock takes it at every point
         where the request path lets it go (a socket wait, a numpy call), and the request path then
-        waits up to the switch interval to get it back. Drained on the loop, a few dozen records at
-        a time, it costs the requests only its own time, spread evenly over them.
+        waits up to the switch interval to get it back. Drained on the loop, ``LOOP_DRAIN_RECORDS``
+        at a time, it costs the requests only its own time, spread evenly over them.
         """
         if self._loop_drain_scheduled:
             return
