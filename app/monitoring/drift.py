@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from app.monitoring.events import gather_columns
+from app.monitoring.events import GatheredSingles, gather_columns
 from app.monitoring.metrics import process_exists
 from models.drift_reference import DriftReference, FeatureReference
 
@@ -391,6 +391,23 @@ class DriftTracker:
         self._pending.append((timestamp, columns, scores, decisions, row))
         if len(self._pending) > MAX_PENDING_EVENTS:
             self.apply_pending()  # the background thread is not keeping up: keep memory bounded here
+
+    def count_gathered(self, group: GatheredSingles) -> None:
+        """Remember gathered single records as batches, one per time slot they fall in (usually one)."""
+        slots = np.floor_divide(np.asarray(group.timestamps, dtype=np.float64), self.slot_seconds)
+        columns = group.columns()
+        if (slots == slots[0]).all():
+            self.count(group.timestamps[0], columns, group.scores, group.decisions)
+            return
+        for slot in np.unique(slots).tolist():  # the drain straddles a slot boundary
+            chosen = np.flatnonzero(slots == slot)
+            picked = chosen.tolist()
+            self.count(
+                group.timestamps[picked[0]],
+                {name: [values[i] for i in picked] for name, values in columns.items()},
+                group.scores[chosen],
+                group.decisions[chosen],
+            )
 
     def apply_pending(self, on_error: Callable[[Exception], None] | None = None, *, blocking: bool = True) -> int:
         """Bin every remembered batch into this worker's slot table; returns the records counted.

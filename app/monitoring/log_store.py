@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from app.monitoring.events import PredictionEvent
+from app.monitoring.events import GatheredSingles, PredictionEvent
 from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
@@ -183,8 +183,10 @@ class PreparedRows:
         return pickle.loads(self.payload)
 
 
-def pending_rows(event: PredictionEvent, request_latency: float | None) -> list[PendingRow]:
+def pending_rows(event: PredictionEvent | GatheredSingles, request_latency: float | None) -> list[PendingRow]:
     """One pending row per record of a scored event (raises on a malformed event)."""
+    if isinstance(event, GatheredSingles):
+        return gathered_rows(event)
     latency = request_latency if request_latency is not None else float(sum(event.stage_seconds.values()))
     size = len(event.prediction_ids)
     names = tuple(event.columns)
@@ -218,6 +220,27 @@ def pending_rows(event: PredictionEvent, request_latency: float | None) -> list[
             event.risk_bands,
             repeat(latency, size),
             repeat(size, size),
+            strict=True,
+        )
+    )
+
+
+def gathered_rows(group: GatheredSingles) -> list[PendingRow]:
+    """The pending rows of gathered single records: each keeps its own time and latency."""
+    size = len(group.prediction_ids)
+    return list(
+        zip(
+            group.prediction_ids,
+            group.timestamps,
+            repeat(group.model_version, size),
+            group.customer_ids,
+            repeat(group.names, size),
+            group.rows,
+            group.scores.tolist(),
+            group.decisions.tolist(),
+            group.risk_bands,
+            group.latencies,
+            repeat(1, size),
             strict=True,
         )
     )

@@ -375,12 +375,13 @@ class DeferredHistogram:
     the amount, and NaN only adds to the sum, so the exposition equals that of direct observations.
     """
 
-    __slots__ = ("_bounds", "_counts", "_lock", "_sum", "child", "pending")
+    __slots__ = ("_bounds", "_counts", "_edges", "_lock", "_sum", "child", "pending")
 
     def __init__(self, child: Any, lock: threading.Lock) -> None:
         self.child = child
         self._lock = lock
         self._bounds = [float(bound) for bound in child._upper_bounds]
+        self._edges = np.asarray(self._bounds, dtype=np.float64)  # for observe_many, made once
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
         self.pending = False
@@ -396,7 +397,7 @@ class DeferredHistogram:
 
     def observe_many(self, amounts: np.ndarray) -> None:
         """Like :func:`observe_many` on the series itself."""
-        counts, total = bucket_counts(self._bounds, amounts)
+        counts, total = bucket_counts(self._edges, amounts)
         if not counts.any():
             return
         with self._lock:
@@ -435,15 +436,22 @@ def add_to_histogram(histogram: Any, counts: Iterable[int], total: float) -> Non
             buckets[position].inc(count)
 
 
-def bucket_counts(bounds: Iterable[float], amounts: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per-bucket counts and the NaN-ignoring sum of many amounts (NaN counts in the last bucket)."""
+def bucket_counts(bounds: Iterable[float] | np.ndarray, amounts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-bucket counts and the NaN-ignoring sum of many amounts (NaN counts in the last bucket).
+
+    ``bounds``: the upper bounds in order, best as a float64 array made once by the caller.
+    """
     amounts = np.asarray(amounts, dtype=np.float64)
-    edges = np.asarray(list(bounds), dtype=np.float64)
+    edges = bounds if isinstance(bounds, np.ndarray) else np.asarray(list(bounds), dtype=np.float64)
     if amounts.size == 0:
         return np.zeros(len(edges), dtype=np.int64), 0.0
     index = np.searchsorted(edges, amounts, side="left")
     np.minimum(index, len(edges) - 1, out=index)  # NaN sorts past +Inf
-    return np.bincount(index, minlength=len(edges)), float(np.nansum(amounts))
+    with np.errstate(invalid="ignore"):  # infinities of both signs sum to NaN: no warning for it
+        total = float(amounts.sum())
+        if total != total:  # NaN among the amounts (or those infinities): the slower NaN-ignoring sum
+            total = float(np.nansum(amounts))
+    return np.bincount(index, minlength=len(edges)), total
 
 
 def observe_many(histogram: Any, amounts: np.ndarray) -> None:

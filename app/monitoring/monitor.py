@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from itertools import repeat
-from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 from fastapi import APIRouter
 
 from app.monitoring.drift import DriftLayout, DriftSnapshot, DriftTracker
-from app.monitoring.events import PredictionEvent, transpose
+from app.monitoring.events import Entry, GatheredSingles, PredictionEvent, gather_singles, transpose
 from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
 from app.monitoring.log_store import SECONDS_PER_DAY
 from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
@@ -62,9 +61,6 @@ logger = logging.getLogger(__name__)
 
 MEMORY_UPDATE_SECONDS = 10.0
 STALE_TABLE_CHECK_SECONDS = 60.0
-_VERSION = attrgetter("model_version")
-_BANDS = attrgetter("risk_bands")
-_FIRST = itemgetter(0)
 # /predict traffic is drained on the event loop once this many records wait (about 0.7 ms of
 # work at a time, 5-6 us a record; smaller steps cost more per record (64: 6-7 us, and 8 us more
 # CPU per request under load), larger ones stall the requests waiting behind them longer).
@@ -316,24 +312,34 @@ class Monitor:
     def _drain_locked(self, wait_for_drift: bool) -> int:
         with self._inbox_lock:
             events, self._inbox = self._inbox, []
-            self._inbox_records = 0
+            records, self._inbox_records = self._inbox_records, 0
         if not events:
             return 0
         try:
-            self._count_events(events)
+            groups, rest = gather_singles(events)
+        except Exception as exc:  # not expected: every event is then handled on its own
+            self._contained_failure("record", exc)
+            groups, rest = [], events
+        try:
+            self._count_events(groups, rest, events)
         except Exception as exc:
             self._contained_failure("record", exc)
         drift = self.drift
-        records = 0
-        for event, _ in events:
-            records += len(event.prediction_ids)
+        version = drift.layout.model_version if drift is not None else None
+        for group in groups:
             try:
-                if drift is not None and drift.layout.model_version == event.model_version:
+                if drift is not None and group.model_version == version:
+                    drift.count_gathered(group)
+            except Exception as exc:
+                self._contained_failure("record", exc)
+        for event, _ in rest:
+            try:
+                if drift is not None and event.model_version == version:
                     drift.count(event.timestamp, event.columns, event.scores, event.decisions, event.row)
             except Exception as exc:
                 self._contained_failure("record", exc)
         try:
-            self.log.enqueue_many(events)
+            self.log.enqueue_many([*((group, None) for group in groups), *rest])
         except Exception as exc:
             self._contained_failure("record", exc)
         if drift is not None:
@@ -342,25 +348,25 @@ class Monitor:
             drift.apply_pending(on_error=lambda exc: self._contained_failure("drift", exc), blocking=wait_for_drift)
         return records
 
-    def _count_events(self, events: list[tuple[PredictionEvent, float | None]]) -> None:
-        """The prediction metrics of many events with one update per series."""
+    def _count_events(self, groups: list[GatheredSingles], rest: list[Entry], events: list[Entry]) -> None:
+        """The prediction metrics of a drain's events with one update per series."""
         bands: Counter[tuple[str, str]] = Counter()
         churned: Counter[str] = Counter()
-        singles = [event for event, _ in events if len(event.risk_bands) == 1]
-        if singles:  # /predict traffic: counted in passes over all of them, not event by event
-            versions = list(map(_VERSION, singles))
-            bands.update(zip(map(_FIRST, map(_BANDS, singles)), versions, strict=True))
-            churned.update(version for version, event in zip(versions, singles, strict=True) if event.decisions[0])
-        for event, _ in events:
-            if len(event.risk_bands) != 1:
-                bands.update(zip(event.risk_bands, repeat(event.model_version)))
-                churned[event.model_version] += int(np.count_nonzero(event.decisions))
+        for group in groups:
+            version = group.model_version
+            for band, count in Counter(group.risk_bands).items():
+                bands[band, version] += count
+            churned[version] += int(np.count_nonzero(group.decisions))
+        for event, _ in rest:
+            bands.update(zip(event.risk_bands, repeat(event.model_version)))
+            churned[event.model_version] += int(np.count_nonzero(event.decisions))
         for (band, version), count in bands.items():
             self._band_child(band, version).inc(count)
         for version, count in churned.items():
             if count:
                 self._churn_child(version).inc(count)
-        observe_many(self._score, np.concatenate([event.scores for event, _ in events]).astype(np.float64, copy=False))
+        scores = [group.scores for group in groups] + [event.scores for event, _ in rest]
+        observe_many(self._score, np.concatenate(scores).astype(np.float64, copy=False))
         self._observe_stages([event.stage_seconds for event, _ in events])
         for event, _ in events:
             if event.imputed or event.unseen or event.out_of_range:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.monitoring.events import PredictionEvent
+from app.monitoring.events import GatheredSingles, PredictionEvent
 from app.monitoring.log_process import LogWriterProcess
 from app.monitoring.log_store import (
     LogWriter,
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 RETENTION_CHECK_SECONDS = 3600.0
 WRITER_KINDS = ("process", "thread")
+LogItem = PredictionEvent | GatheredSingles | PreparedRows  # what the queue holds
 
 
 class Writer(Protocol):
@@ -90,8 +91,9 @@ class PredictionLog:
         self.clock = clock
         self.engine: Engine | None = None  # for readers (feedback, report), and the writer when it runs here
         self._writer: Writer | None = None
-        # Scored events, or (with a writer process) their rows already serialised, with request latencies.
-        self._pending: deque[tuple[PredictionEvent | PreparedRows, float | None]] = deque()
+        # Scored events (or gathered single records), or (with a writer process) their rows already
+        # serialised, with request latencies.
+        self._pending: deque[tuple[LogItem, float | None]] = deque()
         self._pending_records = 0
         self._waiting_records = 0  # kept by the writer for another try, as of its last report
         self._queue_lock = threading.Lock()
@@ -104,12 +106,12 @@ class PredictionLog:
         self._tables_checked = False  # by readers
 
     # ---- from the monitor's drain -------------------------------------------------------------------
-    def enqueue(self, event: PredictionEvent, request_latency: float | None) -> bool:
+    def enqueue(self, event: PredictionEvent | GatheredSingles, request_latency: float | None) -> bool:
         """Queue a scored batch for writing; False (and counted) when the queue is full. Never blocks."""
         return self._queue(event, request_latency, len(event.prediction_ids))
 
-    def enqueue_many(self, events: list[tuple[PredictionEvent, float | None]]) -> None:
-        """Queue the events of one drain. Never blocks.
+    def enqueue_many(self, events: Sequence[tuple[PredictionEvent | GatheredSingles, float | None]]) -> None:
+        """Queue the events of one drain (its single records gathered, see ``gather_singles``). Never blocks.
 
         With a writer process, their pending rows are built and serialised here, at once, while
         the events are fresh in the processor's caches (the drain runs right after they were
@@ -138,7 +140,7 @@ class PredictionLog:
                 self._pending_records = queued
         self._after_queueing(queued, dropped)
 
-    def _queue(self, item: PredictionEvent | PreparedRows, request_latency: float | None, size: int) -> bool:
+    def _queue(self, item: LogItem, request_latency: float | None, size: int) -> bool:
         with self._queue_lock:
             queued = self._pending_records
             if queued + size > self.queue_size:
@@ -207,7 +209,7 @@ class PredictionLog:
             self._maybe_enforce_retention()
 
     # ---- writing ---------------------------------------------------------------------------------
-    def _take(self) -> list[tuple[PredictionEvent | PreparedRows, float | None]]:
+    def _take(self) -> list[tuple[LogItem, float | None]]:
         with self._queue_lock:
             taken = list(self._pending)
             self._pending.clear()
@@ -240,7 +242,7 @@ class PredictionLog:
         with self._write_lock:
             taken = self._take()
             prepared = [item for item, _ in taken if isinstance(item, PreparedRows)]
-            pending = self._pending_rows([entry for entry in taken if isinstance(entry[0], PredictionEvent)])
+            pending = self._pending_rows([entry for entry in taken if not isinstance(entry[0], PreparedRows)])
             if self._writer is None:  # not started, or stopped: nothing can write them
                 lost = len(pending) + sum(parcel.records for parcel in prepared)
                 if lost:

@@ -152,6 +152,30 @@ def make_event(
     )
 
 
+def single_events(event: PredictionEvent, timestamps: list[float] | None = None) -> list[PredictionEvent]:
+    """``event``'s records as the /predict path hands them over: one event each, with its row of values."""
+    singles = []
+    for i in range(len(event.prediction_ids)):
+        columns = {name: (values[i],) for name, values in event.columns.items()}
+        singles.append(
+            PredictionEvent(
+                timestamp=event.timestamp if timestamps is None else timestamps[i],
+                model_version=event.model_version,
+                prediction_ids=[event.prediction_ids[i]],
+                customer_ids=[event.customer_ids[i]],
+                columns=columns,
+                scores=event.scores[i : i + 1],
+                decisions=event.decisions[i : i + 1],
+                risk_bands=[event.risk_bands[i]],
+                imputed=[(0, name) for row, name in event.imputed if row == i],
+                unseen=[(0, name) for row, name in event.unseen if row == i],
+                stage_seconds=dict(event.stage_seconds),
+                row=tuple(values[0] for values in columns.values()),
+            )
+        )
+    return singles
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'predictions.sqlite3'}",

@@ -21,8 +21,9 @@ from app.monitoring.drift import (
     psi_threshold,
     remove_stale_tables,
 )
+from app.monitoring.events import gather_singles
 from models.drift_reference import FeatureReference
-from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, running
+from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, running, single_events
 
 NOW = 1_800_000_000.0  # a fixed instant, so slot arithmetic is reproducible
 
@@ -153,6 +154,28 @@ def test_single_record_path_counts_like_the_batch_path(tmp_path, rows):
     assert batched.snapshot(NOW).predicted_churn_rate == pytest.approx(expected_rate)
     one_by_one.close()
     batched.close()
+
+
+@pytest.mark.parametrize("straddles_slots", [False, True])
+def test_gathered_single_records_count_like_each_record_alone(tmp_path, straddles_slots):
+    """The drain gathers /predict records into one batch per slot they fall in (see gather_singles)."""
+    manifest = make_manifest()
+    gathered = tracker_for(tmp_path / "a", manifest)
+    one_by_one = tracker_for(tmp_path / "b", manifest)
+    start = NOW + 59.5 if straddles_slots else NOW  # slots are 60 s: half the records fall in the next one
+    timestamps = [start + i * 0.005 for i in range(200)]
+    singles = single_events(make_event(manifest, 200, seed=5), timestamps)
+    groups, rest = gather_singles([(event, None) for event in singles])
+    assert len(groups) == 1 and not rest
+    gathered.count_gathered(groups[0])
+    for event in singles:
+        one_by_one.count(event.timestamp, event.columns, event.scores, event.decisions)
+    assert gathered.apply_pending() == one_by_one.apply_pending() == 200
+    counts = np.asarray(gathered.table._counts)
+    np.testing.assert_array_equal(counts, np.asarray(one_by_one.table._counts))
+    assert np.count_nonzero(counts[:, 0] >= 0) == (2 if straddles_slots else 1)  # rows holding a slot
+    gathered.close()
+    one_by_one.close()
 
 
 def test_old_slots_leave_the_window(tmp_path):

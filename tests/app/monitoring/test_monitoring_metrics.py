@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.monitoring import Monitor, NullMonitor, create_monitor
 from app.monitoring.events import PredictionEvent
-from app.monitoring.metrics import LATENCY_BUCKETS, SCORE_BUCKETS, Metrics, observe_many
+from app.monitoring.metrics import LATENCY_BUCKETS, SCORE_BUCKETS, Metrics, bucket_counts, observe_many
 from app.monitoring.monitor import LOOP_DRAIN_MAX_RECORDS, LOOP_DRAIN_RECORDS
 from app.monitoring.routes import DISABLED_DETAIL
 from tests.app.monitoring.monitoring_helpers import (
@@ -23,6 +24,7 @@ from tests.app.monitoring.monitoring_helpers import (
     make_manifest,
     make_settings,
     metric_value,
+    single_events,
 )
 
 EXPECTED_SAMPLES = [
@@ -171,6 +173,35 @@ def test_batch_record_counts_each_record_once(settings, manifest):
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 10_000
 
 
+def test_a_drain_of_singles_from_two_versions_and_a_batch_counts_every_record(settings, manifest):
+    monitor = Monitor(settings)
+    monitor.model_loaded(manifest)
+    current = single_events(make_event(manifest, 60, seed=1))
+    previous = single_events(make_event(manifest, 20, seed=2, version="v-previous"))  # answered across a reload
+    batch = make_event(manifest, 500, seed=3)
+    for event in current[:30] + previous + [batch] + current[30:]:
+        monitor.record(event)
+    text = monitor.metrics.exposition().decode()
+    for version, events in [(manifest.version, [*current, batch]), ("v-previous", previous)]:
+        bands = [band for event in events for band in event.risk_bands]
+        for band in set(bands):
+            counted = metric_value(text, "churn_predictions_total", risk_band=band, model_version=version)
+            assert counted == bands.count(band)
+        churned = sum(int(event.decisions.sum()) for event in events)
+        assert metric_value(text, "churn_predicted_churn_total", model_version=version) == churned
+    everything = [*current, *previous, batch]
+    assert metric_value(text, "churn_prediction_score_count") == 580
+    assert metric_value(text, "churn_prediction_score_sum") == pytest.approx(
+        sum(float(e.scores.sum()) for e in everything)
+    )
+    assert metric_value(text, "churn_prediction_stage_duration_seconds_count", stage="inference") == 81
+    warnings = sum(1 for e in everything for _, feature in e.unseen if feature == "contract")
+    counted = metric_value(text, "churn_feature_warnings_total", feature="contract", kind="unseen_category")
+    assert counted == warnings
+    # Drift counts the serving version's records only: the other version has its own reference.
+    assert monitor.update_drift().window_predictions == 560
+
+
 def test_observe_many_equals_observing_one_by_one():
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.random(5000), np.array(SCORE_BUCKETS), [0.0, 1.0, 1.5]])  # bounds are inclusive
@@ -211,6 +242,11 @@ def test_deferred_updates_expose_exactly_what_direct_updates_do():
             metrics.flush_pending()  # several flushes add up
     direct_histogram.labels("/x").observe(float("nan"))
     deferred_histogram.observe(float("nan"))
+    # Many at once, infinities among them.
+    for amounts in ([0.001, 0.2, 7.0], [float("inf"), 0.003], [float("-inf"), 0.5]):
+        for amount in amounts:
+            direct_histogram.labels("/x").observe(amount)
+        deferred_histogram.observe_many(np.array(amounts))
     assert generate_latest(deferred_registry) != generate_latest(direct_registry)  # not applied yet
     metrics.flush_pending()
 
@@ -222,6 +258,17 @@ def test_deferred_updates_expose_exactly_what_direct_updates_do():
     assert exposition(deferred_registry) == exposition(direct_registry)
     with pytest.raises(ValueError):
         deferred_counter.inc(-1)
+
+
+def test_bucket_counts_take_their_bounds_as_a_list_or_an_array():
+    amounts = np.array([0.0005, 0.001, 0.3, float("nan"), float("inf"), 12.0, -1.0])
+    from_list, list_sum = bucket_counts(LATENCY_BUCKETS, amounts)
+    from_array, array_sum = bucket_counts(np.asarray(LATENCY_BUCKETS, dtype=np.float64), amounts)
+    np.testing.assert_array_equal(from_list, from_array)
+    assert from_list.sum() == len(amounts) and from_list[-1] == 3  # 12 s, +Inf and NaN: the last (+Inf) bucket
+    assert list_sum == array_sum == float("inf")  # the sum leaves NaN out
+    assert bucket_counts(LATENCY_BUCKETS, np.array([0.1, float("nan")]))[1] == pytest.approx(0.1)
+    assert math.isnan(bucket_counts(LATENCY_BUCKETS, np.array([float("inf"), float("-inf")]))[1])
 
 
 def test_a_scrape_applies_this_workers_pending_updates(settings, manifest):

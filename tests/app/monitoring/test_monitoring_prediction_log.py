@@ -12,14 +12,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, func, select, text
 
 from app.monitoring import Monitor
+from app.monitoring.events import gather_singles
+from app.monitoring.http import request_started_at
 from app.monitoring.log_store import (
     ROW_COLUMNS,
     ROWS_PER_STATEMENT,
     engine_url,
     outcomes_table,
+    pending_rows,
     predictions_table,
 )
-from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, metric_value, running
+from tests.app.monitoring.monitoring_helpers import (
+    make_event,
+    make_manifest,
+    make_settings,
+    metric_value,
+    running,
+    single_events,
+)
 
 POSTGRES_URL = os.environ.get("CHURN_TEST_POSTGRES_URL")
 
@@ -88,6 +98,41 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, wr
     assert json.loads(row["inputs"]) == {name: values[0] for name, values in events[0].columns.items()}
     assert row["latency_seconds"] == pytest.approx(sum(events[0].stage_seconds.values()))
     assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 280
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, manifest, writer):
+    """/predict records reach the log gathered into one batch per drain (see gather_singles), row by row intact."""
+    monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
+    start = time.time()
+    singles = single_events(make_event(manifest, 40, seed=8), [start + i for i in range(40)])
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        for i, item in enumerate(singles):
+            token = request_started_at.set(item.timestamp - 0.001 * (i + 1))  # what the middleware sets
+            monitor.record(item)
+            request_started_at.reset(token)
+        assert monitor.write_log() == 40
+        rows = {row["prediction_id"]: row for row in logged_rows(monitor)}
+    assert len(rows) == 40
+    for i, item in enumerate(singles):
+        row = rows[item.prediction_ids[0]]
+        assert row["predicted_at"] == item.timestamp
+        assert row["latency_seconds"] == pytest.approx(0.001 * (i + 1), abs=1e-6)
+        assert row["batch_size"] == 1
+        assert row["customer_id"] == item.customer_ids[0]
+        assert row["score"] == float(item.scores[0])
+        assert row["predicted_churn"] == bool(item.decisions[0])
+        assert row["risk_band"] == item.risk_bands[0]
+        assert json.loads(row["inputs"]) == {name: values[0] for name, values in item.columns.items()}
+
+
+def test_gathered_rows_are_the_rows_of_each_event():
+    manifest = make_manifest()
+    singles = single_events(make_event(manifest, 25, seed=4), [1_800_000_000.0 + i for i in range(25)])
+    entries = [(item, 0.002 * i) for i, item in enumerate(singles)]
+    (group,), _ = gather_singles(entries)
+    assert pending_rows(group, None) == [row for item, latency in entries for row in pending_rows(item, latency)]
 
 
 def threading_name() -> str:
