@@ -398,6 +398,8 @@ class Options:
     duration_s: float
     warmup_s: float
     rounds: int
+    pairs: int
+    pair_seconds: float
     connections: int
     threads: int
     batch_size: int
@@ -583,6 +585,43 @@ class Bench:
             )
         return merged
 
+    def monitoring_pairs(self, on: ServiceProcess, off: ServiceProcess) -> dict[str, Any]:
+        """What monitoring costs: the same load on one worker with monitoring on and one with it off, in pairs.
+
+        The main rounds give each service a few runs of several seconds among three others, so a
+        busy moment of the shared machine that falls on one of them moves this ratio by 10-20%.
+        Here only these two run, in many short runs taken in pairs, the order reversed every other
+        pair (on off, off on, ...); the ratio of their total requests is held to the target, and
+        each pair's ratio shows the spread.
+        """
+        opts = self.opts
+        pids = [pid for service in (on, off) for pid in [service.pid, *descendants(service.pid)]]
+        segment_s = opts.pair_seconds
+        print(f"[bench] monitoring on / off: {opts.pairs} pairs of {segment_s:g} s runs", flush=True)
+        requests: dict[str, list[int]] = {OURS: [], OURS_OFF: []}
+        for pair in range(opts.pairs):
+            order = [(OURS, on), (OURS_OFF, off)] if pair % 2 == 0 else [(OURS_OFF, off), (OURS, on)]
+            for label, service in order:
+                wait_idle(pids)
+                url = f"http://{LOOPBACK}:{service.port}/predict"
+                result, output = run_wrk(url, self.script, segment_s, opts.connections, opts.threads)
+                self._check(f"{label} (pair {pair + 1})", result, output, service)
+                requests[label].append(result.requests)
+        ratios = [a / b for a, b in zip(requests[OURS], requests[OURS_OFF], strict=True) if b]
+        summary = {
+            "pairs": opts.pairs,
+            "segment_s": segment_s,
+            "requests": requests,
+            "ratio": sum(requests[OURS]) / sum(requests[OURS_OFF]) if sum(requests[OURS_OFF]) else None,
+            "pair_ratios": ratios,
+            "pair_ratio_median": statistics.median(ratios) if ratios else None,
+        }
+        self.report.runs["monitoring_pairs"] = summary
+        if summary["ratio"] is not None:
+            spread = f"median {summary['pair_ratio_median']:.3f}, {min(ratios):.2f} to {max(ratios):.2f}"
+            print(f"[bench] monitoring on / off: {summary['ratio']:.3f} (pairs: {spread})", flush=True)
+        return summary
+
     @staticmethod
     def _check(label: str, result: WrkResult, output: str, service: ServiceProcess) -> None:
         if result.error_count or result.requests == 0:
@@ -739,6 +778,14 @@ def _round_range(report: Report, numerator: str, denominator: str) -> str:
     return f"rounds: {_fmt(min(ratios))} to {_fmt(max(ratios))}"
 
 
+def _pair_range(pairs: Mapping[str, Any]) -> str:
+    """The spread of the monitoring ratio over its pairs, e.g. "pairs: median 0.91, 0.84 to 0.97"."""
+    ratios = pairs.get("pair_ratios") or []
+    if len(ratios) < 2:
+        return ""
+    return f"pairs: median {_fmt(statistics.median(ratios))}, {_fmt(min(ratios))} to {_fmt(max(ratios))}"
+
+
 def _mib(kib: int | None) -> float | None:
     return None if kib is None else kib / 1024
 
@@ -795,11 +842,14 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     # 7. memory after the load
     memory = {label: bench.memory(service, f"{label} after /predict load") for label, service in services}
 
-    # 6. batches, one service at a time: monitoring on back to back (the figure held to the target),
-    # monitoring on one call at a time, then monitoring off; the others idle
+    # 5. what monitoring costs, in pairs of short runs with only those two services left running
     for label in (REFERENCE, OURS_TWO):
         if label in by_label:
             bench.stop(by_label[label])
+    pairs = bench.monitoring_pairs(by_label[OURS], by_label[OURS_OFF])
+
+    # 6. batches, one service at a time: monitoring on back to back (the figure held to the target),
+    # monitoring on one call at a time, then monitoring off; the others idle
     ours_service = by_label[OURS]
     batch_records = telco_records(opts.data, opts.batch_size)
     batch = bench.batch_load(ours_service, batch_records)
@@ -880,11 +930,19 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     add("ours_off_cpu_us", "ours, monitoring off: service CPU per request", cpu_us[OURS_OFF], "us")
     add(
         "monitoring_on_over_off",
-        "throughput monitoring on / off",
-        ours.requests_per_s / off.requests_per_s if off.requests_per_s else None,
+        f"throughput monitoring on / off ({pairs['pairs']} pairs of {_fmt(pairs['segment_s'])} s runs)",
+        pairs["ratio"],
         "",
         "monitoring_on_over_off",
-        _round_range(report, OURS, OURS_OFF),
+        _pair_range(pairs),
+    )
+    add(
+        "monitoring_on_over_off_rounds",
+        "throughput monitoring on / off in the main rounds",
+        ours.requests_per_s / off.requests_per_s if off.requests_per_s else None,
+        "",
+        note=_round_range(report, OURS, OURS_OFF)
+        + " (among four services; the paired runs above are held to the target)",
     )
     server_ms = batch["server_ms_median"]
     n = batch["records"]
@@ -1000,6 +1058,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=3, help="measured time per service is split into this many interleaved runs"
     )
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="paired monitoring on/off runs (default 12; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--pair-seconds", type=float, default=None, help="seconds per paired run (default 2; 1 with --quick)"
+    )
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--threads", type=int, default=1, choices=(1, 2), help="wrk threads (default 1)")
     parser.add_argument("--batch-size", type=int, default=10_000, help="records per /predict/batch call")
@@ -1018,6 +1082,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.pairs is not None and args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    if args.pair_seconds is not None and args.pair_seconds < 1:
+        parser.error("--pair-seconds must be at least 1")
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
     return args
@@ -1032,6 +1100,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         duration_s=args.duration if args.duration is not None else (3.0 if args.quick else 15.0),
         warmup_s=args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0),
         rounds=args.rounds,
+        pairs=args.pairs if args.pairs is not None else (3 if args.quick else 12),
+        pair_seconds=args.pair_seconds if args.pair_seconds is not None else (1.0 if args.quick else 2.0),
         connections=args.connections,
         threads=args.threads,
         batch_size=args.batch_size,
@@ -1081,6 +1151,8 @@ def main(argv: list[str] | None = None, install_signals: bool = True) -> int:
             "duration_s": opts.duration_s,
             "warmup_s": opts.warmup_s,
             "rounds": opts.rounds,
+            "pairs": opts.pairs,
+            "pair_seconds": opts.pair_seconds,
             "connections": opts.connections,
             "wrk_threads": opts.threads,
             "batch_size": opts.batch_size,

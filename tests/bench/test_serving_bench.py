@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -292,6 +293,64 @@ def test_quick_shortens_runs_unless_told_otherwise():
     assert (quick.duration_s, quick.warmup_s, quick.batch_calls) == (3.0, 1.0, 3)
     full = serving.options_from_args(serving.parse_args(["--duration", "20", "--connections", "32"]))
     assert (full.duration_s, full.warmup_s, full.batch_calls, full.connections) == (20.0, 3.0, 10, 32)
+
+
+def test_quick_and_full_runs_pair_monitoring_on_and_off():
+    quick = serving.options_from_args(serving.parse_args(["--quick"]))
+    assert (quick.pairs, quick.pair_seconds) == (3, 1.0)
+    full = serving.options_from_args(serving.parse_args([]))
+    assert (full.pairs, full.pair_seconds) == (12, 2.0)
+    with pytest.raises(SystemExit):
+        serving.parse_args(["--pairs", "0"])
+
+
+def test_pair_spread_shows_the_median_and_the_range():
+    assert serving._pair_range({"pair_ratios": [0.9, 0.8, 1.0]}) == "pairs: median 0.900, 0.800 to 1.00"
+    assert serving._pair_range({"pair_ratios": [0.9]}) == ""
+
+
+POST_SERVER = """\
+import http.server, sys
+class Ok(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"{}")
+    def do_GET(self):
+        self.do_POST()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Ok).serve_forever()
+"""
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_monitoring_pairs_alternate_two_services_and_total_their_requests(tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(POST_SERVER)
+    (tmp_path / "request.json").write_text('{"tenure": 1}')
+    opts = dataclasses.replace(
+        serving.options_from_args(serving.parse_args([])),
+        reference_dir=tmp_path,
+        pairs=2,
+        pair_seconds=1.0,
+        connections=2,
+    )
+    report = serving.Report("t", "c", {}, {})
+    bench = serving.Bench(opts, report, tmp_path)
+    services = []
+    for name in ("on", "off"):
+        port = free_port()
+        services.append(ServiceProcess(name, [sys.executable, str(script), str(port)], port, tmp_path / f"{name}.log"))
+    with services[0] as on, services[1] as off:
+        on.wait_ready("/", timeout_s=30)
+        off.wait_ready("/", timeout_s=30)
+        summary = bench.monitoring_pairs(on, off)
+    assert summary is report.runs["monitoring_pairs"]
+    requests = summary["requests"]
+    assert len(requests[serving.OURS]) == len(requests[serving.OURS_OFF]) == 2
+    assert min(requests[serving.OURS] + requests[serving.OURS_OFF]) > 0
+    assert summary["ratio"] == pytest.approx(sum(requests[serving.OURS]) / sum(requests[serving.OURS_OFF]))
+    assert len(summary["pair_ratios"]) == 2
 
 
 # ---- processes ------------------------------------------------------------------------------
