@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import attrgetter, itemgetter
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -94,82 +94,97 @@ class GatheredSingles:
         return dict(zip(self.names, zip(*self.rows, strict=True), strict=True))
 
 
-_ROW = attrgetter("row")
-_MODEL_VERSION = attrgetter("model_version")
-_TIMESTAMP = attrgetter("timestamp")
-_PREDICTION_IDS = attrgetter("prediction_ids")
-_CUSTOMER_IDS = attrgetter("customer_ids")
-_SCORES = attrgetter("scores")
-_DECISIONS = attrgetter("decisions")
-_RISK_BANDS = attrgetter("risk_bands")
-_FIRST = itemgetter(0)
+# ---- single records, as the monitor keeps them until its drain ----------------------------------------
+class SingleRecord(NamedTuple):
+    """A /predict record reduced to plain values when it is recorded.
 
-Entry = tuple[PredictionEvent, "float | None"]  # an event and its request's latency (None: unknown)
-
-
-def gather_singles(entries: list[Entry]) -> tuple[list[GatheredSingles], list[Entry]]:
-    """The single-record events among ``entries`` gathered per model version, and every other entry.
-
-    An event is gathered when it holds one record and its row of values; a version whose events
-    do not all fit that shape (not expected) is left ungathered, to be handled event by event.
+    The monitor keeps its records until the next drain (a hundred or so requests later). Kept
+    whole, each event's dictionaries, arrays and lists stay allocated meanwhile, and every request
+    allocates new memory instead of reusing what the one before just freed: in one process that
+    cost more than the drain itself. Reduced to this tuple, the event is freed with its request.
     """
-    events = list(map(_FIRST, entries))
-    versions = set(map(_MODEL_VERSION, events))
-    if len(versions) == 1 and None not in map(_ROW, events) and set(map(len, map(_PREDICTION_IDS, events))) == {1}:
-        by_version = {versions.pop(): entries}  # the usual drain: /predict traffic of one model, in passes over it
-        rest: list[Entry] = []
+
+    timestamp: float
+    model_version: str
+    names: tuple[str, ...]  # the features of ``row``, in schema order (one shared tuple per model version)
+    prediction_id: str
+    customer_id: str | None
+    row: tuple[Any, ...]
+    score: float
+    decision: bool
+    risk_band: str
+    stage_seconds: dict[str, float]
+    latency: float | None  # the request's latency; None when unknown (recorded outside a request)
+    warned: PredictionEvent | None  # the event itself when it has warnings to count, else None
+
+
+def single_record(event: PredictionEvent, latency: float | None, names: tuple[str, ...]) -> SingleRecord:
+    """``event`` (one record with its row of values, features ``names``) as a :class:`SingleRecord`.
+
+    Raises (IndexError, ValueError, AttributeError) when the event is not shaped like one: the
+    caller keeps such an event whole.
+    """
+    if event.row is None or len(event.prediction_ids) != 1 or len(event.row) != len(names):
+        raise ValueError("not a single record with its row")
+    warned = event if event.imputed or event.unseen or event.out_of_range else None
+    # tuple.__new__ straight away: the named tuple's own constructor is a Python function, several
+    # times slower, on every request.
+    return tuple.__new__(
+        SingleRecord,
+        (
+            event.timestamp,
+            event.model_version,
+            names,
+            event.prediction_ids[0],
+            event.customer_ids[0],
+            event.row,
+            event.scores.item(0),
+            bool(event.decisions.item(0)),
+            event.risk_bands[0],
+            event.stage_seconds,
+            latency,
+            warned,
+        ),
+    )
+
+
+_MODEL_VERSION = itemgetter(1)
+_NAMES = itemgetter(2)
+
+
+def gather_records(records: list[SingleRecord]) -> list[GatheredSingles]:
+    """Single records gathered into one batch per model version (in the order versions first appear)."""
+    versions = set(map(_MODEL_VERSION, records))
+    if len(versions) == 1:  # the usual drain: /predict traffic of one model
+        by_version = {versions.pop(): records}
     else:
-        by_version, rest = _split(entries)
-    groups: list[GatheredSingles] = []
-    for version, singles in by_version.items():
-        try:
-            group = _gather(version, singles)
-        except (IndexError, TypeError, ValueError):  # a malformed event: left to the event-by-event path
-            group = None
-        if group is None:
-            rest.extend(singles)
-        else:
-            groups.append(group)
-    return groups, rest
+        by_version = {}
+        for record in records:
+            by_version.setdefault(record.model_version, []).append(record)
+    return [_gather(version, group) for version, group in by_version.items()]
 
 
-def _split(entries: list[Entry]) -> tuple[dict[str, list[Entry]], list[Entry]]:
-    """Single-record events with their rows by model version, and the other entries."""
-    by_version: dict[str, list[Entry]] = {}
-    rest: list[Entry] = []
-    for entry in entries:
-        event = entry[0]
-        if event.row is not None and len(event.prediction_ids) == 1:
-            by_version.setdefault(event.model_version, []).append(entry)
-        else:
-            rest.append(entry)
-    return by_version, rest
-
-
-def _gather(version: str, entries: list[Entry]) -> GatheredSingles | None:
-    events = list(map(_FIRST, entries))
-    names = tuple(events[0].columns)
-    rows: list[tuple[Any, ...]] = list(map(_ROW, events))
-    # Every event of one version lists its features in schema order (see ``transpose``).
-    if tuple(events[-1].columns) != names or set(map(len, rows)) != {len(names)}:
-        return None
-    size = len(events)
-    scores = np.concatenate(list(map(_SCORES, events))).astype(np.float64, copy=False)
-    decisions = np.concatenate(list(map(_DECISIONS, events))).astype(bool, copy=False)
-    if len(scores) != size or len(decisions) != size:
-        return None
-    latencies = [
-        latency if latency is not None else float(sum(event.stage_seconds.values())) for event, latency in entries
-    ]
+def _gather(version: str, records: list[SingleRecord]) -> GatheredSingles:
+    names = records[0].names
+    if len(set(map(_NAMES, records))) != 1:  # a version's events all list their features in schema order
+        raise ValueError(f"records of model {version} name their features differently")
+    (timestamps, _, _, prediction_ids, customer_ids, rows, scores, decisions, bands, stages, latencies, _) = map(
+        list, zip(*records, strict=True)
+    )
+    if None in latencies:  # unknown request latency: the stages' sum stands in, as for a batch
+        latencies = [
+            latency if latency is not None else float(sum(seconds.values()))
+            for latency, seconds in zip(latencies, stages, strict=True)
+        ]
     return GatheredSingles(
         model_version=version,
         names=names,
-        timestamps=list(map(_TIMESTAMP, events)),
+        timestamps=timestamps,
         latencies=latencies,
-        prediction_ids=list(map(_FIRST, map(_PREDICTION_IDS, events))),
-        customer_ids=list(map(_FIRST, map(_CUSTOMER_IDS, events))),
+        prediction_ids=prediction_ids,
+        customer_ids=customer_ids,
         rows=rows,
-        scores=scores,
-        decisions=decisions,
-        risk_bands=list(map(_FIRST, map(_RISK_BANDS, events))),
+        scores=np.array(scores, dtype=np.float64),
+        decisions=np.array(decisions, dtype=bool),
+        risk_bands=bands,
     )

@@ -231,13 +231,14 @@ class Metrics:
         """Run ``source`` at the start of every flush (it turns queued work into deferred updates)."""
         self._flush_sources.append(source)
 
-    def flush_pending(self) -> None:
+    def flush_pending(self, run_sources: bool = True) -> None:
         """Apply every deferred increment and observation to the metrics. Safe from any thread.
 
         Amounts are taken under the lock (plain Python, fast) and written to the metrics outside it,
-        so the request path never waits for the metric writes.
+        so the request path never waits for the metric writes. ``run_sources=False``: apply only
+        what is already deferred (the caller has drained what it needed).
         """
-        for source in self._flush_sources:
+        for source in self._flush_sources if run_sources else ():
             source()
         with self._flush_lock:
             self.http_in_flight.set(self.requests_in_flight)

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,14 @@ import numpy as np
 from fastapi import APIRouter
 
 from app.monitoring.drift import DriftLayout, DriftSnapshot, DriftTracker
-from app.monitoring.events import Entry, GatheredSingles, PredictionEvent, gather_singles, transpose
+from app.monitoring.events import (
+    GatheredSingles,
+    PredictionEvent,
+    SingleRecord,
+    gather_records,
+    single_record,
+    transpose,
+)
 from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
 from app.monitoring.log_store import SECONDS_PER_DAY
 from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
@@ -67,6 +75,10 @@ STALE_TABLE_CHECK_SECONDS = 60.0
 LOOP_DRAIN_RECORDS = 128
 # A longer backlog (a batch) is left to the background thread, so the loop never stalls for long.
 LOOP_DRAIN_MAX_RECORDS = 1_024
+# Records the loop has left waiting this long (too few to fill a step: light traffic) are drained by
+# the log's thread at its next wake-up; younger ones are the loop's, so the two do not contend.
+LOOP_DRAIN_GRACE_SECONDS = 0.1
+_STAGE_SECONDS = attrgetter("stage_seconds")
 
 
 def resident_memory_bytes() -> float:
@@ -114,14 +126,20 @@ class Monitor:
         self._stage_child = self.metrics.deferred_series(self.metrics.stage_duration)
         self._warning_child = self.metrics.deferred_series(self.metrics.feature_warnings)
         self._score = self.metrics.deferred_histogram(self.metrics.score)
-        # Recorded events awaiting drain(), with their record count (bounded by the log queue size).
+        # Recorded predictions awaiting drain(): /predict records reduced to plain values, other
+        # events whole (with their request latencies), and their record count (bounded by the log
+        # queue size).
+        self._singles: list[SingleRecord] = []
         self._inbox: list[tuple[PredictionEvent, float | None]] = []
+        self._feature_names: dict[str, tuple[str, ...]] = {}  # by model version, one shared tuple each
         self._inbox_records = 0
         self._inbox_limit = settings.prediction_log_queue_size
         self._inbox_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._loop_drain_scheduled = False  # only the event loop's thread reads and sets it
+        self._background_drain_due = False  # records handed to the log's thread (recorded off the loop)
         self.metrics.add_flush_source(self.drain)
+        self.log.before_flush = self.drain_if_due
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -262,8 +280,12 @@ class Monitor:
                 return
             started = request_started_at.get()
             latency = max(event.timestamp - started, 0.0) if started is not None else None
+            single = self._single_record(event, latency) if size == 1 else None
             with self._inbox_lock:
-                self._inbox.append((event, latency))
+                if single is not None:
+                    self._singles.append(single)
+                else:
+                    self._inbox.append((event, latency))
                 self._inbox_records = backlog = self._inbox_records + size
             if backlog >= self._inbox_limit:
                 self.drain()  # the background writer is not keeping up: keep memory bounded here
@@ -273,6 +295,16 @@ class Monitor:
                 self._drain_between_requests()
         except Exception as exc:
             self._contained_failure("record", exc)
+
+    def _single_record(self, event: PredictionEvent, latency: float | None) -> SingleRecord | None:
+        """A /predict event reduced to plain values (see :class:`SingleRecord`); None: keep it whole."""
+        names = self._feature_names.get(event.model_version)
+        if names is None:
+            names = self._feature_names[event.model_version] = tuple(event.columns)
+        try:
+            return single_record(event, latency, names)
+        except (AttributeError, IndexError, TypeError, ValueError):  # not shaped like one: drained as an event
+            return None
 
     def _drain_between_requests(self) -> None:
         """Have the event loop drain the inbox once it has finished the work queued before this call.
@@ -288,6 +320,7 @@ class Monitor:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # recorded outside the event loop (a thread): the background thread drains
+            self._background_drain_due = True
             self.log.wake()
             return
         self._loop_drain_scheduled = True
@@ -295,14 +328,42 @@ class Monitor:
 
     def _drain_on_loop(self) -> None:
         self._loop_drain_scheduled = False
-        # Never wait on the loop: a drain already running elsewhere takes these events too.
-        if self._inbox_records > LOOP_DRAIN_MAX_RECORDS or not self._drain_lock.acquire(blocking=False):
+        if self._inbox_records > LOOP_DRAIN_MAX_RECORDS:  # a batch came in meanwhile
             self.log.wake()
+            return
+        # Never wait on the loop: another thread is draining (a scrape, a drift update). What it did
+        # not take stays for the next drain here, which the next record schedules; waking the log's
+        # thread instead would have it drain in competition with the loop, again and again.
+        if not self._drain_lock.acquire(blocking=False):
             return
         try:
             self._drain_locked(wait_for_drift=False)
         finally:
             self._drain_lock.release()
+
+    def drain_if_due(self) -> int:
+        """The log thread's drain at each wake-up: only what the event loop will not drain soon.
+
+        That is a batch (a backlog over ``LOOP_DRAIN_MAX_RECORDS``), records from other threads,
+        and records left waiting ``LOOP_DRAIN_GRACE_SECONDS`` or more (light traffic: too few to fill
+        a loop step). Under steady /predict traffic the loop drains everything itself.
+        """
+        singles, inbox = self._singles, self._inbox
+        if not singles and not inbox:
+            return 0
+        try:
+            oldest = min(singles[0].timestamp if singles else math.inf, inbox[0][0].timestamp if inbox else math.inf)
+        except (IndexError, AttributeError, TypeError):  # drained meanwhile, or a malformed event: drain to be sure
+            oldest = -math.inf
+        due = (
+            self._background_drain_due
+            or self._inbox_records > LOOP_DRAIN_MAX_RECORDS
+            or self.clock() - oldest >= LOOP_DRAIN_GRACE_SECONDS
+        )
+        if not due:
+            return 0
+        self._background_drain_due = False
+        return self.drain()
 
     def drain(self) -> int:
         """Account for every queued event: metrics, drift counts and the log queue. Any thread; returns records."""
@@ -311,17 +372,20 @@ class Monitor:
 
     def _drain_locked(self, wait_for_drift: bool) -> int:
         with self._inbox_lock:
-            events, self._inbox = self._inbox, []
+            singles, self._singles = self._singles, []
+            rest, self._inbox = self._inbox, []
             records, self._inbox_records = self._inbox_records, 0
-        if not events:
+        if not singles and not rest:
             return 0
+        groups: list[GatheredSingles] = []
+        if singles:
+            try:
+                groups = gather_records(singles)
+            except Exception as exc:  # not expected (records are checked as they are recorded)
+                self._contained_failure("record", exc)
+                self.metrics.log_dropped.labels(reason="invalid").inc(len(singles))
         try:
-            groups, rest = gather_singles(events)
-        except Exception as exc:  # not expected: every event is then handled on its own
-            self._contained_failure("record", exc)
-            groups, rest = [], events
-        try:
-            self._count_events(groups, rest, events)
+            self._count_events(groups, singles, rest)
         except Exception as exc:
             self._contained_failure("record", exc)
         drift = self.drift
@@ -348,8 +412,10 @@ class Monitor:
             drift.apply_pending(on_error=lambda exc: self._contained_failure("drift", exc), blocking=wait_for_drift)
         return records
 
-    def _count_events(self, groups: list[GatheredSingles], rest: list[Entry], events: list[Entry]) -> None:
-        """The prediction metrics of a drain's events with one update per series."""
+    def _count_events(
+        self, groups: list[GatheredSingles], singles: list[SingleRecord], rest: list[tuple[PredictionEvent, Any]]
+    ) -> None:
+        """The prediction metrics of a drain's records and events with one update per series."""
         bands: Counter[tuple[str, str]] = Counter()
         churned: Counter[str] = Counter()
         for group in groups:
@@ -367,8 +433,11 @@ class Monitor:
                 self._churn_child(version).inc(count)
         scores = [group.scores for group in groups] + [event.scores for event, _ in rest]
         observe_many(self._score, np.concatenate(scores).astype(np.float64, copy=False))
-        self._observe_stages([event.stage_seconds for event, _ in events])
-        for event, _ in events:
+        self._observe_stages(list(map(_STAGE_SECONDS, singles)) + [event.stage_seconds for event, _ in rest])
+        for single in singles:
+            if single.warned is not None:
+                self._count_warnings(single.warned)
+        for event, _ in rest:
             if event.imputed or event.unseen or event.out_of_range:
                 self._count_warnings(event)
 

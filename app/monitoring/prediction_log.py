@@ -104,6 +104,9 @@ class PredictionLog:
         self._last_retention = 0.0
         self._errors = ThrottledErrors(logger)
         self._tables_checked = False  # by readers
+        # Run by the log's thread before each periodic write instead of the metrics' flush sources
+        # (the monitor drains there only what its event loop will not drain soon: see Monitor).
+        self.before_flush: Callable[[], object] | None = None
 
     # ---- from the monitor's drain -------------------------------------------------------------------
     def enqueue(self, event: PredictionEvent | GatheredSingles, request_latency: float | None) -> bool:
@@ -202,7 +205,7 @@ class PredictionLog:
         while not self._stopping.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
-            # First the metrics flush, whose sources queue what was recorded since (see Monitor.drain).
+            # First the metrics flush, which queues what was recorded since (see Monitor.drain_if_due).
             self._flush_metrics()
             self.publish_queue_size()  # the backlog the writer found
             self.flush()  # publishes the queue size it leaves (what arrived meanwhile, what waits for a retry)
@@ -220,7 +223,9 @@ class PredictionLog:
         # The request path's deferred updates (and recorded predictions) reach the metrics here, at
         # least every flush_seconds: no thread of their own to wake.
         try:
-            self.metrics.flush_pending()
+            if self.before_flush is not None:
+                self.before_flush()
+            self.metrics.flush_pending(run_sources=self.before_flush is None)
         except Exception as exc:
             self.metrics.monitoring_errors.labels(where="metrics").inc()
             self._errors.error("applying deferred metric updates failed: %s", exc)

@@ -21,7 +21,7 @@ from app.monitoring.drift import (
     psi_threshold,
     remove_stale_tables,
 )
-from app.monitoring.events import gather_singles
+from app.monitoring.events import gather_records, single_record
 from models.drift_reference import FeatureReference
 from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, running, single_events
 
@@ -158,15 +158,16 @@ def test_single_record_path_counts_like_the_batch_path(tmp_path, rows):
 
 @pytest.mark.parametrize("straddles_slots", [False, True])
 def test_gathered_single_records_count_like_each_record_alone(tmp_path, straddles_slots):
-    """The drain gathers /predict records into one batch per slot they fall in (see gather_singles)."""
+    """The drain gathers /predict records into one batch per slot they fall in (see gather_records)."""
     manifest = make_manifest()
     gathered = tracker_for(tmp_path / "a", manifest)
     one_by_one = tracker_for(tmp_path / "b", manifest)
     start = NOW + 59.5 if straddles_slots else NOW  # slots are 60 s: half the records fall in the next one
     timestamps = [start + i * 0.005 for i in range(200)]
     singles = single_events(make_event(manifest, 200, seed=5), timestamps)
-    groups, rest = gather_singles([(event, None) for event in singles])
-    assert len(groups) == 1 and not rest
+    names = tuple(singles[0].columns)
+    groups = gather_records([single_record(event, None, names) for event in singles])
+    assert len(groups) == 1
     gathered.count_gathered(groups[0])
     for event in singles:
         one_by_one.count(event.timestamp, event.columns, event.scores, event.decisions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.monitoring.events import gather_columns, gather_singles, transpose
+from app.monitoring.events import gather_columns, gather_records, single_record, transpose
 from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, single_events
 
 
@@ -33,44 +33,76 @@ def test_events_that_are_not_single_records_are_refused() -> None:
     assert gather_columns([{"tenure": (1.0,)}, {"tenure": 2.0}]) is None  # a value that is not a column
 
 
-# ---- gathering a drain's single-record events ---------------------------------------------------------
-def test_single_records_are_gathered_per_model_version_and_batches_left_alone() -> None:
+# ---- single records and gathering them ----------------------------------------------------------------
+def records_of(events, latencies=None):
+    names = tuple(events[0].columns)
+    latencies = latencies if latencies is not None else [None] * len(events)
+    return [single_record(event, latency, names) for event, latency in zip(events, latencies, strict=True)]
+
+
+def test_a_single_record_keeps_plain_values_and_its_event_only_for_warnings() -> None:
     manifest = make_manifest()
-    old = single_events(make_event(manifest, 5, seed=1, version="v-old"))
-    new = single_events(make_event(manifest, 7, seed=2))
-    batch = make_event(manifest, 30, seed=3)
-    entries = [(event, 0.001 * i) for i, event in enumerate(new[:3] + old[:2] + [batch] + new[3:] + old[2:])]
+    batch = make_event(manifest, 400, seed=1)
+    singles = single_events(batch)
+    records = records_of(singles, [0.001] * len(singles))
+    for event, record in zip(singles, records, strict=True):
+        assert (record.prediction_id, record.customer_id, record.row) == (
+            event.prediction_ids[0],
+            event.customer_ids[0],
+            event.row,
+        )
+        assert type(record.score) is float and record.score == float(event.scores[0])
+        assert type(record.decision) is bool and record.decision == bool(event.decisions[0])
+        assert record.latency == 0.001 and record.stage_seconds is event.stage_seconds
+        assert (record.warned is event) == bool(event.imputed or event.unseen)
+    assert any(record.warned is not None for record in records) and any(record.warned is None for record in records)
 
-    groups, rest = gather_singles(entries)
 
-    assert rest == [entries[5]]  # the batch
+def test_events_that_are_not_single_records_with_rows_are_refused() -> None:
+    manifest = make_manifest()
+    names = tuple(make_event(manifest, 1).columns)
+    with pytest.raises(ValueError):
+        single_record(make_event(manifest, 1), None, names)  # no row
+    with pytest.raises(ValueError):
+        single_record(make_event(manifest, 2), None, names)  # two records
+    short = single_events(make_event(manifest, 1))[0]
+    short.row = short.row[:-1]
+    with pytest.raises(ValueError):
+        single_record(short, None, names)
+    empty = single_events(make_event(manifest, 1))[0]
+    empty.risk_bands = []
+    with pytest.raises(IndexError):
+        single_record(empty, None, names)
+
+
+def test_single_records_are_gathered_per_model_version() -> None:
+    manifest = make_manifest()
+    old = records_of(single_events(make_event(manifest, 5, seed=1, version="v-old")))
+    new_events = single_events(make_event(manifest, 7, seed=2))
+    new = records_of(new_events, [0.001 * i for i in range(7)])
+
+    groups = gather_records(new[:3] + old[:2] + new[3:] + old[2:])
+
     assert [group.model_version for group in groups] == [manifest.version, "v-old"]
     group = groups[0]
-    assert group.prediction_ids == [event.prediction_ids[0] for event in new]
-    assert group.customer_ids == [event.customer_ids[0] for event in new]
-    assert group.timestamps == [event.timestamp for event in new]
-    assert group.latencies == [0.0, 0.001, 0.002] + [0.001 * i for i in range(6, 10)]
-    assert group.risk_bands == [event.risk_bands[0] for event in new]
-    np.testing.assert_array_equal(group.scores, np.concatenate([event.scores for event in new]))
-    np.testing.assert_array_equal(group.decisions, np.concatenate([event.decisions for event in new]))
-    assert group.names == tuple(new[0].columns)
+    assert group.prediction_ids == [event.prediction_ids[0] for event in new_events]
+    assert group.customer_ids == [event.customer_ids[0] for event in new_events]
+    assert group.timestamps == [event.timestamp for event in new_events]
+    assert group.latencies == [0.001 * i for i in range(7)]
+    assert group.risk_bands == [event.risk_bands[0] for event in new_events]
+    np.testing.assert_array_equal(group.scores, np.concatenate([event.scores for event in new_events]))
+    np.testing.assert_array_equal(group.decisions, np.concatenate([event.decisions for event in new_events]))
+    assert group.names == tuple(new_events[0].columns)
     assert {name: list(values) for name, values in group.columns().items()} == {
-        name: [event.columns[name][0] for event in new] for name in group.names
+        name: [event.columns[name][0] for event in new_events] for name in group.names
     }
-
-
-def test_a_version_whose_events_do_not_fit_is_left_to_the_event_by_event_path() -> None:
-    manifest = make_manifest()
-    fine = single_events(make_event(manifest, 4, seed=1))
-    odd = single_events(make_event(manifest, 3, seed=2, version="v-odd"))
-    odd[1].row = odd[1].row[:-1]  # one value short of its columns
-    no_row = single_events(make_event(manifest, 1, seed=3, version="v-no-row"))[0]
-    no_row.row = None
-    entries = [(event, None) for event in [*fine, *odd, no_row]]
-
-    groups, rest = gather_singles(entries)
-
-    assert [group.model_version for group in groups] == [manifest.version]
-    assert [event for event, _ in rest] == [no_row, *odd]
     # No request latency known (recorded outside a request): the stages' sum stands in, as for a batch.
-    assert groups[0].latencies == [pytest.approx(sum(fine[0].stage_seconds.values()))] * 4
+    assert groups[1].latencies == [pytest.approx(sum(old[0].stage_seconds.values()))] * 5
+
+
+def test_records_of_one_version_with_differing_features_are_refused() -> None:
+    manifest = make_manifest()
+    events = single_events(make_event(manifest, 2))
+    records = [single_record(events[0], None, tuple(events[0].columns)), single_record(events[1], None, ("a",) * 4)]
+    with pytest.raises(ValueError, match="name their features differently"):
+        gather_records(records)

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.monitoring import Monitor, NullMonitor, create_monitor
 from app.monitoring.events import PredictionEvent
 from app.monitoring.metrics import LATENCY_BUCKETS, SCORE_BUCKETS, Metrics, bucket_counts, observe_many
-from app.monitoring.monitor import LOOP_DRAIN_MAX_RECORDS, LOOP_DRAIN_RECORDS
+from app.monitoring.monitor import LOOP_DRAIN_GRACE_SECONDS, LOOP_DRAIN_MAX_RECORDS, LOOP_DRAIN_RECORDS
 from app.monitoring.routes import DISABLED_DETAIL
 from tests.app.monitoring.monitoring_helpers import (
     API_KEY,
@@ -394,7 +394,8 @@ def test_numbers_outside_the_training_range_are_counted_by_feature(tmp_path):
 
 # ---- where recorded predictions are drained ---------------------------------------------------------------
 def _singles(manifest, count: int) -> list[PredictionEvent]:
-    return [make_event(manifest, 1, seed=seed) for seed in range(count)]
+    """``count`` predictions as /predict hands them over: one event each, with its row of values."""
+    return single_events(make_event(manifest, count, seed=count))
 
 
 def _score_count(monitor: Monitor) -> float | None:
@@ -412,10 +413,10 @@ def test_single_records_are_drained_on_the_event_loop_in_small_steps(tmp_path, m
         for event in events[:-1]:
             monitor.record(event)
         await asyncio.sleep(0)
-        waiting_before = len(monitor._inbox)  # below the step size: nothing drained yet
+        waiting_before = monitor._inbox_records  # below the step size: nothing drained yet
         monitor.record(events[-1])
         await asyncio.sleep(0)  # the drain runs once the loop has finished what was queued before it
-        return waiting_before, len(monitor._inbox)
+        return waiting_before, monitor._inbox_records
 
     waiting_before, waiting_after = asyncio.run(record_all())
     assert (waiting_before, waiting_after) == (LOOP_DRAIN_RECORDS - 1, 0)
@@ -440,7 +441,7 @@ def test_batches_and_records_from_other_threads_are_left_to_the_background(tmp_p
     monitor.log._wake.clear()
     for event in _singles(manifest, LOOP_DRAIN_RECORDS):  # no event loop in this thread
         monitor.record(event)
-    assert len(monitor._inbox) == LOOP_DRAIN_RECORDS and monitor.log._wake.is_set()
+    assert monitor._inbox_records == LOOP_DRAIN_RECORDS and monitor.log._wake.is_set()
     assert monitor.drain() == LOOP_DRAIN_RECORDS
 
 
@@ -454,8 +455,33 @@ def test_a_drain_on_the_loop_never_waits_for_another_threads_drain(tmp_path, man
             for event in events:
                 monitor.record(event)
             await asyncio.sleep(0)  # the loop's drain step finds the lock taken and returns
-            return len(monitor._inbox)
+            return monitor._inbox_records
 
     assert asyncio.run(record_while_draining_elsewhere()) == LOOP_DRAIN_RECORDS
-    assert monitor.log._wake.is_set()  # left to the thread that holds the lock
-    assert monitor.drain() == LOOP_DRAIN_RECORDS
+    # Not handed to the log's thread, which would then drain in competition with the loop: the
+    # step the next record schedules takes them.
+    assert not monitor.log._wake.is_set()
+
+    async def record_one_more() -> int:
+        monitor.record(single_events(make_event(manifest, 1, seed=7))[0])
+        await asyncio.sleep(0)
+        return monitor._inbox_records
+
+    assert asyncio.run(record_one_more()) == 0
+
+
+def test_the_log_thread_drains_only_what_the_loop_will_not_drain_soon(tmp_path, manifest):
+    now = [1_800_000_000.0]
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0), clock=lambda: now[0])
+    monitor.model_loaded(manifest)
+    assert monitor.drain_if_due() == 0  # nothing waiting
+    for seed in range(3):
+        monitor.record(make_event(manifest, 1, seed=seed, timestamp=now[0]))
+    assert monitor.drain_if_due() == 0  # just recorded: the loop's next step takes them under traffic
+    now[0] += LOOP_DRAIN_GRACE_SECONDS + 0.001
+    assert monitor.drain_if_due() == 3  # left waiting (light traffic): drained in the background
+    monitor.record(make_event(manifest, LOOP_DRAIN_MAX_RECORDS + 1, seed=5, timestamp=now[0]))
+    assert monitor.drain_if_due() == LOOP_DRAIN_MAX_RECORDS + 1  # a batch is the background's at once
+    for seed in range(LOOP_DRAIN_RECORDS):  # a step's worth recorded off the event loop: no loop to drain it
+        monitor.record(make_event(manifest, 1, seed=seed, timestamp=now[0]))
+    assert monitor.drain_if_due() == LOOP_DRAIN_RECORDS

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, func, select, text
 
 from app.monitoring import Monitor
-from app.monitoring.events import gather_singles
+from app.monitoring.events import gather_records, single_record
 from app.monitoring.http import request_started_at
 from app.monitoring.log_store import (
     ROW_COLUMNS,
@@ -102,7 +102,7 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, wr
 
 @pytest.mark.parametrize("writer", ["process", "thread"])
 def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, manifest, writer):
-    """/predict records reach the log gathered into one batch per drain (see gather_singles), row by row intact."""
+    """/predict records reach the log gathered into one batch per drain (see gather_records), row by row intact."""
     monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
     start = time.time()
     singles = single_events(make_event(manifest, 40, seed=8), [start + i for i in range(40)])
@@ -131,7 +131,7 @@ def test_gathered_rows_are_the_rows_of_each_event():
     manifest = make_manifest()
     singles = single_events(make_event(manifest, 25, seed=4), [1_800_000_000.0 + i for i in range(25)])
     entries = [(item, 0.002 * i) for i, item in enumerate(singles)]
-    (group,), _ = gather_singles(entries)
+    (group,) = gather_records([single_record(item, latency, tuple(item.columns)) for item, latency in entries])
     assert pending_rows(group, None) == [row for item, latency in entries for row in pending_rows(item, latency)]
 
 
