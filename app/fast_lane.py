@@ -6,9 +6,10 @@ stack (server errors, telemetry, body limits, exception handling, an exit stack)
 endpoint takes the ``Request``, reads and limits the body itself and returns a ``Response``.
 
 So :class:`ServiceApp` sends exactly ``POST /predict`` to a :class:`FastLane`, which calls the same
-endpoint the router would (the one documented in OpenAPI), wrapped in the same monitoring
-middleware, with the same exception handlers, and answers an unexpected error with the same plain
-500 as Starlette's ``ServerErrorMiddleware``. Everything else, ``/predict`` with another method or
+endpoint the router would (the one documented in OpenAPI), with the same exception handlers, reports
+each request to the monitoring's meter (the same metrics the monitoring middleware counts for every
+other route), and answers an unexpected error with the same plain 500 as Starlette's
+``ServerErrorMiddleware``. Everything else, ``/predict`` with another method or
 under a root path included, goes through FastAPI as usual.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -29,26 +30,40 @@ logger = logging.getLogger("app")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-class FastLane:
-    """Runs one endpoint for its route: exception handlers as registered on the app, then a plain 500."""
+class Meter(Protocol):
+    """What a lane reports each request to (the monitoring's ``RequestMeter``)."""
 
-    def __init__(self, app: FastAPI, route: APIRoute) -> None:
+    def started(self) -> Any: ...
+
+    def finished(self, started: Any, method: str, status: int) -> None: ...
+
+
+class FastLane:
+    """Runs one endpoint for its route: exception handlers as registered on the app, then a plain 500.
+
+    ``meter``: told when each request starts and how it ended (monitoring), or None.
+    """
+
+    def __init__(self, app: FastAPI, route: APIRoute, meter: Meter | None = None) -> None:
         self.app = app
         self.route = route
         self.endpoint: Endpoint = route.endpoint
+        self.meter = meter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # What the router would have set: the monitoring middleware labels requests by route template.
-        scope["route"] = self.route
-        started = False
+        scope["route"] = self.route  # what the router would have set
+        status = 0  # the response's, once it has started
 
         async def send_tracking_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal status
+            if not status and message["type"] == "http.response.start":
+                status = message["status"]
             await send(message)
 
-        request = Request(scope, receive, send_tracking_start)
+        meter = self.meter
+        metered = meter.started() if meter is not None else None
         try:
+            request = Request(scope, receive, send_tracking_start)
             try:
                 response = await self.endpoint(request)
             except ClientDisconnect:
@@ -61,8 +76,12 @@ class FastLane:
             await response(scope, receive, send_tracking_start)
         except Exception:
             logger.exception("unexpected error serving %s %s", scope["method"], scope["path"])
-            if not started:
-                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            if not status:
+                await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send_tracking_start)
+        finally:
+            if meter is not None:
+                # No response at all (the client left, or the 500 could not be sent): counted as 500.
+                meter.finished(metered, scope["method"], status or 500)
 
     def _handler_for(self, exc: Exception) -> Callable[[Request, Exception], Awaitable[Response]] | None:
         handlers: dict[Any, Any] = self.app.exception_handlers
@@ -79,9 +98,9 @@ class ServiceApp(FastAPI):
         super().__init__(*args, **kwargs)
         self._fast_lanes: dict[tuple[str, str], ASGIApp] = {}
 
-    def open_fast_lane(self, route: APIRoute, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
-        """Serve ``route`` (each of its methods) from its endpoint, inside ``wrap`` (the monitoring middleware)."""
-        lane = wrap(FastLane(self, route))
+    def open_fast_lane(self, route: APIRoute, meter: Meter | None = None) -> None:
+        """Serve ``route`` (each of its methods) from its endpoint, each request reported to ``meter``."""
+        lane = FastLane(self, route, meter)
         for method in route.methods:
             self._fast_lanes[(method, route.path)] = lane
 

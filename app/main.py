@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A pure ASGI middleware (not BaseHTTPMiddleware, which costs a task and a stream per request).
     app.add_middleware(monitor.middleware_class, monitor=monitor)
     # The hot route skips FastAPI's stack and router, keeping the same endpoint, handlers and metrics.
-    app.open_fast_lane(predict_route, lambda lane: monitor.middleware_class(lane, monitor=monitor))
+    app.open_fast_lane(predict_route, monitor.request_meter(predict_route.path_format))
     app.openapi = lambda: bundle_openapi(app)  # type: ignore[method-assign]
     return app
 

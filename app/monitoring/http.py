@@ -11,12 +11,13 @@ The route template comes from ``scope["route"]``, which the router fills in when
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from app.monitoring.metrics import Metrics
     from app.monitoring.monitor import Monitor
 
 UNMATCHED_ROUTE = "unmatched"
@@ -69,8 +70,47 @@ class MonitoringMiddleware:
             self._count(route_template(scope), method, status, elapsed)
 
     def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
-        self.metrics.http_request_series(route, method, status).inc()  # labels() makes the status text
-        self.metrics.http_duration_series(route, method).observe(elapsed)
+        count_request(self.metrics, route, method, status, elapsed)
+
+
+def count_request(metrics: Metrics, route: str, method: str, status: int, elapsed: float) -> None:
+    metrics.http_request_series(route, method, status).inc()  # labels() makes the status text
+    metrics.http_duration_series(route, method).observe(elapsed)
+
+
+class RequestMeter:
+    """The monitoring middleware's work around one request, as two plain calls, for a fast lane's route.
+
+    A fast lane (``app.fast_lane``) already wraps ``send`` to see its response start. The
+    middleware around it wrapped it again, with a closure and a coroutine frame per message of its
+    own: in the worker, that cost ``/predict`` about as much as all the monitoring behind it. The
+    lane calls :meth:`started` and :meth:`finished` instead; what they count is the same.
+    """
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self.metrics = metrics
+        self.route = route
+        # (method, status) -> its request counter and duration histogram: one lookup per request.
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def started(self) -> tuple[float, Token[float | None]]:
+        self.metrics.requests_in_flight += 1  # only this event loop's thread changes it
+        return time.perf_counter(), request_started_at.set(time.time())
+
+    def finished(self, started: tuple[float, Token[float | None]], method: str, status: int) -> None:
+        elapsed = time.perf_counter() - started[0]
+        self.metrics.requests_in_flight -= 1
+        request_started_at.reset(started[1])
+        series = self._series.get((method, status))
+        if series is None:
+            series = self._series[method, status] = self._series_of(method, status)
+        series[0].inc()
+        series[1].observe(elapsed)
+
+    def _series_of(self, method: str, status: int) -> tuple[Any, Any]:
+        method = method if method in KNOWN_METHODS else "other"
+        metrics = self.metrics
+        return metrics.http_request_series(self.route, method, status), metrics.http_duration_series(self.route, method)
 
 
 class PassThroughMiddleware:

@@ -46,7 +46,7 @@ from app.monitoring.events import (
     single_record,
     transpose,
 )
-from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, request_started_at
+from app.monitoring.http import MonitoringMiddleware, PassThroughMiddleware, RequestMeter, request_started_at
 from app.monitoring.log_store import SECONDS_PER_DAY
 from app.monitoring.metrics import Metrics, multiprocess_directory, observe_many
 from app.monitoring.performance import (
@@ -265,6 +265,10 @@ class Monitor:
         self.metrics.model_reloads.labels(outcome="success" if ok else "failure").inc()
 
     # ---- request path ------------------------------------------------------------------------------------
+    def request_meter(self, route: str) -> RequestMeter:
+        """What a fast lane serving ``route`` (a path template) reports its requests to."""
+        return RequestMeter(self.metrics, route)
+
     def record(self, event: PredictionEvent) -> None:
         """Queue a scored batch for monitoring: one list append under an uncontended lock. Never raises.
 
@@ -599,6 +603,9 @@ class NullMonitor:
         return None
 
     def reload_attempted(self, ok: bool) -> None:
+        return None
+
+    def request_meter(self, route: str) -> None:
         return None
 
     def record(self, event: PredictionEvent) -> None:

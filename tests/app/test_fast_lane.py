@@ -87,3 +87,29 @@ def test_an_unexpected_error_is_a_logged_plain_500_and_counted(
         if sample.name == "churn_http_requests_total"
     }
     assert counted[("/predict", "500")] == 1
+
+
+def test_the_lane_counts_requests_as_the_monitoring_middleware_does(
+    serve: Any, linear_models_dir: Path, record: dict[str, Any], tmp_path: Path
+) -> None:
+    """Requests the lane serves reach the same HTTP metrics as routed ones, by the lane's meter."""
+    client = serve(linear_models_dir, monitoring_enabled=True, database_url=f"sqlite:///{tmp_path / 'log.sqlite3'}")
+    for body in (record, record, {**record, "tenure": -3}):
+        client.post("/predict", json=body)
+    client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    client.get("/predict")  # another method: the router and the middleware
+
+    samples = [s for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples]
+    requests = {
+        (s.labels["method"], s.labels["status"]): s.value
+        for s in samples
+        if s.name == "churn_http_requests_total" and s.labels["route"] == "/predict"
+    }
+    assert requests == {("POST", "200"): 2, ("POST", "422"): 2, ("GET", "405"): 1}
+    durations = {
+        s.labels["method"]: s.value
+        for s in samples
+        if s.name == "churn_http_request_duration_seconds_count" and s.labels["route"] == "/predict"
+    }
+    assert durations == {"POST": 4, "GET": 1}
+    assert next(s.value for s in samples if s.name == "churn_http_requests_in_flight") == 1  # this scrape alone
