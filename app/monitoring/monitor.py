@@ -1,12 +1,15 @@
 """The monitor the service talks to: metrics, drift, prediction log and realized performance in one object.
 
-The request path does two things: the middleware adds to plain Python counters (requests in
-flight, requests and durations by route) and :meth:`Monitor.record` appends the scored event to an
-in-memory inbox. Everything else happens in :meth:`Monitor.drain`, vectorised over every event
-queued since the last drain: the prediction counters and histograms, feature warnings, drift
-binning and the prediction log queue. Under ``/predict`` traffic the event loop drains between two
-requests once ``LOOP_DRAIN_RECORDS`` wait; a batch is drained by the prediction log's thread, which
-also drains at least every ``prediction_log_flush_seconds``; every scrape this worker serves, every
+The request path does two things: the middleware (or the fast lane's :class:`RequestMeter`) adds
+to plain Python counters (requests in flight, requests and durations by route) and
+:meth:`Monitor.record` appends the scored event to an in-memory inbox, a ``/predict`` record reduced
+to plain values (:class:`~app.monitoring.events.SingleRecord`). Everything else happens in
+:meth:`Monitor.drain`, vectorised over everything queued since the last drain (single records
+gathered into one batch per model version): the prediction counters and histograms, feature
+warnings, drift binning and the prediction log queue. Under ``/predict`` traffic the event loop
+drains between two requests once ``LOOP_DRAIN_RECORDS`` wait; a batch is drained by the prediction
+log's thread, which also drains what the loop leaves waiting (see :meth:`Monitor.drain_if_due`);
+every scrape this worker serves, every
 drift update, feedback call, report and the stop drain first, so what they show includes every
 prediction answered before them. Everything that reads files or databases runs in
 background threads started by :meth:`Monitor.start`: drift figures every ``drift_update_seconds``,
@@ -272,11 +275,14 @@ class Monitor:
     def record(self, event: PredictionEvent) -> None:
         """Queue a scored batch for monitoring: one list append under an uncontended lock. Never raises.
 
+        A single record with its row is appended as a :class:`SingleRecord` (plain values), so the
+        event itself is freed with its request; anything else is appended whole.
+
         Everything else (counters, histograms, warnings, drift binning, the prediction log) happens
         in :meth:`drain`, after the response and vectorised over every event queued since the last
         drain: on the event loop between requests for single records, in the log's thread for
-        batches and at least every ``prediction_log_flush_seconds``, and before every scrape, drift
-        update, feedback and report.
+        batches and for what the loop leaves waiting, and before every scrape, drift update,
+        feedback and report.
         """
         try:
             size = len(event.prediction_ids)
