@@ -65,9 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 # Container allocations (net of frees) between young-generation collections; the interpreter's
 # default is 700. A request's own objects are freed by reference counting, but monitoring holds each
-# prediction's event for up to a flush period (a few thousand objects under load), so with the default
-# the collector ran every few dozen requests and rescanned the same queued events again and again:
-# about 15 us of CPU per /predict and a worse p99. Cycles are still collected, just less often.
+# prediction's record until its next drain (and a batch's event until the log's thread drains it),
+# so with the default the collector ran every few dozen requests and rescanned the same queued
+# objects again and again: about 15 us of CPU per /predict and a worse p99. Cycles are still
+# collected, just less often.
 GC_YOUNG_THRESHOLD = 50_000
 
 

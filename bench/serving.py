@@ -618,8 +618,8 @@ class Bench:
         }
         self.report.runs["monitoring_pairs"] = summary
         if summary["ratio"] is not None:
-            spread = f"median {summary['pair_ratio_median']:.3f}, {min(ratios):.2f} to {max(ratios):.2f}"
-            print(f"[bench] monitoring on / off: {summary['ratio']:.3f} (pairs: {spread})", flush=True)
+            spread = _pair_range(summary)
+            print(f"[bench] monitoring on / off: {summary['ratio']:.3f}{f' ({spread})' if spread else ''}", flush=True)
         return summary
 
     @staticmethod

@@ -70,12 +70,12 @@ def gather_columns(columns_of_events: list[dict[str, Sequence[Any]]]) -> dict[st
 
 @dataclass(slots=True)
 class GatheredSingles:
-    """The single-record events of one drain and one model version, gathered into one batch.
+    """The single records of one drain and one model version, gathered into one batch.
 
-    ``/predict`` traffic arrives one record per event. Counted, binned and logged event by event,
-    each record costs a Python round of every step; gathered (a few passes of ``map`` and one
-    transposition), the steps run once over all of them, as for a ``/predict/batch`` call. Unlike a
-    batch, each record keeps its own time and request latency.
+    ``/predict`` traffic arrives one record per event. Counted, binned and logged record by record,
+    each costs a Python round of every step; gathered (one transposition of the records), the steps
+    run once over all of them, as for a ``/predict/batch`` call. Unlike a batch, each record keeps
+    its own time and request latency.
     """
 
     model_version: str

@@ -54,9 +54,7 @@ class MonitoringMiddleware:
                 status = message["status"]
             await send(message)
 
-        method = scope.get("method", "")
-        if method not in KNOWN_METHODS:
-            method = "other"  # arbitrary client-chosen verbs must not create new series
+        method = method_label(scope.get("method", ""))
         started = time.perf_counter()
         token = request_started_at.set(time.time())
         metrics = self.metrics
@@ -70,12 +68,13 @@ class MonitoringMiddleware:
             self._count(route_template(scope), method, status, elapsed)
 
     def _count(self, route: str, method: str, status: int, elapsed: float) -> None:
-        count_request(self.metrics, route, method, status, elapsed)
+        self.metrics.http_request_series(route, method, status).inc()  # labels() makes the status text
+        self.metrics.http_duration_series(route, method).observe(elapsed)
 
 
-def count_request(metrics: Metrics, route: str, method: str, status: int, elapsed: float) -> None:
-    metrics.http_request_series(route, method, status).inc()  # labels() makes the status text
-    metrics.http_duration_series(route, method).observe(elapsed)
+def method_label(method: str) -> str:
+    """The request's method as a label: arbitrary client-chosen verbs must not create new series."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 class RequestMeter:
@@ -108,7 +107,7 @@ class RequestMeter:
         series[1].observe(elapsed)
 
     def _series_of(self, method: str, status: int) -> tuple[Any, Any]:
-        method = method if method in KNOWN_METHODS else "other"
+        method = method_label(method)
         metrics = self.metrics
         return metrics.http_request_series(self.route, method, status), metrics.http_duration_series(self.route, method)
 

@@ -114,7 +114,7 @@ class PredictionLog:
         return self._queue(event, request_latency, len(event.prediction_ids))
 
     def enqueue_many(self, events: Sequence[tuple[PredictionEvent | GatheredSingles, float | None]]) -> None:
-        """Queue the events of one drain (its single records gathered, see ``gather_singles``). Never blocks.
+        """Queue the events of one drain (its single records gathered, see ``gather_records``). Never blocks.
 
         With a writer process, their pending rows are built and serialised here, at once, while
         the events are fresh in the processor's caches (the drain runs right after they were
