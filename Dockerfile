@@ -1,10 +1,8 @@
 # The churn prediction service (and the training CLI, for the one-shot trainer in docker-compose.yml).
 #   docker build -t churn-service .
-#   docker run -p 8000:8000 -v churn-data:/data churn-service
-# Bundles are read from the /data/models volume (train into it with
-#   docker run -v churn-data:/data churn-service python -m training --model-dir /data/models
-# ), the prediction log goes to /data/predictions.sqlite3. /data is outside /app on purpose: `models/`
-# in the code is also the Python package with the bundle contract, and a volume there would hide it.
+#   docker run -v churn-models:/app/models churn-service python -m training     # publish a bundle
+#   docker run -p 8000:8000 -v churn-models:/app/models -v churn-data:/data churn-service
+# Bundles live in /app/models (a volume), the prediction log in /data/predictions.sqlite3.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,13 +19,13 @@ COPY requirements.txt .
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install -r requirements.txt
 
+COPY bundle ./bundle
 COPY app ./app
-COPY models ./models
 COPY training ./training
 
 RUN useradd --create-home --uid 10001 churn \
-    && mkdir -p /data/models \
-    && chown -R churn:churn /data
+    && mkdir -p /app/models /data \
+    && chown -R churn:churn /app/models /data
 USER churn
 
 # The compiled tree kernels (app/compiled_trees.py) are built once, here, into the service user's
@@ -37,9 +35,9 @@ RUN python -m app.compiled_trees
 
 ENV CHURN_HOST=0.0.0.0 \
     CHURN_PORT=8000 \
-    CHURN_MODEL_DIR=/data/models \
+    CHURN_MODEL_DIR=/app/models \
     CHURN_DATABASE_URL=sqlite:////data/predictions.sqlite3
-VOLUME ["/data"]
+VOLUME ["/app/models", "/data"]
 EXPOSE 8000
 
 # Liveness only (/health); orchestrators should gate traffic on /ready.

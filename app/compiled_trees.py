@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models.scoring import EnsembleModel, RawModel
+from bundle.scoring import EnsembleModel, RawModel
 
 
 # ---- kernels (compiled; plain loops over the flat arrays) -----------------------------------------

@@ -24,8 +24,8 @@ import sys
 
 import numpy as np
 
-from models.features import FeatureSchema
-from models.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit
+from bundle.features import FeatureSchema
+from bundle.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit
 
 _EPSILON = LOGIT_EPSILON
 

@@ -30,7 +30,7 @@ from app.reload import WorkerSync, follow_reloads
 from app.routes import api_router
 from app.routes.predict import predict_route
 from app.settings import Settings, get_settings
-from models.bundle import BundleError
+from bundle.manifest import BundleError
 
 logger = logging.getLogger("app")
 

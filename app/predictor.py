@@ -29,9 +29,10 @@ from app.explain import Explainer
 from app.monitoring.events import PredictionEvent
 from app.risk import RiskPolicy
 from app.settings import Settings
-from models.bundle import BundleError, Manifest, current_bundle_dir, verify_bundle
-from models.features import FALSE_TOKENS, TRUE_TOKENS, EncodeResult, FeatureSchema, FeatureSpec, FeatureValueError
-from models.scoring import EnsembleModel, RawModel, Scorer, apply_calibration, load_raw_model
+from bundle.features import FALSE_TOKENS, TRUE_TOKENS, EncodeResult, FeatureSchema, FeatureSpec, FeatureValueError
+from bundle.manifest import BundleError, Manifest
+from bundle.scoring import EnsembleModel, RawModel, Scorer, apply_calibration, load_raw_model
+from bundle.store import current_bundle_dir, verify_bundle
 
 CUSTOMER_ID = "customer_id"
 # Distinct raw values remembered per feature: categories repeat, so cleaning a 10,000-record

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.predictor import Predictor, build_predictor
 from app.settings import Settings
-from models.bundle import BundleError
+from bundle.manifest import BundleError
 
 logger = logging.getLogger("app")
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.predictor import CUSTOMER_ID, example_record
-from models.features import OTHER_CATEGORY, FeatureSchema, FeatureSpec
+from bundle.features import OTHER_CATEGORY, FeatureSchema, FeatureSpec
 
 RECORD_COMPONENT = "CustomerRecord"
 _SCHEMA_REF = f"#/components/schemas/{RECORD_COMPONENT}"

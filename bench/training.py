@@ -69,7 +69,7 @@ def run_training_process(args: list[str], model_dir: Path, log: Path) -> dict[st
     if child.returncode != 0:
         run["error"] = log.read_text()[-2000:]
         return run
-    from models.bundle import current_bundle_dir, verify_bundle
+    from bundle.store import current_bundle_dir, verify_bundle
 
     manifest = verify_bundle(current_bundle_dir(model_dir))
     winner = next(row for row in manifest.leaderboard if row["family"] == manifest.model_family)
@@ -115,7 +115,7 @@ def cross_validate(data: Path, family: str, params: dict[str, Any], schema_info:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-    from models.scoring import apply_calibration
+    from bundle.scoring import apply_calibration
     from training.calibration import fit_calibration
     from training.candidates import fit_with_params, predict_raw
     from training.cleaning import clean_table, drop_rows_without_target
@@ -222,7 +222,7 @@ def markdown(rows: list[list[str]]) -> str:
 def environment() -> dict[str, Any]:
     import platform
 
-    from models.bundle import library_versions
+    from bundle.manifest import library_versions
 
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "libraries": library_versions()}
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from app.compiled_trees import CompiledTrees, compile_trees
 from app.explain import column_groups, reference_row
-from models.bundle import current_bundle_dir, verify_bundle
-from models.scoring import EnsembleModel, load_raw_model
+from bundle.scoring import EnsembleModel, load_raw_model
+from bundle.store import current_bundle_dir, verify_bundle
 
 
 def median_seconds(call: Callable[[], Any], repeats: int) -> float:

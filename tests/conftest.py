@@ -1,6 +1,6 @@
 """Shared fixtures: small, fast, seeded model bundles built straight through the bundle contract.
 
-The builder fits the feature schema column by column (``models.features.fit_feature``), encodes
+The builder fits the feature schema column by column (``bundle.features.fit_feature``), encodes
 with ``FeatureSchema.encode``, fits one model of the requested family and publishes a verified
 bundle, exactly the layout ``python -m training`` produces, in well under a second per family.
 """
@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.bundle import Calibration, Manifest, library_versions, new_version, publish, staging_dir, utc_now_iso
-from models.drift_reference import DriftReference, categorical_reference, numeric_reference
-from models.features import (
+from bundle.drift_reference import DriftReference, categorical_reference, numeric_reference
+from bundle.features import (
     DroppedColumn,
     FeatureSchema,
     FeatureSpec,
@@ -26,6 +25,8 @@ from models.features import (
     clean_numeric,
     fit_feature,
 )
+from bundle.manifest import Calibration, Manifest, library_versions, new_version, utc_now_iso
+from bundle.store import publish, staging_dir
 
 TARGET = "Churn"
 ID_COLUMN = "customerID"

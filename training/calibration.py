@@ -20,10 +20,10 @@ from scipy.optimize import minimize
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedKFold
 
-from models.bundle import Calibration
+from bundle.manifest import Calibration
 
 # The service's own logit (same bounds), so Platt scaling is fitted on exactly what it is applied to.
-from models.scoring import apply_calibration, logit
+from bundle.scoring import apply_calibration, logit
 from training.evaluation import as_labels, as_probabilities, binary_log_loss, expected_calibration_error
 
 METHODS = ("none", "platt", "isotonic")  # simplest first: an exact tie goes to the simpler method

@@ -3,7 +3,7 @@
 Every family is tuned by :mod:`training.tuning` (cross-validated ROC-AUC on the training split,
 the untuned default first), refitted on the whole training split with the chosen parameters and
 scored on the validation split. Raw probabilities are computed through the same code serving
-uses (``models.scoring``), so what the pipeline calibrates and evaluates is exactly what the
+uses (``bundle.scoring``), so what the pipeline calibrates and evaluates is exactly what the
 service will return.
 
 Class imbalance: logistic regression and random forest may choose class weights, the boosted
@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
-from models.scoring import SoftVote, wrap_estimator
+from bundle.scoring import SoftVote, wrap_estimator
 from training import mlp
 from training.config import ALL_FAMILIES
 from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, cross_validated_auc, stratified_folds, tune

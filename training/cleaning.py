@@ -3,7 +3,7 @@
 Only rules that need no statistics run here (trimming, missing markers, duplicates, rows
 without a target), so cleaning the whole table cannot leak anything from validation or test
 rows. Imputation values and outlier caps are learned later, from the training split only, by
-:func:`models.features.fit_feature`; :func:`describe_fitted_features` adds them to the report.
+:func:`bundle.features.fit_feature`; :func:`describe_fitted_features` adds them to the report.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.features import FeatureSchema, FeatureSpec, clean_category, clean_columns, is_missing
+from bundle.features import FeatureSchema, FeatureSpec, clean_category, clean_columns, is_missing
 
 
 @dataclass

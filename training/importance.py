@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from models.features import FeatureSchema
+from bundle.features import FeatureSchema
 from training.evaluation import as_labels
 
 ScorerFn = Callable[[np.ndarray], np.ndarray]

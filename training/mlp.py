@@ -1,7 +1,7 @@
 """A small PyTorch multilayer perceptron for the encoded churn matrix.
 
 The network maps float32 ``(n, features)`` to logits ``(n,)``, which is what the serving scorer
-(``models.scoring.TorchScriptModel``) expects: it applies the sigmoid itself. Training uses
+(``bundle.scoring.TorchScriptModel``) expects: it applies the sigmoid itself. Training uses
 class-weighted binary cross-entropy (``pos_weight`` = negatives / positives, so churners count as
 much as stayers in total), AdamW, a plateau learning-rate schedule and early stopping on the loss
 of a held-out part of the data, restoring the best epoch's weights. Everything is seeded and uses

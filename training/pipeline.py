@@ -22,19 +22,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
 
-from models.bundle import (
-    Calibration,
-    Manifest,
-    discard_staging,
-    library_versions,
-    new_version,
-    publish,
-    staging_dir,
-    utc_now_iso,
-)
-from models.drift_reference import DriftReference, FeatureReference, categorical_reference, numeric_reference
-from models.features import FeatureSchema, FeatureSpec, fit_feature
-from models.scoring import Scorer, load_raw_model
+from bundle.drift_reference import DriftReference, FeatureReference, categorical_reference, numeric_reference
+from bundle.features import FeatureSchema, FeatureSpec, fit_feature
+from bundle.manifest import Calibration, Manifest, library_versions, new_version, utc_now_iso
+from bundle.scoring import Scorer, load_raw_model
+from bundle.store import discard_staging, publish, staging_dir
 from training.cleaning import (
     CleaningReport,
     clean_feature_columns,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.features import (
+from bundle.features import (
     MAX_ENCODED_CATEGORIES,
     DroppedColumn,
     FeatureKind,

@@ -44,7 +44,7 @@ import numpy as np
 
 from app.monitoring.events import GatheredSingles, gather_columns
 from app.monitoring.metrics import process_exists
-from models.drift_reference import DriftReference, FeatureReference
+from bundle.drift_reference import DriftReference, FeatureReference
 
 logger = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ from app.monitoring.report import daily_report
 from app.monitoring.routes import build_disabled_router, build_router
 from app.monitoring.throttled import ThrottledErrors
 from app.settings import Settings
-from models.bundle import Manifest
+from bundle.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

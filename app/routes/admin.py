@@ -18,7 +18,7 @@ from app.reload import Reloaded, WorkerReport, await_workers, reload_service
 from app.request_schema import ReloadOut
 from app.routes import MonitorDep
 from app.security import ApiKeyRequired
-from models.bundle import BundleError
+from bundle.manifest import BundleError
 
 router = APIRouter(tags=["admin"])
 

@@ -6,8 +6,8 @@ from sklearn.linear_model import LogisticRegression
 from xgboost import XGBClassifier
 
 from app.explain import Explainer, reference_row
-from models.features import FeatureSchema, fit_feature
-from models.scoring import wrap_estimator
+from bundle.features import FeatureSchema, fit_feature
+from bundle.scoring import wrap_estimator
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import pytest
 from app.compiled_trees import CompiledTrees
 from app.explain import Explainer
 from app.predictor import ColumnEncoder, RowEncoder, build_predictor
-from models.bundle import current_bundle_dir, verify_bundle
-from models.features import clean_columns
-from models.scoring import Scorer, load_raw_model
+from bundle.features import clean_columns
+from bundle.scoring import Scorer, load_raw_model
+from bundle.store import current_bundle_dir, verify_bundle
 from tests.conftest import customer_record, service_settings
 
 FAMILIES = ["logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp"]
@@ -264,8 +264,9 @@ def test_batches_of_other_tables_clean_the_same_from_bytes_as_record_by_record(t
 
 def build_soft_vote_bundle(models_dir: Path) -> Path:
     """A published soft-vote bundle (logistic regression + LightGBM), laid out like ``python -m training``'s."""
-    from models.bundle import Calibration, Manifest, library_versions, new_version, publish, staging_dir, utc_now_iso
-    from models.scoring import SoftVote
+    from bundle.manifest import Calibration, Manifest, library_versions, new_version, utc_now_iso
+    from bundle.scoring import SoftVote
+    from bundle.store import publish, staging_dir
     from tests.conftest import TARGET, _drift_reference, _fit_estimator, clean_frame, fit_schema, synthetic_customers
 
     frame = synthetic_customers(seed=1)

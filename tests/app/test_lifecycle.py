@@ -17,7 +17,8 @@ import pytest
 
 from app.main import GC_YOUNG_THRESHOLD
 from app.reload import Announcement, WorkerReport, WorkerSync
-from models.bundle import MANIFEST, current_bundle_dir, set_current
+from bundle.manifest import MANIFEST
+from bundle.store import current_bundle_dir, set_current
 from tests.conftest import API_KEY, build_bundle, customer_record
 
 KEY = {"X-API-Key": API_KEY}

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.bundle import current_bundle_dir, verify_bundle
-from models.features import clean_columns
-from models.scoring import Scorer, load_raw_model
+from bundle.features import clean_columns
+from bundle.scoring import Scorer, load_raw_model
+from bundle.store import current_bundle_dir, verify_bundle
 from tests.conftest import CONSTANT_COLUMN, ID_COLUMN, TARGET, customer_record
 
 
@@ -473,7 +473,7 @@ def test_an_invalid_batch_does_not_pause_the_exact_decoder(predictor: Any, custo
 def test_plain_numbers_clean_as_the_rules_do(value: Any) -> None:
     """What the shortcut settles, the cleaning rules settle the same way; the rest is left to them."""
     from app.predictor import _PLAIN_NUMBER, _plain_numbers
-    from models.features import FeatureSchema, FeatureSpec, FeatureValueError
+    from bundle.features import FeatureSchema, FeatureSpec, FeatureValueError
 
     for lower_bound in (None, 0.0):
         spec = FeatureSpec(name="charges", kind="numeric", lower_bound=lower_bound)

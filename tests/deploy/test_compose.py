@@ -111,10 +111,10 @@ def test_api_service_runs_the_app_with_one_worker_setting_and_persistent_data() 
     env = api["environment"]
     assert env["CHURN_HOST"] == "0.0.0.0"
     assert env["CHURN_WORKERS"] == "${CHURN_WORKERS:-2}"
-    assert env["CHURN_MODEL_DIR"] == "/data/models"
+    assert env["CHURN_MODEL_DIR"] == "/app/models"
     assert env["CHURN_DATABASE_URL"] == "sqlite:////data/predictions.sqlite3"
     assert env["CHURN_API_KEY"].startswith("${CHURN_API_KEY")
-    assert {"models:/data/models", "data:/data"} <= set(api["volumes"])
+    assert {"models:/app/models", "data:/data"} <= set(api["volumes"])
     assert api["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     probe = " ".join(api["healthcheck"]["test"])
     assert "python" in probe and "http://127.0.0.1:8000/ready" in probe
@@ -125,9 +125,9 @@ def test_trainer_publishes_a_bundle_only_when_none_exists() -> None:
     trainer = services["trainer"]
     assert trainer["image"] == services["churn-api"]["image"]
     script = trainer["command"][-1]
-    assert script.startswith("test -f /data/models/current ||")
-    assert "python -m training --model-dir /data/models" in script
-    assert trainer["volumes"] == ["models:/data/models"]
+    assert script.startswith("test -f /app/models/current ||")
+    assert "python -m training --model-dir /app/models" in script
+    assert trainer["volumes"] == ["models:/app/models"]
     assert trainer["restart"] == "no"
 
 

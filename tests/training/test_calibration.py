@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from models.bundle import Calibration
-from models.scoring import apply_calibration
+from bundle.manifest import Calibration
+from bundle.scoring import apply_calibration
 from training.calibration import (
     ISOTONIC_MARGIN,
     calibrate,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.bundle import Manifest
-from models.drift_reference import DriftReference, numeric_reference
-from models.features import FeatureSchema, fit_feature
-from models.scoring import load_raw_model
+from bundle.drift_reference import DriftReference, numeric_reference
+from bundle.features import FeatureSchema, fit_feature
+from bundle.manifest import Manifest
+from bundle.scoring import load_raw_model
 from training.candidates import (
     BUDGET_SHARES,
     DEFAULT_TOTAL_SECONDS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from models.features import fit_feature
+from bundle.features import fit_feature
 from training.cleaning import (
     CleaningReport,
     clean_table,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.bundle import current_bundle_dir, verify_bundle
+from bundle.store import current_bundle_dir, verify_bundle
 from training.cli import main
 from training.synthetic import generate_customers
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from models.features import FeatureSchema, fit_feature
+from bundle.features import FeatureSchema, fit_feature
 from training.importance import permutation_importance_by_feature, permuted_feature_matrix
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models import bundle as bundle_module
-from models.bundle import BundleError, current_bundle_dir, list_bundles, verify_bundle
-from models.features import clean_columns
-from models.scoring import Scorer, load_raw_model
+from bundle import store as bundle_module
+from bundle.features import clean_columns
+from bundle.manifest import BundleError
+from bundle.scoring import Scorer, load_raw_model
+from bundle.store import current_bundle_dir, list_bundles, verify_bundle
 from training import pipeline
 from training.cleaning import clean_table, drop_rows_without_target
 from training.config import TrainingConfig

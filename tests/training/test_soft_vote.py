@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.bundle import BundleError, Manifest
-from models.scoring import EnsembleModel, SoftVote, load_raw_model, wrap_estimator
+from bundle.manifest import BundleError, Manifest
+from bundle.scoring import EnsembleModel, SoftVote, load_raw_model, wrap_estimator
 from tests.training.test_candidates import planted_signal, tiny_manifest
 from training.candidates import (
     SOFT_VOTE,

@@ -26,7 +26,7 @@ from app.monitoring import Monitor
 from app.monitoring.events import PredictionEvent
 from app.monitoring.log_store import LogWriter, make_engine
 from app.monitoring.metrics import multiprocess_directory
-from models.drift_reference import DriftReference, categorical_reference, numeric_reference
+from bundle.drift_reference import DriftReference, categorical_reference, numeric_reference
 from tests.app.monitoring.monitoring_helpers import BANDS, band_of, make_manifest, make_settings
 
 NUMERIC = ["tenure", "MonthlyCharges", "TotalCharges"]

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.monitoring import Monitor, create_monitor
 from app.settings import Settings
-from models.bundle import Manifest
+from bundle.manifest import Manifest
 from tests.app.monitoring.monitoring_helpers import build_app, make_manifest, make_settings
 
 

@@ -17,9 +17,9 @@ from fastapi import FastAPI
 from app.monitoring import Monitor, NullMonitor
 from app.monitoring.events import PredictionEvent
 from app.settings import Settings
-from models.bundle import Manifest
-from models.drift_reference import DriftReference, FeatureReference, categorical_reference, numeric_reference
-from models.features import FeatureSchema, fit_feature
+from bundle.drift_reference import DriftReference, FeatureReference, categorical_reference, numeric_reference
+from bundle.features import FeatureSchema, fit_feature
+from bundle.manifest import Manifest
 
 API_KEY = "test-key"
 BANDS = {"low": 0.0, "medium": 0.3, "high": 0.6}

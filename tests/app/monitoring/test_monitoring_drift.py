@@ -22,7 +22,7 @@ from app.monitoring.drift import (
     remove_stale_tables,
 )
 from app.monitoring.events import gather_records, single_record
-from models.drift_reference import FeatureReference
+from bundle.drift_reference import FeatureReference
 from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, running, single_events
 
 NOW = 1_800_000_000.0  # a fixed instant, so slot arithmetic is reproducible

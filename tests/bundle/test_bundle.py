@@ -9,23 +9,20 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from models import bundle as bundle_module
-from models.bundle import (
-    BundleError,
-    Manifest,
+from bundle import store as bundle_module
+from bundle.drift_reference import DriftReference, numeric_reference
+from bundle.features import FeatureSchema, fit_feature
+from bundle.manifest import BundleError, Manifest, new_version, utc_now_iso
+from bundle.scoring import Scorer, load_raw_model
+from bundle.store import (
     current_bundle_dir,
     discard_staging,
     list_bundles,
-    new_version,
     publish,
     read_manifest,
     staging_dir,
-    utc_now_iso,
     verify_bundle,
 )
-from models.drift_reference import DriftReference, numeric_reference
-from models.features import FeatureSchema, fit_feature
-from models.scoring import Scorer, load_raw_model
 
 
 def _publish_tiny_bundle(models_dir: Path, seed: int = 0, make_current: bool = True) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from models.features import clean_category
+from bundle.features import clean_category
 
 UNSEEN_BIN = "__unseen__"
 MISSING_BIN = "__missing__"

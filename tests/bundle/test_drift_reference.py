@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from models.drift_reference import (
+from bundle.drift_reference import (
     MISSING_BIN,
     UNSEEN_BIN,
     DriftReference,

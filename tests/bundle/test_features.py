@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from models.features import (
+from bundle.features import (
     OTHER_CATEGORY,
     FeatureSchema,
     FeatureValueError,

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.bundle import BundleError, Calibration, Manifest
+from bundle.manifest import BundleError, Calibration, Manifest
 
 
 class RawModel(Protocol):
@@ -178,7 +178,7 @@ def wrap_estimator(family: str, estimator: Any) -> RawModel:
 
 
 def load_raw_model(bundle_dir: Path, manifest: Manifest) -> RawModel:
-    """Deserialise the artifact. Call only after :func:`models.bundle.verify_bundle`."""
+    """Deserialise the artifact. Call only after :func:`bundle.store.verify_bundle`."""
     path = bundle_dir / manifest.artifact
     try:
         if manifest.artifact_format == "torchscript":

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models.bundle import Calibration
-from models.scoring import apply_calibration, logit, member_logits, wrap_estimator
+from bundle.manifest import Calibration
+from bundle.scoring import apply_calibration, logit, member_logits, wrap_estimator
 
 
 @pytest.fixture(scope="module")

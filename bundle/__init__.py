@@ -1,0 +1,8 @@
+"""The model bundle contract, shared by ``training`` (which publishes bundles) and ``app`` (which serves them).
+
+:mod:`bundle.features` is the feature schema (cleaning rules, fitted encoding), :mod:`bundle.manifest`
+what a bundle declares, :mod:`bundle.store` how bundles are published and verified on disk,
+:mod:`bundle.scoring` how a loaded artifact turns an encoded matrix into churn probabilities, and
+:mod:`bundle.drift_reference` the frozen reference histograms. Published bundles themselves live
+in a model directory (``models/`` by default), never in this package.
+"""
