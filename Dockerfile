@@ -28,10 +28,10 @@ RUN useradd --create-home --uid 10001 churn \
     && chown -R churn:churn /app/models /data
 USER churn
 
-# The compiled tree kernels (app/compiled_trees.py) are built once, here, into the service user's
+# The compiled tree kernels (app/serving/trees.py) are built once, here, into the service user's
 # cache, so no container start spends seconds compiling them.
 ENV NUMBA_CACHE_DIR=/home/churn/.cache/numba
-RUN python -m app.compiled_trees
+RUN python -m app.serving.trees
 
 ENV CHURN_HOST=0.0.0.0 \
     CHURN_PORT=8000 \

@@ -25,15 +25,15 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
 
-# `python -m app.compiled_trees` compiles the tree kernels into their on-disk cache (a few seconds
+# `python -m app.serving.trees` compiles the tree kernels into their on-disk cache (a few seconds
 # the first time, instant after), so the service itself starts without compiling.
 run: setup
 	@test -f $(MODEL_DIR)/current || $(BIN)/python -m training --model-dir $(MODEL_DIR)
-	@$(BIN)/python -m app.compiled_trees
+	@$(BIN)/python -m app.serving.trees
 	$(BIN)/python -m app --model-dir $(MODEL_DIR)
 
 serve: setup
-	@$(BIN)/python -m app.compiled_trees
+	@$(BIN)/python -m app.serving.trees
 	$(BIN)/python -m app --model-dir $(MODEL_DIR)
 
 train: setup

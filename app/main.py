@@ -3,7 +3,7 @@
 Startup loads the ``current`` bundle once (checksums verified before anything is unpickled, then
 a warm-up prediction). A missing or corrupt bundle never stops the process: it stays up, not
 ready, and ``/ready`` and the log say exactly what is wrong until ``POST /admin/reload`` succeeds.
-With several workers, each one also follows the reloads the others announce (see ``app.reload``).
+With several workers, each one also follows the reloads the others announce (see ``app.serving.reload``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from app import request_schema
-from app.errors import install_error_handlers
-from app.fast_lane import ServiceApp
+from app.api import api_router
+from app.api import schemas as request_schema
+from app.api.errors import install_error_handlers
+from app.api.fast_lane import ServiceApp
+from app.api.predict import predict_route
 from app.monitoring import create_monitor
-from app.predictor import build_predictor
-from app.reload import WorkerSync, follow_reloads
-from app.routes import api_router
-from app.routes.predict import predict_route
+from app.serving.predictor import build_predictor
+from app.serving.reload import WorkerSync, follow_reloads
 from app.settings import Settings, get_settings
 from bundle.manifest import BundleError
 

@@ -4,7 +4,7 @@
 
 For the bundle's tree model (a soft vote's tree member when it is an ensemble) it times, on the
 same rows: one record and 10,000 records through the native library (``raw_proba``) and through
-the compiled kernels (``app.compiled_trees``), and one record's explanation (every feature group
+the compiled kernels (``app.serving.trees``), and one record's explanation (every feature group
 occluded) through the kernels and through the general way, one extra scored row per feature that
 differs from the reference. Each figure is the median of repeated calls; ratios are what to read.
 Also checks that both give the same numbers.
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from app.compiled_trees import CompiledTrees, compile_trees
-from app.explain import column_groups, reference_row
+from app.serving.explain import column_groups, reference_row
+from app.serving.trees import CompiledTrees, compile_trees
 from bundle.scoring import EnsembleModel, load_raw_model
 from bundle.store import current_bundle_dir, verify_bundle
 

@@ -40,7 +40,7 @@ MODES = ("monitoring off", "log writer thread", "log writer process")
 def validation_paths(model_dir: Path, body: bytes, repeats: int) -> dict[str, float]:
     import orjson
 
-    from app.predictor import build_predictor
+    from app.serving.predictor import build_predictor
     from app.settings import Settings
 
     predictor = build_predictor(Settings(_env_file=None, model_dir=model_dir))
@@ -50,7 +50,7 @@ def validation_paths(model_dir: Path, body: bytes, repeats: int) -> dict[str, fl
     if errors or typed is None or {k: list(v) for k, v in typed.columns.items()} != general.columns:
         raise SystemExit("the typed path and the general path disagree on these records")
     times: dict[str, list[float]] = {"general path (orjson + clean_many)": [], "typed path (clean_json_batch)": []}
-    gc.disable()  # as the batch route runs (app.routes.predict.cyclic_gc_paused)
+    gc.disable()  # as the batch route runs (app.api.predict.cyclic_gc_paused)
     try:
         for _ in range(repeats):  # interleaved, so a busy moment hits both alike
             started = time.process_time()

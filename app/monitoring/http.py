@@ -80,7 +80,7 @@ def method_label(method: str) -> str:
 class RequestMeter:
     """The monitoring middleware's work around one request, as two plain calls, for a fast lane's route.
 
-    A fast lane (``app.fast_lane``) already wraps ``send`` to see its response start. The
+    A fast lane (``app.api.fast_lane``) already wraps ``send`` to see its response start. The
     middleware around it wrapped it again, with a closure and a coroutine frame per message of its
     own: in the worker, that cost ``/predict`` about as much as all the monitoring behind it. The
     lane calls :meth:`started` and :meth:`finished` instead; what they count is the same.

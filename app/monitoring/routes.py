@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import MessageOut
+from app.api.errors import MessageOut
+from app.api.security import ApiKeyRequired
 from app.monitoring.performance import FeedbackBody, FeedbackResult, outcomes_of
-from app.security import ApiKeyRequired
 
 if TYPE_CHECKING:
     from app.monitoring.monitor import Monitor

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from app.__main__ import RELOAD_DIR_ENV, fresh_metrics_dir, main, share_reloads
-from tests.app.test_families import bundle_probabilities
+from tests.app.serving.test_families import bundle_probabilities
 from tests.conftest import customer_record
 
 ROOT = Path(__file__).resolve().parents[2]

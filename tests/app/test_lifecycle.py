@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from app.main import GC_YOUNG_THRESHOLD
-from app.reload import Announcement, WorkerReport, WorkerSync
+from app.serving.reload import Announcement, WorkerReport, WorkerSync
 from bundle.manifest import MANIFEST
 from bundle.store import current_bundle_dir, set_current
 from tests.conftest import API_KEY, build_bundle, customer_record

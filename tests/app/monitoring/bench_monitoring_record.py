@@ -151,7 +151,7 @@ async def lane_meter_cost(monitor: Monitor, repeats: int) -> tuple[float, float]
     from fastapi.responses import Response
     from fastapi.routing import APIRoute
 
-    from app.fast_lane import FastLane
+    from app.api.fast_lane import FastLane
 
     async def endpoint(request: Request) -> Response:
         return Response(b"{}", media_type="application/json")

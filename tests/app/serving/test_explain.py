@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from xgboost import XGBClassifier
 
-from app.explain import Explainer, reference_row
+from app.serving.explain import Explainer, reference_row
 from bundle.features import FeatureSchema, fit_feature
 from bundle.scoring import wrap_estimator
 

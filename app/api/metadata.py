@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.errors import MessageOut, json_response
-from app.predictor import CUSTOMER_ID, Predictor, example_record
-from app.request_schema import feature_json_schema
-from app.routes import PredictorDep
+from app.api import PredictorDep
+from app.api.errors import MessageOut, json_response
+from app.api.schemas import feature_json_schema
+from app.serving.predictor import CUSTOMER_ID, Predictor, example_record
 
 router = APIRouter(tags=["model"])
 

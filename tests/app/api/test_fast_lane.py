@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.predictor import Predictor
+from app.serving.predictor import Predictor
 from tests.conftest import customer_record, service_settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.risk import RiskPolicy
+from app.serving.risk import RiskPolicy
 
 POLICY = RiskPolicy({"high": 0.6, "low": 0.0, "medium": 0.3}, {"high": ["Call"], "low": []})
 

@@ -34,7 +34,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.predictor import Predictor, build_predictor
+from app.serving.predictor import Predictor, build_predictor
 from app.settings import Settings
 from bundle.manifest import BundleError
 

@@ -6,7 +6,7 @@ whose every feature takes its training imputation value (median or most common c
 * logistic regression: exact, ``coef · (x - x_ref)`` summed over the feature's encoded columns;
 * every other family: occlusion, ``logit p(x) - logit p(x with feature j set to its reference)``;
   compiled tree ensembles re-walk, in machine code, only the trees whose path for this row splits
-  on the feature (see ``app.compiled_trees``), other models score one extra row per feature that
+  on the feature (see ``app.serving.trees``), other models score one extra row per feature that
   differs from the reference in the same model call as the prediction; a feature at its reference
   value contributes exactly 0;
 * soft-vote ensemble: its log-odds are the weighted mean of its members' log-odds, so its
@@ -45,7 +45,7 @@ class Explainer:
         self.reference = reference_row(schema)
         self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
         # Each matrix column's feature group: compiled tree ensembles occlude by it (see
-        # app.compiled_trees), and as masks it builds every occluded row in one step.
+        # app.serving.trees), and as masks it builds every occluded row in one step.
         self._column_group = column_groups(schema)
         self._group_masks = self._column_group[None, :] == np.arange(len(self._slices))[:, None]
         self._members = (
@@ -124,9 +124,9 @@ class Explainer:
 
 
 def _is_compiled_trees(model: RawModel) -> bool:
-    # Without looking at app.compiled_trees unless it is loaded: a bundle without trees never
+    # Without looking at app.serving.trees unless it is loaded: a bundle without trees never
     # imports it (nor numba, over 100 MiB per worker).
-    module = sys.modules.get("app.compiled_trees")
+    module = sys.modules.get("app.serving.trees")
     return module is not None and isinstance(model, module.CompiledTrees)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.predictor import CUSTOMER_ID, example_record
+from app.serving.predictor import CUSTOMER_ID, example_record
 from bundle.features import OTHER_CATEGORY, FeatureSchema, FeatureSpec
 
 RECORD_COMPONENT = "CustomerRecord"

@@ -2,7 +2,7 @@
 
 The body is read and parsed here (orjson, with a size limit) rather than by a pydantic model: the
 predictor validates every field with the bundle's own cleaning rules, and the OpenAPI request
-schema is generated from the same bundle (see ``app.request_schema``).
+schema is generated from the same bundle (see ``app.api.schemas``).
 
 Batch policy: partial success. Each record is scored or gets its own field-level errors, in input
 order, with HTTP 200; the whole request is rejected only when it cannot be a batch at all
@@ -25,10 +25,10 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from app.errors import MessageOut, ModelUnavailable, RequestProblem, field_problem, json_response
-from app.predictor import Predictor, RecordError
-from app.request_schema import BatchOut, PredictionOut, ValidationErrorOut
-from app.routes import MonitorDep, PredictorDep, SettingsDep
+from app.api import MonitorDep, PredictorDep, SettingsDep
+from app.api.errors import MessageOut, ModelUnavailable, RequestProblem, field_problem, json_response
+from app.api.schemas import BatchOut, PredictionOut, ValidationErrorOut
+from app.serving.predictor import Predictor, RecordError
 from app.settings import Settings
 
 router = APIRouter(tags=["prediction"])
@@ -128,7 +128,7 @@ router.add_api_route(
     openapi_extra={"x-request-body": "single"},
     route_class_override=LeanRoute,
 )
-# The application serves this route through its fast lane (see ``app.fast_lane``).
+# The application serves this route through its fast lane (see ``app.api.fast_lane``).
 predict_route = router.routes[-1]
 assert isinstance(predict_route, APIRoute) and predict_route.path == "/predict"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
 
-from app.errors import json_response
-from app.request_schema import HealthOut, ReadyOut
+from app.api.errors import json_response
+from app.api.schemas import HealthOut, ReadyOut
 
 router = APIRouter(tags=["health"])
 

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from app.errors import ModelUnavailable
-from app.predictor import Predictor
+from app.api.errors import ModelUnavailable
+from app.serving.predictor import Predictor
 from app.settings import Settings
 
 
@@ -37,7 +37,7 @@ PredictorDep = Annotated[Predictor, Depends(loaded_predictor)]
 
 
 def api_router() -> APIRouter:
-    from app.routes import admin, health, metadata, predict
+    from app.api import admin, health, metadata, predict
 
     router = APIRouter()
     for module in (health, predict, metadata, admin):

@@ -307,7 +307,7 @@ def test_probabilities_match_for_a_random_sample_of_rows(
 def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
     import time
 
-    from app.predictor import new_prediction_ids
+    from app.serving.predictor import new_prediction_ids
 
     first = new_prediction_ids(3)
     time.sleep(0.002)
@@ -319,7 +319,7 @@ def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
 
 
 def test_prediction_ids_keep_eight_sequence_digits_when_the_sequence_wraps() -> None:
-    from app.predictor import _PredictionIds
+    from app.serving.predictor import _PredictionIds
 
     ids = _PredictionIds()
     ids.take(1)  # sets this process's tag and sequence
@@ -359,7 +359,7 @@ def test_a_later_batch_with_new_or_odd_values_in_known_columns_is_still_checked_
 # ---- batches cleaned straight from the request's bytes -----------------------------------------------
 @pytest.fixture(scope="module")
 def predictor(linear_models_dir: Path) -> Any:
-    from app.predictor import build_predictor
+    from app.serving.predictor import build_predictor
     from app.settings import Settings
 
     return build_predictor(Settings(model_dir=linear_models_dir))
@@ -432,7 +432,7 @@ def test_a_batch_of_the_training_spellings_is_decoded_exactly(predictor: Any, cu
 def test_a_quirky_batch_pauses_the_exact_decoder(predictor: Any, customers: pd.DataFrame) -> None:
     """A spelling outside the training ones fails the exact decoding: the lenient decoder cleans the
     batch as always, and the next batches skip the exact attempt for a while."""
-    from app.predictor import _EXACT_DECODER_PAUSE
+    from app.serving.predictor import _EXACT_DECODER_PAUSE
 
     records = [customer_record(customers, row) for row in range(10)]
     records[3]["Contract"] = records[3]["Contract"].upper()
@@ -472,7 +472,7 @@ def test_an_invalid_batch_does_not_pause_the_exact_decoder(predictor: Any, custo
 @settings(max_examples=400, deadline=None)
 def test_plain_numbers_clean_as_the_rules_do(value: Any) -> None:
     """What the shortcut settles, the cleaning rules settle the same way; the rest is left to them."""
-    from app.predictor import _PLAIN_NUMBER, _plain_numbers
+    from app.serving.predictor import _PLAIN_NUMBER, _plain_numbers
     from bundle.features import FeatureSchema, FeatureSpec, FeatureValueError
 
     for lower_bound in (None, 0.0):

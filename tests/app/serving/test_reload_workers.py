@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from app.reload import Reloaded, WorkerReport, WorkerSync
-from app.routes.admin import reload_answer
+from app.api.admin import reload_answer
+from app.serving.reload import Reloaded, WorkerReport, WorkerSync
 from bundle.store import current_bundle_dir, set_current
 from tests.app.test_entrypoint import ROOT, free_port, wait_until_ready
 from tests.conftest import API_KEY, build_bundle

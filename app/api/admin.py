@@ -1,7 +1,7 @@
 """POST /admin/reload: bring every worker to the newest ``current`` bundle, or keep serving the old one.
 
 The worker that takes the request loads, verifies, warms and swaps in the bundle and announces it;
-the other workers follow (``app.reload``). The answer waits until every live worker reports the
+the other workers follow (``app.serving.reload``). The answer waits until every live worker reports the
 new version, so it tells what the whole service serves.
 """
 
@@ -13,11 +13,11 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from app.errors import MessageOut, json_response
-from app.reload import Reloaded, WorkerReport, await_workers, reload_service
-from app.request_schema import ReloadOut
-from app.routes import MonitorDep
-from app.security import ApiKeyRequired
+from app.api import MonitorDep
+from app.api.errors import MessageOut, json_response
+from app.api.schemas import ReloadOut
+from app.api.security import ApiKeyRequired
+from app.serving.reload import Reloaded, WorkerReport, await_workers, reload_service
 from bundle.manifest import BundleError
 
 router = APIRouter(tags=["admin"])

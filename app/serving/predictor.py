@@ -25,9 +25,9 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 
-from app.explain import Explainer
 from app.monitoring.events import PredictionEvent
-from app.risk import RiskPolicy
+from app.serving.explain import Explainer
+from app.serving.risk import RiskPolicy
 from app.settings import Settings
 from bundle.features import FALSE_TOKENS, TRUE_TOKENS, EncodeResult, FeatureSchema, FeatureSpec, FeatureValueError
 from bundle.manifest import BundleError, Manifest
@@ -768,14 +768,14 @@ TREE_FAMILIES = frozenset({"lightgbm", "xgboost", "random_forest"})
 
 
 def compiled(family: str, native: RawModel, width: int) -> RawModel:
-    """The model with its tree ensembles compiled (see ``app.compiled_trees``); others as they are.
+    """The model with its tree ensembles compiled (see ``app.serving.trees``); others as they are.
 
     The compiler (numba) is imported only for a bundle with trees, like torch only for an MLP.
     """
     members = [member for member, _, _ in native.members] if isinstance(native, EnsembleModel) else [family]
     if not TREE_FAMILIES.intersection(members):
         return native
-    from app.compiled_trees import compile_trees
+    from app.serving.trees import compile_trees
 
     return compile_trees(family, native, width)
 

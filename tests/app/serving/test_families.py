@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.compiled_trees import CompiledTrees
-from app.explain import Explainer
-from app.predictor import ColumnEncoder, RowEncoder, build_predictor
+from app.serving.explain import Explainer
+from app.serving.predictor import ColumnEncoder, RowEncoder, build_predictor
+from app.serving.trees import CompiledTrees
 from bundle.features import clean_columns
 from bundle.scoring import Scorer, load_raw_model
 from bundle.store import current_bundle_dir, verify_bundle
@@ -78,7 +78,7 @@ def test_compiled_trees_reproduce_the_native_library(family: str, family_models_
 
 def test_bounded_log_odds_equal_the_array_formulas() -> None:
     """The fused kernel computes what the numpy expressions say, clipping included (huge margins)."""
-    from app.compiled_trees import _bounded_log_odds, _logit_limit
+    from app.serving.trees import _bounded_log_odds, _logit_limit
 
     rng = np.random.default_rng(11)
     sums, changes = rng.normal(scale=20, size=40), rng.normal(scale=40, size=(40, 6))
@@ -179,11 +179,11 @@ def test_torch_and_numba_are_imported_only_for_the_bundles_that_need_them(
 ) -> None:
     """torch for an MLP, numba (the tree compiler, over 100 MiB) for tree ensembles; neither otherwise."""
     script = (
-        "import sys; from app.predictor import build_predictor; from tests.conftest import service_settings; "
+        "import sys; from app.serving.predictor import build_predictor; from tests.conftest import service_settings; "
         "from pathlib import Path; build_predictor(service_settings(Path(sys.argv[1]))); "
         "print('torch' in sys.modules, 'numba' in sys.modules)"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     imported = {
         family: subprocess.run(
             [sys.executable, "-c", script, str(family_models_dirs[family])],
