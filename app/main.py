@@ -24,8 +24,6 @@ from starlette.concurrency import run_in_threadpool
 from app.api import api_router
 from app.api import schemas as request_schema
 from app.api.errors import install_error_handlers
-from app.api.fast_lane import ServiceApp
-from app.api.predict import predict_route
 from app.monitoring import create_monitor
 from app.serving.predictor import build_predictor
 from app.serving.reload import WorkerSync, follow_reloads
@@ -43,7 +41,7 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     monitor = create_monitor(settings)
-    app = ServiceApp(title="Churn prediction service", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app = FastAPI(title="Churn prediction service", description=DESCRIPTION, version="1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.monitor = monitor
     app.state.predictor = None
@@ -57,8 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(monitor.router)
     # A pure ASGI middleware (not BaseHTTPMiddleware, which costs a task and a stream per request).
     app.add_middleware(monitor.middleware_class, monitor=monitor)
-    # The hot route skips FastAPI's stack and router, keeping the same endpoint, handlers and metrics.
-    app.open_fast_lane(predict_route, monitor.request_meter(predict_route.path_format))
     app.openapi = lambda: bundle_openapi(app)  # type: ignore[method-assign]
     return app
 
