@@ -34,6 +34,7 @@ from bench.loadgen import (
     worker_pids,
     wrk_lua_script,
 )
+from bench.report import Report
 
 WRK_REPORT = """\
 Running 15s test @ http://127.0.0.1:8000/predict
@@ -232,20 +233,7 @@ def test_telco_records_are_typed_like_a_client_sends_them(tmp_path):
     json.dumps(records)  # plain JSON
 
 
-# ---- server timing and the batch answer ------------------------------------------------------
-def test_server_timing_prefers_a_total_entry():
-    header = 'validation;dur=1.5, features;dur=2, total;dur=12.25;desc="all"'
-    assert serving.parse_server_timing(header) == {"validation": 1.5, "features": 2.0, "total": 12.25}
-    assert serving.server_time_ms({"Server-Timing": header}) == (12.25, "Server-Timing total")
-    assert serving.server_time_ms({"server-timing": "a;dur=1, b;dur=2.5, cache;desc=hit"})[0] == pytest.approx(3.5)
-
-
-def test_process_time_headers_in_seconds_or_milliseconds():
-    assert serving.server_time_ms({"X-Process-Time": "0.0125"})[0] == pytest.approx(12.5)
-    assert serving.server_time_ms({"x-response-time": "8.5ms"})[0] == pytest.approx(8.5)
-    assert serving.server_time_ms({"content-type": "application/json"}) == (None, "none")
-
-
+# ---- the batch answer ------------------------------------------------------------------------
 def test_batch_answer_must_cover_every_record():
     serving._check_batch_response(json.dumps({"count": 2, "failed": 0, "results": [{}, {}]}).encode(), 2)
     serving._check_batch_response(b"[{}, {}]", 2)
@@ -253,32 +241,6 @@ def test_batch_answer_must_cover_every_record():
         serving._check_batch_response(b'{"results": [{}]}', 2)
     with pytest.raises(BenchmarkError, match="rejected 1 of 2"):
         serving._check_batch_response(b'{"failed": 1, "results": [{}, {}]}', 2)
-
-
-# ---- the report -----------------------------------------------------------------------------
-def test_figures_are_judged_against_their_targets():
-    assert serving.Figure("a", "a", 4.2, "s", "start_to_ready_s").verdict == "PASS"
-    assert serving.Figure("a", "a", 5.1, "s", "start_to_ready_s").verdict == "FALL SHORT"
-    assert serving.Figure("a", "a", 25.0, "x", "throughput_ratio_vs_reference").verdict == "PASS"
-    assert serving.Figure("a", "a", None, "ms", "p99_ms").verdict == "NOT MEASURED"
-    assert serving.Figure("a", "a", 1.0, "yes/no", "torch_loaded").verdict == "FALL SHORT"
-    assert serving.Figure("a", "a", 3.0, "req/s").verdict == ""
-
-
-def test_report_renders_table_markdown_and_json(tmp_path):
-    report = serving.Report("20260101T000000Z", "python -m bench.serving --quick", {"duration_s": 3}, {"cpus": 2})
-    report.add("p99", "ours p99", 4.5, "ms", "p99_ms")
-    report.add("torch", "torch loaded", 0.0, "yes/no", "torch_loaded")
-    report.add("rps", "ours rps", 12345.6, "req/s")
-    text = report.text_table()
-    assert "ours p99" in text and "≤ 10.0 ms" in text and "PASS" in text
-    json_path, md_path = serving.write_results(report, tmp_path)
-    data = json.loads(json_path.read_text())
-    assert data["status"] == "complete"
-    assert [f["verdict"] for f in data["figures"]] == ["PASS", "PASS", None]
-    md = md_path.read_text()
-    assert "| ours rps | 12,346 req/s |  |  |  |" in md
-    assert "| torch loaded | no | no | PASS |  |" in md
 
 
 def test_missing_telco_file_skips_with_a_message(tmp_path, capsys):
@@ -335,7 +297,7 @@ def test_monitoring_pairs_alternate_two_services_and_total_their_requests(tmp_pa
         pair_seconds=1.0,
         connections=2,
     )
-    report = serving.Report("t", "c", {}, {})
+    report = Report("Serving benchmark", "t", "c", {}, {})
     bench = serving.Bench(opts, report, tmp_path)
     services = []
     for name in ("on", "off"):
@@ -402,7 +364,7 @@ churn_requests_total 3
 
 
 def test_metrics_give_the_batch_route_and_stage_totals():
-    samples = serving.parse_prometheus(METRICS)
+    samples = serving.samples(METRICS)
     assert ("churn_requests_total", {}, 3.0) in samples
     assert serving.metric_sums(METRICS, "/predict/batch") == {"request": 0.25, "validation": 0.125, "inference": 0.5}
     counted = METRICS + 'churn_http_request_duration_seconds_count{method="POST",route="/predict/batch"} 4.0\n'
@@ -410,7 +372,7 @@ def test_metrics_give_the_batch_route_and_stage_totals():
 
 
 def test_ratio_spread_over_rounds():
-    report = serving.Report("t", "c", {}, {})
+    report = Report("Serving benchmark", "t", "c", {}, {})
     report.runs["single_record"] = {
         "segments": [
             {"round": 0, "service": "ours", "requests_per_s": 300.0},
