@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The bundle directory for both training and serving: CHURN_MODEL_DIR when set, else models/.
 MODEL_DIR ?= $(or $(CHURN_MODEL_DIR),models)
 
-.PHONY: run serve train setup setup-dev test lint bench bench-training bench-serving clean
+.PHONY: run serve train setup setup-dev test lint bench bench-quality bench-training bench-serving clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -46,7 +46,10 @@ lint: setup-dev
 test: setup-dev lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: bench-training bench-serving
+bench: bench-quality bench-training bench-serving
+
+bench-quality: setup-dev
+	$(BIN)/python -m bench.quality
 
 bench-training: setup-dev
 	$(BIN)/python -m bench.training
