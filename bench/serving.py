@@ -687,7 +687,15 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     cpu_us = bench.cpu_per_request_us
     if reference is not None:
         add("reference_cpu_us", "reference: service CPU per request", cpu_us[REFERENCE], "us")
+    add("floor_cpu_us", "FastAPI floor: service CPU per request", cpu_us[FLOOR], "us")
     add("ours_cpu_us", "ours: service CPU per request", cpu_us[OURS], "us")
+    add(
+        "cpu_ratio_floor",
+        "CPU per request FastAPI floor / ours",
+        cpu_us[FLOOR] / cpu_us[OURS],
+        "x",
+        note="the throughput ratio the CPU alone allows; less sensitive to other load",
+    )
     if reference is not None:
         add(
             "cpu_ratio",
