@@ -101,8 +101,10 @@ def cross_validate_boosted(
     padded = np.array([np.pad(curve, (0, longest - len(curve)), mode="edge") for curve in curves])
     trees = int(np.argmax(padded.mean(axis=0))) + 1
     oof = np.zeros((folds.repeats, len(y)))
-    for position, ((_, held_out), model) in enumerate(zip(folds.splits, models, strict=True)):
-        oof[position // folds.n_folds, held_out] = predict_with_trees(family, model, X[held_out], trees)
+    for position, ((_, held_out), model, curve) in enumerate(zip(folds.splits, models, curves, strict=True)):
+        # A fold that stopped before ``trees`` predicts with all it grew, as the padding assumed.
+        grown = min(trees, len(curve))
+        oof[position // folds.n_folds, held_out] = predict_with_trees(family, model, X[held_out], grown)
     return CrossValidated(params={**params, "n_estimators": trees}, fold_roc_auc=fold_scores(y, oof, folds), oof=oof)
 
 
