@@ -115,6 +115,8 @@ def prepare_data(config: TrainingConfig, watch: Stopwatch) -> PreparedData:
         loaded = load_source(config)
     with watch.step("prepare", f"cleaning {len(loaded.frame)} rows x {loaded.frame.shape[1]} columns"):
         table, cleaning = clean_table(loaded.frame)
+        source = loaded.source
+        del loaded  # the raw frame is as large as the cleaned one: free it before encoding
         target = infer_target(table, config.target, config.positive_label)
         table = drop_rows_without_target(table, target.column, cleaning)
         y = target_vector(table[target.column], target)
@@ -133,7 +135,7 @@ def prepare_data(config: TrainingConfig, watch: Stopwatch) -> PreparedData:
         f"{len(table)} rows, churn rate {y.mean():.1%}, {len(schema.features)} features "
         f"({schema.n_encoded} encoded), {len(roles.dropped)} columns dropped"
     )
-    return PreparedData(loaded.source, table, cleaning, roles, split, schema, y, matrices, test_columns)
+    return PreparedData(source, table, cleaning, roles, split, schema, y, matrices, test_columns)
 
 
 def encode_rows(schema: FeatureSchema, rows: pd.DataFrame) -> np.ndarray:

@@ -27,7 +27,7 @@ REPEAT_BELOW_ROWS = 5_000
 SMALL_TABLE_REPEATS = 3
 # Beyond this many development rows, the search runs on a stratified subsample of them: more rows
 # sharpen the estimate of each candidate's score far less than they slow every fit down.
-SEARCH_ROWS = 40_000
+SEARCH_ROWS = 20_000
 
 
 @dataclass
