@@ -2,13 +2,13 @@
 
 Three candidates, from simplest to most flexible: ``none`` (raw model scores), ``platt``
 (a logistic curve on the logit of the score) and ``isotonic`` (a monotone step curve, stored as
-knots and interpolated). They are compared honestly: each calibrator is cross-fitted inside the
-validation set (fitted on k-1 folds, scored on the held-out fold), so a flexible calibrator
-that merely memorises the validation set does not win. A calibrator qualifies only if it beats
-the raw scores by more than chance explains (a paired comparison over the validation
-customers); of those that qualify, the lowest cross-fitted log loss wins, and with none
-qualifying the raw scores are kept. The chosen calibrator is then refitted on the whole
-validation set.
+knots and interpolated). They are compared honestly on held-out scores (the pipeline passes the
+chosen configuration's out-of-fold scores): each calibrator is cross-fitted inside them (fitted on
+k-1 folds, scored on the held-out fold), so a flexible calibrator that merely memorises them does
+not win. A calibrator qualifies only if it beats the raw scores by more than chance explains (a
+paired comparison over the customers); of those that qualify, the lowest cross-fitted log loss
+wins, and with none qualifying the raw scores are kept. The chosen calibrator is then refitted on
+all the held-out scores.
 """
 
 from __future__ import annotations

@@ -1,24 +1,18 @@
-"""The candidate model families: build, tune, refit, predict and save each one.
+"""The candidate model families: build, cross-validate, tune, refit, predict and save each one.
 
-Every family is tuned by :mod:`training.tuning` (cross-validated ROC-AUC on the training split,
-the untuned default first), refitted on the whole training split with the chosen parameters and
-scored on the validation split. Raw probabilities are computed through the same code serving
-uses (``bundle.scoring``), so what the pipeline calibrates and evaluates is exactly what the
-service will return.
+Every family is scored by cross-validation on the search rows (:mod:`training.crossval`) and
+tuned by :mod:`training.tuning`. Raw probabilities of a fitted model are computed through the
+same code serving uses (``bundle.scoring``), so what the pipeline calibrates and evaluates is
+exactly what the service will return.
 
 Class imbalance: logistic regression and random forest may choose class weights, the boosted
 trees may choose ``scale_pos_weight`` = negatives / positives, and the MLP always weights
 positives by negatives / positives. Weighting shifts raw probabilities; calibration on the
-validation split corrects that afterwards.
-
-Once the families are trained, :func:`build_soft_vote` adds one more candidate: a soft-vote
-ensemble of the best linear model and the best boosted tree, whose errors differ more than any two
-tree models' do. It competes on validation like every family.
+out-of-fold scores corrects that afterwards.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,24 +22,19 @@ import numpy as np
 from lightgbm import LGBMClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 from xgboost import XGBClassifier
 
 from bundle.scoring import SoftVote, wrap_estimator
 from training import mlp
 from training.config import ALL_FAMILIES
-from training.tuning import DEFAULT_FOLDS, DEFAULT_PARAMS, cross_validated_auc, stratified_folds, tune
+from training.crossval import BOOSTED, CrossValidated, cross_validate, cross_validate_boosted
+from training.split import Folds
+from training.tuning import DEFAULT_PARAMS, Evaluate, TuningResult, tune
 
 FAMILIES = ALL_FAMILIES  # the selectable families, named once in training.config
-# Built from the trained families rather than tuned, so it is not one of the selectable FAMILIES.
+# Built from the tuned families rather than tuned itself, so it is not one of the selectable FAMILIES.
 SOFT_VOTE = "soft_vote"
-# The ensemble's two slots: the linear model and the better of the boosted trees (on validation).
-# On IBM Telco (5-fold CV, default parameters) logistic regression + a boosted tree scores 0.8504-0.8505
-# ROC-AUC against 0.8495 for XGBoost + LightGBM, the pair a plain top-two-on-validation rule
-# usually picks: two tree models make the same mistakes. Equal weights: giving the linear model
-# 0.3 to 0.7 moved ROC-AUC by at most 0.0003, less than is worth fitting on validation.
-SOFT_VOTE_SLOTS = (("logistic_regression",), ("xgboost", "lightgbm"))
 # Serving runs one thread per worker whatever is set here. The forest parallelises over trees with
 # plain threads, which degrade gracefully when the machine is busy. The boosted trees use OpenMP,
 # whose spin-waiting threads collapse on a shared two-core machine (LightGBM measured 0.5 s with one
@@ -67,25 +56,6 @@ class Budget:
 
     trials: int | None = None
     seconds: float | None = None
-
-
-@dataclass
-class CandidateResult:
-    """One tuned and refitted family.
-
-    ``cv_roc_auc`` is the mean stratified k-fold ROC-AUC of the chosen parameters on the training
-    split, for every family including the MLP (whose folds each hold out a slice of their own
-    training rows for early stopping).
-    """
-
-    family: str
-    estimator: Any
-    params: dict[str, Any]
-    cv_roc_auc: float
-    cv_roc_auc_std: float
-    val_raw: np.ndarray
-    fit_seconds: float
-    trials: int
 
 
 def default_budget(total_seconds: float | None, trials: int | None) -> dict[str, Budget]:
@@ -176,7 +146,7 @@ def _lightgbm(params: dict[str, Any], y: np.ndarray, seed: int) -> LGBMClassifie
     )
 
 
-def _build_estimator(family: str, params: dict[str, Any], y_train: np.ndarray, seed: int) -> Any:
+def build_estimator(family: str, params: dict[str, Any], y_train: np.ndarray, seed: int) -> Any:
     if family == "logistic_regression":
         return _logistic_regression(params, seed)
     if family == "random_forest":
@@ -198,7 +168,7 @@ def fit_with_params(family: str, params: dict[str, Any], X_train: np.ndarray, y_
     full = {**DEFAULT_PARAMS[family], **params}
     if family == "mlp":
         return mlp.fit_mlp(X_train, y_train, full, seed=seed)
-    estimator = _build_estimator(family, full, y_train, seed)
+    estimator = build_estimator(family, full, y_train, seed)
     # A multi-threaded BLAS makes logistic regression's small solves several times slower on a busy
     # two-core machine (measured 1.35 s against 0.16 s on Telco); the tree libraries do not use it.
     with threadpool_limits(limits=1, user_api="blas"):
@@ -228,113 +198,57 @@ def save_artifact(family: str, estimator: Any, directory: Path) -> tuple[str, st
     return "model.joblib", "joblib"
 
 
-def train_candidate(
+def evaluator(family: str, X: np.ndarray, y: np.ndarray, folds: Folds, *, seed: int) -> Evaluate:
+    """The function that cross-validates one configuration of ``family`` on ``(X, y)`` and ``folds``."""
+    _check_family(family)
+    y = np.asarray(y, dtype=np.int64)
+    if family in BOOSTED:
+
+        def build(params: dict[str, Any], y_fit: np.ndarray) -> Any:
+            return build_estimator(family, {**DEFAULT_PARAMS[family], **params}, y_fit, seed)
+
+        return lambda params, stop: cross_validate_boosted(family, build, params, X, y, folds, stop)
+
+    def fit(params: dict[str, Any], X_fit: np.ndarray, y_fit: np.ndarray) -> Any:
+        return fit_with_params(family, params, X_fit, y_fit, seed=seed)
+
+    def predict(model: Any, X_held: np.ndarray) -> np.ndarray:
+        return predict_raw(family, model, X_held)
+
+    return lambda params, stop: cross_validate(fit, predict, params, X, y, folds, stop)
+
+
+def screen(family: str, X: np.ndarray, y: np.ndarray, folds: Folds, *, seed: int) -> CrossValidated:
+    """Cross-validate ``family``'s default configuration (the first round every family gets)."""
+    return evaluator(family, X, y, folds, seed=seed)(dict(DEFAULT_PARAMS[family]), lambda: False)
+
+
+def tune_family(
     family: str,
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Folds,
     *,
     budget: Budget,
     seed: int,
-    progress: bool = True,
-    n_folds: int = DEFAULT_FOLDS,
-) -> CandidateResult:
-    """Tune ``family`` on the training split within ``budget``, refit with the best parameters, score validation.
-
-    ``y_val`` is not used to choose anything; it is accepted so every family shares one signature.
-    """
-    _check_family(family)
-    started = time.perf_counter()
-    y_train = np.asarray(y_train, dtype=np.int64)
-    tuned = tune(
+    first: CrossValidated | None = None,
+    progress: bool = False,
+) -> TuningResult:
+    """Search ``family`` within ``budget``; ``first`` is its already screened default, if any."""
+    return tune(
         family,
-        X_train,
-        y_train,
-        fit=lambda params, X, y: fit_with_params(family, params, X, y, seed=seed),
-        predict=lambda model, X: predict_raw(family, model, X),
+        evaluator(family, X, y, folds, seed=seed),
         trials=budget.trials,
         seconds=budget.seconds,
         seed=seed,
-        n_folds=n_folds,
+        first=first,
         progress=progress,
     )
-    estimator = fit_with_params(family, tuned.params, X_train, y_train, seed=seed)
-    return CandidateResult(
-        family=family,
-        estimator=estimator,
-        params=tuned.params,
-        cv_roc_auc=tuned.cv_roc_auc,
-        cv_roc_auc_std=tuned.cv_roc_auc_std,
-        val_raw=predict_raw(family, estimator, X_val),
-        fit_seconds=time.perf_counter() - started,
-        trials=tuned.trials,
-    )
 
 
-# ---- soft-vote ensemble ---------------------------------------------------------------------
 def _fit_soft_vote(params: dict[str, Any], X_train: np.ndarray, y_train: np.ndarray, *, seed: int) -> SoftVote:
     members = []
     for member in params["members"]:
         estimator = fit_with_params(member["family"], member["params"], X_train, y_train, seed=seed)
         members.append((member["family"], estimator, float(member["weight"])))
     return SoftVote(members=members)
-
-
-def _validation_auc(result: CandidateResult, y_val: np.ndarray) -> float:
-    return float(roc_auc_score(y_val, result.val_raw))
-
-
-def soft_vote_members(results: list[CandidateResult], y_val: np.ndarray) -> list[CandidateResult]:
-    """The best result (validation ROC-AUC) of each slot in ``SOFT_VOTE_SLOTS``; empty if a slot has none."""
-    chosen = []
-    for slot in SOFT_VOTE_SLOTS:
-        in_slot = [result for result in results if result.family in slot]
-        if not in_slot:
-            return []
-        chosen.append(max(in_slot, key=lambda result: _validation_auc(result, y_val)))
-    return chosen
-
-
-def build_soft_vote(
-    results: list[CandidateResult],
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    *,
-    seed: int,
-    n_folds: int = DEFAULT_FOLDS,
-) -> CandidateResult | None:
-    """Equal-weight soft vote of the chosen members, or None when a member slot has no trained family.
-
-    The members' fitted estimators are reused for the artifact and the validation scores; the
-    cross-validated ROC-AUC refits every member on the same stratified folds tuning used, so it is
-    as honest as the families' own.
-    """
-    members = soft_vote_members(results, np.asarray(y_val))
-    if not members:
-        return None
-    started = time.perf_counter()
-    y_train = np.asarray(y_train, dtype=np.int64)
-    weight = 1.0 / len(members)
-    params = {"members": [{"family": m.family, "params": m.params, "weight": weight} for m in members]}
-    vote = SoftVote(members=[(m.family, m.estimator, weight) for m in members])
-    cv_mean, cv_std = cross_validated_auc(
-        lambda p, X, y: fit_with_params(SOFT_VOTE, p, X, y, seed=seed),
-        lambda model, X: predict_raw(SOFT_VOTE, model, X),
-        params,
-        X_train,
-        y_train,
-        stratified_folds(y_train, n_folds, seed),
-    )
-    return CandidateResult(
-        family=SOFT_VOTE,
-        estimator=vote,
-        params=params,
-        cv_roc_auc=cv_mean,
-        cv_roc_auc_std=cv_std,
-        val_raw=predict_raw(SOFT_VOTE, vote, X_val),
-        fit_seconds=time.perf_counter() - started,
-        trials=1,  # one configuration cross-validated, nothing searched
-    )

@@ -69,6 +69,13 @@ def model_list(text: str) -> tuple[str, ...]:
     return families
 
 
+def column_list(text: str) -> tuple[str, ...]:
+    columns = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not columns:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return columns
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports usage errors in one line (exit 2) instead of the usage block."""
 
@@ -91,6 +98,13 @@ def training_parser() -> argparse.ArgumentParser:
     data.add_argument("--target", metavar="COLUMN", help="churn column (default: inferred, e.g. Churn, Exited)")
     data.add_argument("--positive-label", metavar="VALUE", help="value meaning 'churned' (default: inferred)")
     data.add_argument("--id-column", metavar="COLUMN", help="customer id column (default: inferred)")
+    data.add_argument(
+        "--required",
+        type=column_list,
+        default=(),
+        metavar="COL,...",
+        help="features a scored record must include (default: none; missing values are imputed with a warning)",
+    )
     models = parser.add_argument_group("models")
     models.add_argument(
         "--models",
@@ -153,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         target=args.target,
         positive_label=args.positive_label,
         id_column=args.id_column,
+        required=args.required,
         model_dir=args.model_dir,
         models=args.models,
         trials=args.trials,
@@ -183,9 +198,9 @@ def summary_lines(result: TrainingResult) -> list[str]:
     lines = [
         f"bundle      {result.bundle_dir}",
         f"version     {manifest.version}",
-        f"winner      {manifest.model_family} (validation ROC-AUC {winner['val_roc_auc']:.4f}, "
-        f"CV ROC-AUC {winner['cv_roc_auc']:.4f})",
-        f"test        {test}",
+        f"winner      {manifest.model_family} (CV ROC-AUC {winner['cv_roc_auc']:.4f} "
+        f"± {winner['cv_roc_auc_std']:.4f} over {winner['cv_fits']} fits)",
+        f"test        {test} (model fitted without the test split; the published one uses every row)",
         f"threshold   {manifest.threshold:.4f} ({manifest.threshold_strategy}), "
         f"calibration {manifest.calibration.method}",
     ]

@@ -31,6 +31,8 @@ class TrainingConfig:
     trials: int | None = None  # per family
     time_budget: float | None = None  # seconds of tuning in total
     seed: int = 42
+    # Features a record may not omit; every other feature is imputed (with a warning) when missing.
+    required: tuple[str, ...] = ()
     threshold_strategy: str = "max_f1"
     offer_cost: float | None = None
     saved_value: float | None = None

@@ -136,7 +136,7 @@ def plot_feature_importance(importance: Mapping[str, float], path: Path, *, top:
     colors = [MODEL if value >= 0 else NEUTRAL for value in values]
     axes.barh(names, values, color=colors)
     axes.axvline(0, color="black", lw=0.8)
-    style(axes, "Permutation importance (validation set)", "Drop in ROC-AUC when the feature is shuffled", "")
+    style(axes, "Permutation importance (test split)", "Drop in ROC-AUC when the feature is shuffled", "")
     axes.grid(True, axis="x", alpha=0.3)
     axes.grid(False, axis="y")
     return save(figure, path)

@@ -202,8 +202,8 @@ def successful(entry: Mapping[str, Any]) -> bool:
 
 
 def ranking_score(entry: Mapping[str, Any]) -> float | None:
-    """What the leaderboard is ordered by: validation ROC-AUC (how the winner is picked), else CV ROC-AUC."""
-    for key in ("val_roc_auc", "cv_roc_auc"):
+    """What the leaderboard is ordered by: cross-validated ROC-AUC (how the winner is picked)."""
+    for key in ("cv_roc_auc",):
         if is_number(entry.get(key)):
             return float(entry[key])
     return None
@@ -345,7 +345,18 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
     blocks: list[Block] = [Heading("Candidates")]
     if not entries:
         return [*blocks, Text("No candidate models were recorded.", muted=True)]
-    headers = ["#", "Family", "CV ROC-AUC", "Val ROC-AUC", "Val log loss", "Fit time", "Trials", "Parameters", "Status"]
+    headers = [
+        "#",
+        "Family",
+        "CV ROC-AUC",
+        "CV fits",
+        "OOF log loss",
+        "Stage",
+        "Fit time",
+        "Trials",
+        "Parameters",
+        "Status",
+    ]
     rows, highlight, failed = [], set(), set()
     for index, entry in enumerate(entries):
         ok = successful(entry)
@@ -357,8 +368,9 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
                 str(index + 1) if ok else MISSING,
                 fmt(entry.get("family")),
                 cv,
-                fmt(entry.get("val_roc_auc")) if ok else MISSING,
-                fmt(entry.get("val_log_loss")) if ok else MISSING,
+                fmt(entry.get("cv_fits")) if ok else MISSING,
+                fmt(entry.get("oof_log_loss")) if ok else MISSING,
+                fmt(entry.get("stage")) if ok else MISSING,
                 fmt_seconds(entry.get("fit_seconds")),
                 fmt(entry.get("trials")),
                 fmt_params(entry.get("params")),
@@ -370,9 +382,10 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
         if not ok:
             failed.add(index)
     text = (
-        "Every model family tried, best validation ROC-AUC first. CV ROC-AUC is the mean over cross-validation "
-        "folds of the training split (± its standard deviation over folds); validation scores are on the "
-        "held-out validation split, before calibration."
+        "Every candidate tried, best cross-validated ROC-AUC first. CV ROC-AUC is the mean over the "
+        "cross-validation fits on the development rows (± its standard deviation over fits); the out-of-fold "
+        "log loss is before calibration. Families close to the best default are tuned, the others keep "
+        "their default; a blend is listed only when it beat the best single candidate out of fold."
     )
     return [*blocks, Text(text), Table(headers, rows, highlight, failed)]
 
@@ -396,10 +409,7 @@ def winner_section(context: Mapping[str, Any]) -> list[Block]:
 
 
 def scores_text(entry: Mapping[str, Any]) -> str:
-    return (
-        f"validation ROC-AUC {fmt(entry.get('val_roc_auc'))}, "
-        f"cross-validated {fmt(entry.get('cv_roc_auc'))} ± {fmt(entry.get('cv_roc_auc_std'))}"
-    )
+    return f"cross-validated ROC-AUC {fmt(entry.get('cv_roc_auc'))} ± {fmt(entry.get('cv_roc_auc_std'))}"
 
 
 def comparison_sentence(winner: Mapping[str, Any], runner_up: Mapping[str, Any] | None) -> str:
@@ -442,11 +452,11 @@ def calibration_section(context: Mapping[str, Any], charts: Mapping[str, str]) -
         if f"{key}_before" in info or f"{key}_after" in info
     ]
     if rows:
-        blocks.append(Table(["Validation", "Before", "After"], rows))
+        blocks.append(Table(["Out of fold", "Before", "After"], rows))
     if rows and method != "none":
         blocks.append(
             Text(
-                "The 'after' column is measured on the validation data the calibrator was fitted on, "
+                "The 'after' column is measured on the out-of-fold scores the calibrator was fitted on, "
                 "so it is optimistic; the test-set figures below are the unbiased check.",
                 muted=True,
             )
@@ -480,7 +490,7 @@ def cross_fitted_blocks(cross: Mapping[str, Any], info: Mapping[str, Any]) -> li
         else "a calibrator is used only if it clearly beats the raw scores"
     )
     text = (
-        f"The method was chosen by cross-fitted log loss inside the validation set"
+        f"The method was chosen by cross-fitted log loss on the out-of-fold scores"
         f"{f' ({folds} folds)' if folds else ''}: each calibrator is scored only on customers it was not fitted on. "
         f"{rule[0].upper()}{rule[1:]} (paired over customers), so chance gains do not count; "
         "of the calibrators that pass, the lowest cross-fitted log loss wins."
@@ -511,7 +521,7 @@ def threshold_section(context: Mapping[str, Any], charts: Mapping[str, str]) -> 
             ["Expected profit", fmt(chosen.get("expected_profit"), 2)],
             ["Expected profit per customer", fmt(chosen.get("expected_profit_per_customer"), 3)],
         ]
-    blocks.append(Table(["On the validation set", "Value"], rows))
+    blocks.append(Table(["On the out-of-fold scores", "Value"], rows))
     if "threshold_curve" in charts:
         blocks.append(
             Images([(charts["threshold_curve"], "How the test-set trade-off moves with the threshold (chosen marked)")])
@@ -627,7 +637,7 @@ def importance_section(context: Mapping[str, Any], charts: Mapping[str, str]) ->
         return [*blocks, Text("Feature importance was not computed for this run.", muted=True)]
     blocks.append(
         Text(
-            "Permutation importance on the validation set: the drop in ROC-AUC when one input feature's values "
+            "Permutation importance on the test split: the drop in ROC-AUC when one input feature's values "
             "are shuffled across customers (its one-hot columns move together). Values near zero mean the model "
             "does not rely on the feature; importance shows reliance, not cause."
         )

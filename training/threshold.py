@@ -1,6 +1,7 @@
 """Choosing the decision threshold: which churn probability is high enough to act on.
 
-Two strategies, both evaluated on the validation set (never the test set):
+Two strategies, both evaluated on held-out scores: the pipeline passes the chosen configuration's
+out-of-fold scores of the development rows (never the test split):
 
 ``max_f1``
     The threshold with the best F1, a balance of precision and recall for when the cost of
@@ -145,16 +146,16 @@ def explain_choice(result: dict[str, Any], y: np.ndarray, p: np.ndarray) -> str:
     """One sentence on how the threshold was chosen, naming degenerate cases plainly."""
     if y.min() == y.max():
         kind = "churners" if y[0] else "non-churners"
-        return f"the validation set holds only {kind}, so it cannot tell a good threshold from a bad one"
+        return f"the held-out scores cover only {kind}, so they cannot tell a good threshold from a bad one"
     if p.min() == p.max():
-        return "every validation score is the same: the model cannot separate customers at any threshold"
+        return "every held-out score is the same: the model cannot separate customers at any threshold"
     if result["strategy"] == "max_profit":
         return (
-            f"maximises expected validation profit assuming each flagged customer gets an offer costing "
+            f"maximises expected profit on the held-out scores assuming each flagged customer gets an offer costing "
             f"{result['offer_cost']:g} and a flagged churner is kept with probability "
             f"{result['acceptance_rate']:g}, worth {result['saved_value']:g}"
         )
-    return "maximises F1 (balance of precision and recall) on the validation set"
+    return "maximises F1 (balance of precision and recall) on the held-out scores"
 
 
 def threshold_curve(

@@ -23,8 +23,11 @@ from training.candidates import (
     fit_with_params,
     predict_raw,
     save_artifact,
-    train_candidate,
+    screen,
+    tune_family,
 )
+from training.crossval import MAX_TREES
+from training.split import cross_validation_folds
 from training.tuning import DEFAULT_PARAMS
 
 N_FEATURES = 6
@@ -62,20 +65,47 @@ def tiny_manifest(family: str, artifact: str, artifact_format: str) -> Manifest:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tuned_candidate_beats_chance_on_held_out_rows(family: str, splits: dict[str, np.ndarray]) -> None:
+def test_tuned_candidate_beats_chance_out_of_fold(family: str, splits: dict[str, np.ndarray]) -> None:
     # Two folds keep the slower families quick; the default plus one sampled trial exercise the search.
-    result = train_candidate(family, **splits, budget=Budget(trials=2), seed=0, progress=False, n_folds=2)
+    X, y = splits["X_train"], splits["y_train"]
+    folds = cross_validation_folds(y, seed=0, n_folds=2)
+    result = tune_family(family, X, y, folds, budget=Budget(trials=2), seed=0)
 
     assert result.family == family
     assert result.trials == 2
-    assert result.val_raw.shape == (len(splits["y_val"]),)
-    assert np.all((result.val_raw >= 0) & (result.val_raw <= 1))
-    assert roc_auc_score(splits["y_val"], result.val_raw) > 0.7
+    oof = result.cross_validated.oof
+    assert oof.shape == (folds.repeats, len(y))
+    assert np.all((oof >= 0) & (oof <= 1))
+    assert roc_auc_score(y, oof[0]) > 0.7
     assert 0.7 < result.cv_roc_auc <= 1.0
-    assert result.cv_roc_auc_std >= 0.0
-    assert result.fit_seconds > 0.0
+    assert len(result.cross_validated.fold_roc_auc) == len(folds.splits)
     assert json.loads(json.dumps(result.params)) == result.params
     assert set(result.params) == set(DEFAULT_PARAMS[family])
+
+
+@pytest.mark.parametrize("family", ["xgboost", "lightgbm"])
+def test_boosted_trees_choose_their_tree_count_inside_the_folds(family: str, splits: dict[str, np.ndarray]) -> None:
+    X, y = splits["X_train"], splits["y_train"]
+    folds = cross_validation_folds(y, seed=0)
+
+    screened = screen(family, X, y, folds, seed=0)
+    refit = fit_with_params(family, screened.params, X, y, seed=0)
+
+    assert 1 <= screened.params["n_estimators"] < MAX_TREES
+    assert refit.n_estimators == screened.params["n_estimators"]
+    # The out-of-fold scores come from models that never saw the rows they score.
+    assert screened.roc_auc == pytest.approx(np.mean(screened.fold_roc_auc))
+
+
+def test_tuning_seeds_the_search_with_the_screened_default(splits: dict[str, np.ndarray]) -> None:
+    X, y = splits["X_train"], splits["y_train"]
+    folds = cross_validation_folds(y, seed=0, n_folds=3)
+    screened = screen("logistic_regression", X, y, folds, seed=0)
+
+    tuned = tune_family("logistic_regression", X, y, folds, budget=Budget(trials=3), seed=0, first=screened)
+
+    assert tuned.default_cv_roc_auc == screened.roc_auc
+    assert tuned.cv_roc_auc >= screened.roc_auc
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -107,11 +137,13 @@ def test_same_seed_gives_identical_predictions(family: str, splits: dict[str, np
 
 
 def test_tuned_run_is_reproducible_with_a_trial_budget(splits: dict[str, np.ndarray]) -> None:
-    runs = [train_candidate("lightgbm", **splits, budget=Budget(trials=4), seed=11, progress=False) for _ in range(2)]
+    X, y = splits["X_train"], splits["y_train"]
+    folds = cross_validation_folds(y, seed=11, n_folds=3)
+    runs = [tune_family("lightgbm", X, y, folds, budget=Budget(trials=4), seed=11) for _ in range(2)]
 
     assert runs[0].params == runs[1].params
     assert runs[0].cv_roc_auc == runs[1].cv_roc_auc
-    np.testing.assert_array_equal(runs[0].val_raw, runs[1].val_raw)
+    np.testing.assert_array_equal(runs[0].cross_validated.oof, runs[1].cross_validated.oof)
 
 
 def test_explicit_parameters_override_the_defaults(splits: dict[str, np.ndarray]) -> None:

@@ -48,7 +48,7 @@ def test_train_and_summary(capsys, customers_csv: Path, tmp_path: Path) -> None:
     bundle = current_bundle_dir(tmp_path)
     verify_bundle(bundle)
     assert f"bundle      {bundle}" in out
-    assert "winner      logistic_regression" in out and "test        ROC-AUC" in out
+    assert "winner      logistic_regression (CV ROC-AUC" in out and "test        ROC-AUC" in out
     assert err == ""  # --quiet
 
 
@@ -84,6 +84,9 @@ def sqlite_url(tmp_path: Path) -> str:
         (lambda tmp, csv: ["--threshold-strategy", "max_profit"], "needs --offer-cost and --saved-value"),
         (lambda tmp, csv: ["--table", "a", "--query", "b"], "not allowed with argument"),
         (lambda tmp, csv: ["--data", str(csv), "--model-dir", str(csv / "m")], "cannot create model directory"),
+        (lambda tmp, csv: ["--data", str(csv), "--required", "tenure,Tenure_days"], "'Tenure_days', which is not a"),
+        (lambda tmp, csv: ["--data", str(csv), "--required", "Churn"], "'Churn', which is not a model feature"),
+        (lambda tmp, csv: ["--required", ","], "expected comma-separated column names"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path: Path, customers_csv: Path, args, message: str) -> None:
@@ -103,7 +106,7 @@ def test_data_problems_found_after_loading(capsys, tmp_path: Path) -> None:
     churn = ["Yes"] * 10 + ["No"] * 190
     pd.DataFrame({"id": range(200), "x": range(200), "Churn": churn}).to_csv(few, index=False)
     code, _, err = run_main(capsys, "--data", str(few), "--model-dir", str(tmp_path), *FAST)
-    assert_one_line_error(code, err, "too few churned customers for a 70/15/15 split: 10, need at least 34")
+    assert_one_line_error(code, err, "too few churned customers to keep a test split: 10, need at least 25")
 
     only_ids = tmp_path / "only_ids.csv"
     ids = pd.DataFrame({"customerID": [f"c{i}" for i in range(300)], "row": range(300), "Churn": ["Yes", "No"] * 150})

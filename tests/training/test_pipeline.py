@@ -6,20 +6,24 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from bundle import store as bundle_module
 from bundle.features import clean_columns
 from bundle.manifest import BundleError
-from bundle.scoring import Scorer, load_raw_model
+from bundle.scoring import apply_calibration
 from bundle.store import current_bundle_dir, list_bundles, verify_bundle
 from training import pipeline
+from training.candidates import fit_with_params, predict_raw
 from training.cleaning import clean_table, drop_rows_without_target
 from training.config import TrainingConfig
+from training.data import TrainingDataError
 from training.pipeline import TrainingError, TrainingResult, run_training
-from training.roles import infer_target, target_vector
-from training.split import stratified_split
+from training.roles import infer_feature_roles, infer_target, target_vector
+from training.selection import MIN_BUDGET_SHARE, leader_budgets, share_remaining_time
+from training.split import holdout_split
 from training.synthetic import generate_customers
 
 TELCO_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "telco" / "WA_Fn-UseC_-Telco-Customer-Churn.csv"
@@ -62,34 +66,82 @@ def test_bundle_is_published_verified_and_current(trained: TrainingResult) -> No
 def test_manifest_records_how_the_model_was_made(trained: TrainingResult) -> None:
     training = verify_bundle(trained.bundle_dir).training
     assert training["data"]["rows"] == 600 and len(training["data"]["fingerprint"]) == 64
-    assert training["data"]["split"] == {"train": 420, "validation": 90, "test": 90}
+    assert training["data"]["split"] == {"development": 480, "test": 120}
     assert training["seed"] == 3
     assert training["roles"]["TotalCharges"]["role"] == "numeric"
     assert training["cleaning"]["rows_in"] == 600
-    assert "tune_xgboost" in training["timings"] and training["timings"]["total"] > 0
-    assert set(training["budget"]) == {"logistic_regression", "xgboost"}
+    assert "select" in training["timings"] and training["timings"]["total"] > 0
+    assert set(training["budget"]) <= {"logistic_regression", "xgboost"}
 
 
-def test_served_model_reproduces_the_test_metrics(trained: TrainingResult) -> None:
-    """Re-split the table as training did and score test rows through serving's own code path."""
+def test_every_labelled_row_has_a_recorded_purpose(trained: TrainingResult) -> None:
+    manifest = verify_bundle(trained.bundle_dir)
+    rows = manifest.training["rows"]
+    assert rows["total"] == rows["published_model"] == 600
+    assert (rows["development"], rows["test"]) == (480, 120)
+    assert rows["search"] == rows["calibration_and_threshold"] == rows["test_metrics_model"] == 480
+    assert not rows["search_sampled"]
+    assert rows["cross_validation"] == {"folds": 5, "repeats": 3, "fits": 15}  # a small table: repeated folds
+    winner = manifest.training["winner"]
+    assert len(winner["cv_fold_roc_auc"]) == 15
+    assert winner["cv_roc_auc"] == pytest.approx(sum(winner["cv_fold_roc_auc"]) / 15)
+    assert manifest.training["threshold"]["n_validation"] == 480  # fitted on out-of-fold scores
+    assert manifest.training["calibration"]["n"] == 480
+    assert 0 < manifest.training["out_of_fold_metrics"]["roc_auc"] < 1
+
+
+def test_test_metrics_come_from_the_model_fitted_without_the_test_rows(trained: TrainingResult) -> None:
+    """Redo the development fit by hand: it reproduces the reported test ROC-AUC."""
     manifest = verify_bundle(trained.bundle_dir)
     table, report = clean_table(generate_customers(600, seed=7))
     target = infer_target(table, None, None)
     table = drop_rows_without_target(table, target.column, report)
     y = target_vector(table[target.column], target)
-    test = table.iloc[stratified_split(y, seed=3).test]
-    schema = manifest.schema
-    columns = clean_columns(schema, {name: test[name].tolist() for name in schema.names})
-    matrix = schema.encode(columns, len(test)).matrix
-    scores = Scorer(load_raw_model(trained.bundle_dir, manifest), manifest.calibration).predict_proba(matrix)
-    assert roc_auc_score(y[stratified_split(y, seed=3).test], scores) == pytest.approx(manifest.metrics["roc_auc"])
+    split = holdout_split(y, seed=3)
+    development, test = table.iloc[split.development], table.iloc[split.test]
+    schema = pipeline.fit_schema(infer_feature_roles(development, target), development)
+    family, params = manifest.model_family, manifest.training["winner"]["params"]
+    model = fit_with_params(family, params, pipeline.encode_rows(schema, development), y[split.development], seed=3)
+    scores = apply_calibration(manifest.calibration, predict_raw(family, model, pipeline.encode_rows(schema, test)))
+    assert roc_auc_score(y[split.test], scores) == pytest.approx(manifest.metrics["roc_auc"])
+
+
+def test_published_model_is_refitted_on_every_labelled_row(trained: TrainingResult) -> None:
+    manifest = verify_bundle(trained.bundle_dir)
+    table, _ = clean_table(generate_customers(600, seed=7))
+    columns = clean_columns(manifest.schema, {"tenure": table["tenure"].tolist()})
+    tenure = [value for value in columns["tenure"] if value is not None]
+    assert manifest.schema["tenure"].impute == pytest.approx(float(np.median(tenure)))
+    assert manifest.schema["tenure"].maximum == max(tenure)
+
+
+def test_no_feature_is_required_unless_named(trained: TrainingResult) -> None:
+    assert not any(spec.required for spec in verify_bundle(trained.bundle_dir).schema.features)
+
+
+def test_required_features_are_the_named_ones(tmp_path: Path) -> None:
+    result = run_training(fast_config(tmp_path, required=("tenure", "Contract")))
+    schema = verify_bundle(result.bundle_dir).schema
+    assert [spec.name for spec in schema.features if spec.required] == ["tenure", "Contract"]
+    assert result.manifest.training["required_features"] == ["tenure", "Contract"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("Tenure_days", "not a column of the table"), ("customerID", "not a model feature")],
+)
+def test_required_names_that_are_not_features_are_refused(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(TrainingDataError, match=message):
+        run_training(fast_config(tmp_path, required=("tenure", name)))
+    assert not list(tmp_path.glob("*/manifest.json"))
 
 
 def test_drift_reference_covers_every_feature_and_the_score(trained: TrainingResult) -> None:
     manifest = verify_bundle(trained.bundle_dir)
     reference = manifest.drift_reference
     assert [feature.name for feature in reference.features] == manifest.schema.names
-    assert reference.score.kind == "score" and reference.score.count == 90
+    # Out-of-sample scores of every row: out of fold for development rows, the held-out model's for test rows.
+    assert reference.score.kind == "score" and reference.score.count == 600
     for feature in [*reference.features, reference.score]:
         assert sum(feature.proportions) == pytest.approx(1.0)
 
@@ -156,16 +208,16 @@ def test_staging_left_by_a_killed_run_is_discarded(tmp_path: Path) -> None:
 
 
 def test_a_failing_family_is_reported_and_the_others_continue(tmp_path: Path, monkeypatch) -> None:
-    from training import candidates
+    from training import selection
 
-    real = candidates.train_candidate
+    real = selection.screen
 
     def flaky(family, *args, **kwargs):
         if family == "random_forest":
             raise MemoryError("out of memory")
         return real(family, *args, **kwargs)
 
-    monkeypatch.setattr(candidates, "train_candidate", flaky)
+    monkeypatch.setattr(selection, "screen", flaky)
     result = run_training(fast_config(tmp_path, models=("random_forest", "logistic_regression")))
     failed = [row for row in result.leaderboard if row["status"] == "failed"]
     assert failed == [{"family": "random_forest", "status": "failed", "error": "MemoryError: out of memory"}]
@@ -173,12 +225,12 @@ def test_a_failing_family_is_reported_and_the_others_continue(tmp_path: Path, mo
 
 
 def test_all_families_failing_is_an_error(tmp_path: Path, monkeypatch) -> None:
-    from training import candidates
+    from training import selection
 
     def broken(family, *args, **kwargs):
         raise RuntimeError(f"{family} diverged")
 
-    monkeypatch.setattr(candidates, "train_candidate", broken)
+    monkeypatch.setattr(selection, "screen", broken)
     with pytest.raises(TrainingError, match=r"every model family failed .*logistic_regression: RuntimeError"):
         run_training(fast_config(tmp_path))
     assert not list((tmp_path).glob("*/manifest.json"))
@@ -195,24 +247,22 @@ def test_other_schemas_train_unchanged(tmp_path: Path, schema: str, target: str,
     assert manifest.schema.dropped  # each has columns that must not be features
 
 
-def test_budget_is_shared_across_the_chosen_families() -> None:
-    budgets = pipeline.family_budgets(TrainingConfig(models=("xgboost", "lightgbm"), time_budget=60))
+def test_budget_is_shared_across_the_tuned_families() -> None:
+    budgets = leader_budgets(["xgboost", "lightgbm"], 60, {"xgboost": 5, "lightgbm": None})
     assert sum(budget.seconds for budget in budgets.values()) == pytest.approx(60)
-    defaults = pipeline.family_budgets(TrainingConfig())
-    assert set(defaults) == set(TrainingConfig().models)
-    assert all(budget.trials and budget.seconds for budget in defaults.values())
+    assert (budgets["xgboost"].trials, budgets["lightgbm"].trials) == (5, None)
 
 
 def test_time_left_is_reshared_after_each_family() -> None:
-    nominal = pipeline.family_budgets(TrainingConfig(models=("xgboost", "lightgbm", "mlp"), time_budget=90))
-    pending = ("lightgbm", "mlp")
+    nominal = leader_budgets(["xgboost", "lightgbm", "mlp"], 90, {})
+    pending = ["lightgbm", "mlp"]
     on_schedule = nominal["lightgbm"].seconds + nominal["mlp"].seconds
     # An overrun shrinks what the later families get; spare time is passed on; never below a floor.
-    behind = pipeline.share_remaining_time(nominal, "lightgbm", pending, on_schedule - 20)
-    ahead = pipeline.share_remaining_time(nominal, "lightgbm", pending, on_schedule + 20)
-    late = pipeline.share_remaining_time(nominal, "lightgbm", pending, -5)
+    behind = share_remaining_time(nominal, "lightgbm", pending, on_schedule - 20)
+    ahead = share_remaining_time(nominal, "lightgbm", pending, on_schedule + 20)
+    late = share_remaining_time(nominal, "lightgbm", pending, -5)
     assert behind.seconds < nominal["lightgbm"].seconds < ahead.seconds
-    assert late.seconds == pytest.approx(pipeline.MIN_BUDGET_SHARE * nominal["lightgbm"].seconds, abs=0.1)
+    assert late.seconds == pytest.approx(MIN_BUDGET_SHARE * nominal["lightgbm"].seconds, abs=0.1)
 
 
 @pytest.mark.slow
