@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 # A column is numeric when at least this share of its non-blank cells parse as numbers.
-MOSTLY_NUMERIC = 0.9
+MOSTLY_NUMERIC = 0.8
 THREADS = 2
 
 
