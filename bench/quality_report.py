@@ -141,6 +141,14 @@ def cost_lines(cost: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def failure_line(run: dict[str, Any]) -> str:
+    training = run["training"]
+    if training["exit_code"] != 0:
+        last = training.get("error", "").strip().splitlines()[-1:] or ["no output"]
+        return f"- {run['table']} seed {run['seed']}: training exited {training['exit_code']}: {last[0]}"
+    return f"- {run['table']} seed {run['seed']}: the service did not answer: {run.get('service_error', '')[:200]}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     protocol = results["protocol"]
     lines = [
@@ -148,11 +156,12 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Seeds {protocol['seeds']}; training arguments: {' '.join(protocol['training_args']) or '(default)'}; "
         f"load average at the end {[round(x, 2) for x in results['environment']['load_average']]}.",
-        "",
-        *table_lines(results),
-        "",
-        *summary_lines(results["summary"]),
     ]
+    if results["runs"]:
+        lines += ["", *table_lines(results), "", *summary_lines(results["summary"])]
+    failures = [failure_line(run) for run in results["runs"] if "project_auc" not in run]
+    if failures:
+        lines += ["", "Failed runs (details in the JSON):", *failures]
     if results["skipped"]:
         lines += ["", f"Skipped (source absent): {', '.join(results['skipped'])}"]
     if results["cost"]:

@@ -12,7 +12,7 @@ import pytest
 import bench.quality_tables as quality_tables
 from bench.quality import main, parse_args, refusal_reason, stratified_split
 from bench.quality_baselines import baseline_aucs, numeric_columns, typed
-from bench.quality_report import cost_targets, summarize
+from bench.quality_report import cost_targets, summarize, write_results
 from bench.quality_tables import TABLES, read_exported
 
 
@@ -203,3 +203,22 @@ def test_the_harness_trains_serves_and_compares_on_a_small_table(tmp_path: Path)
     assert 0.5 < only["project_auc"] < 1.0
     assert only["refused"] == {} and only["test_rows"] == 200
     assert "| small_weak | 0 |" in next((tmp_path / "results").glob("quality-*.md")).read_text()
+
+
+def test_the_written_report_lists_every_run_and_names_failures(tmp_path: Path) -> None:
+    failed = run("b", 0, None) | {
+        "training": {"exit_code": 2, "wall_seconds": 3.0, "peak_rss_mb": 200.0, "error": "error: no target\n"}
+    }
+    runs = [run("a", 0, 0.83) | {"training": {"exit_code": 0, "wall_seconds": 90.0, "peak_rss_mb": 700.0}}, failed]
+    for result in runs:
+        result["table_shape"] = [1000, 9]
+    results = {"protocol": {"seeds": [0], "training_args": []}, "environment": {"load_average": (1.0, 1.0, 1.0)}}
+    results |= {"skipped": ["telco"], "runs": runs, "summary": summarize(runs), "cost": []}
+
+    json_path, md_path, text = write_results(results, tmp_path)
+
+    assert json.loads(json_path.read_text())["summary"]["tables"]["a"]["verdict"] == "PASS"
+    assert md_path.read_text() == text
+    assert "| a | 0 | 1000 | 0.8300 | xgboost | 0.8200 | +0.0100 |" in text
+    assert "- b seed 0: training exited 2: error: no target" in text
+    assert "Skipped (source absent): telco" in text
