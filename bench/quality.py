@@ -195,7 +195,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated, from {','.join(TABLES)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated split (and table) seeds (default 0,1,2)")
     parser.add_argument("--quick", action="store_true", help="small tables, one seed, training limited to 2 trials")
-    parser.add_argument("--training-args", default="", help="extra arguments for python -m training (quoted)")
+    parser.add_argument(
+        "--training-args",
+        default="",
+        help="extra arguments for python -m training, quoted (default none; with --quick: --trials 2)",
+    )
     parser.add_argument("--cost", action="store_true", help="also time training on 200,000 and 1,000,000 rows (long)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
     parser.add_argument("--workdir", type=Path, help="keep splits, bundles and logs here (default: a temp dir)")
