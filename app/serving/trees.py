@@ -35,23 +35,42 @@ def _goes_left(value, limit, strict_less):  # pragma: no cover
     return value < limit if strict_less else value <= limit
 
 
-@njit(cache=True, nogil=True)
-def _leaf_sums(x, reference, roots, feature, threshold, left, right, value, strict_less):  # pragma: no cover
-    """Each row's sum of leaf values over all trees (``reference`` unused: one signature for both kernels)."""
+# Rows walked together: enough independent walks for the processor to overlap.
+_BLOCK_ROWS = 32
+
+
+@njit(cache=True)
+def _leaf_sums(x, roots, depths, feature, threshold, children, value, strict_less):  # pragma: no cover
+    """Each row's sum of leaf values over all trees.
+
+    One row's walk down a tree is a chain of dependent loads and unpredictable branches, so each
+    tree is walked by a block of rows a level at a time: their walks are independent and the
+    processor overlaps them, the child is picked by index arithmetic (``children[2 * node + right]``)
+    instead of a branch, a leaf is its own child, and a level where no row moved ends the tree.
+    """
     n_rows = x.shape[0]
     sums = np.zeros(n_rows)
-    for row in range(n_rows):
-        total = 0.0
+    nodes = np.empty(_BLOCK_ROWS, dtype=np.intp)
+    for start in range(0, n_rows, _BLOCK_ROWS):
+        count = min(_BLOCK_ROWS, n_rows - start)
         for tree in range(roots.size):
-            node = roots[tree]
-            while left[node] != node:
-                node = left[node] if _goes_left(x[row, feature[node]], threshold[node], strict_less) else right[node]
-            total += value[node]
-        sums[row] = total
+            nodes[:count] = roots[tree]
+            for _ in range(depths[tree]):
+                moved = False
+                for r in range(count):
+                    node = nodes[r]
+                    goes_right = not _goes_left(x[start + r, feature[node]], threshold[node], strict_less)
+                    child = children[2 * node + goes_right]
+                    moved |= child != node
+                    nodes[r] = child
+                if not moved:
+                    break
+            for r in range(count):
+                sums[start + r] += value[nodes[r]]
     return sums
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True)
 def _tree_shap(
     x, reference, column_group, n_groups, max_depth, roots, feature, threshold, left, right, value, strict_less
 ):  # pragma: no cover
@@ -117,6 +136,26 @@ def _tree_shap(
     return sums, contributions
 
 
+# Releasing the GIL lets other threads (/health, /predict) run during a long batch, but for a
+# single record it invites a background thread to take the interpreter, and getting it back can
+# take milliseconds: small inputs keep it.
+_RELEASE_GIL_FROM_ROWS = 256
+
+
+@njit(cache=True, nogil=True)
+def _leaf_sums_releasing(x, roots, depths, feature, threshold, children, value, strict_less):  # pragma: no cover
+    return _leaf_sums(x, roots, depths, feature, threshold, children, value, strict_less)
+
+
+@njit(cache=True, nogil=True)
+def _tree_shap_releasing(
+    x, reference, column_group, n_groups, max_depth, roots, feature, threshold, left, right, value, strict_less
+):  # pragma: no cover
+    return _tree_shap(
+        x, reference, column_group, n_groups, max_depth, roots, feature, threshold, left, right, value, strict_less
+    )
+
+
 class CompiledTrees:
     """A tree ensemble as flat node arrays: ``raw_proba`` as the native model's, plus exact Shapley values."""
 
@@ -129,7 +168,10 @@ class CompiledTrees:
         self.float32: bool = rule["float32"]  # XGBoost and scikit-learn compare in float32
         self.average: bool = rule["average"]  # random forest averages probabilities, boosting sums margins
         self.offset: float = rule.get("offset", 0.0)
-        self.max_depth = _max_depth(self.left, self.right, self.roots)
+        # For the scorer: node i's children at 2i (left) and 2i + 1 (right), and each tree's depth.
+        self.children = np.ravel(np.column_stack([self.left, self.right]))
+        self.depths = _tree_depths(self.left, self.right, self.roots)
+        self.max_depth = int(self.depths.max(initial=0))
 
     @property
     def output_is_probability(self) -> bool:
@@ -140,8 +182,9 @@ class CompiledTrees:
         return np.ascontiguousarray(matrix, dtype=np.float32 if self.float32 else np.float64).reshape(len(matrix), -1)
 
     def leaf_sums(self, matrix: np.ndarray) -> np.ndarray:
-        arrays = (self.roots, self.feature, self.threshold, self.left, self.right, self.value, self.strict_less)
-        return _leaf_sums(self._rows(matrix), self._rows(matrix[:1]), *arrays)
+        kernel = _leaf_sums_releasing if len(matrix) >= _RELEASE_GIL_FROM_ROWS else _leaf_sums
+        tree = (self.roots, self.depths, self.feature, self.threshold, self.children, self.value, self.strict_less)
+        return kernel(self._rows(matrix), *tree)
 
     def outputs(self, leaf_sums: np.ndarray) -> np.ndarray:
         """The model's raw outputs (margins, or a forest's probabilities) from leaf sums."""
@@ -158,21 +201,25 @@ class CompiledTrees:
 
         ``column_group`` gives each matrix column's group; a group's value is the sum of its columns'.
         """
-        sums, contributions = _tree_shap(
+        kernel = _tree_shap_releasing if len(matrix) >= _RELEASE_GIL_FROM_ROWS else _tree_shap
+        sums, contributions = kernel(
             self._rows(matrix), self._rows(reference[None, :])[0], column_group, n_groups, self.max_depth,
             self.roots, self.feature, self.threshold, self.left, self.right, self.value, self.strict_less,
         )  # fmt: skip
         return self.outputs(sums), contributions / self.roots.size if self.average else contributions
 
 
-def _max_depth(left: np.ndarray, right: np.ndarray, roots: np.ndarray) -> int:
-    """The deepest tree's depth (edges on its longest path; 0 for lone leaves), without recursion."""
-    level, depth = roots.tolist(), 0
-    while True:
-        level = [child for node in level if left[node] != node for child in (left[node], right[node])]
-        if not level:
-            return depth
-        depth += 1
+def _tree_depths(left: np.ndarray, right: np.ndarray, roots: np.ndarray) -> np.ndarray:
+    """Each tree's depth (edges on its longest path; 0 for a lone leaf), without recursion."""
+    depths = np.zeros(roots.size, dtype=np.intp)
+    for tree, root in enumerate(roots.tolist()):
+        level = [root]
+        while True:
+            level = [child for node in level if left[node] != node for child in (left[node], right[node])]
+            if not level:
+                break
+            depths[tree] += 1
+    return depths
 
 
 class _TreeBuilder:
@@ -290,13 +337,17 @@ def compile_trees(family: str, model: RawModel, width: int) -> RawModel:
         return model
     if compiled is None:
         return model
-    probe = np.random.default_rng(0).normal(size=(256, width))
+    probe = np.random.default_rng(0).normal(size=(_RELEASE_GIL_FROM_ROWS, width))
     probe *= (np.arange(len(probe)) % 2)[:, None]
     probe[::3] = np.round(probe[::3])  # one-hot-like 0/1 columns too
     native = model.raw_proba(probe)
     if family == "xgboost":
         compiled.offset = float(np.median(_margin(native) - _margin(compiled.raw_proba(probe))))
-    if not np.allclose(compiled.raw_proba(probe), native, rtol=0.0, atol=1e-6):
+    small = slice(0, 64)  # the GIL-holding entry's inputs too
+    if not (
+        np.allclose(compiled.raw_proba(probe), native, rtol=0.0, atol=1e-6)
+        and np.allclose(compiled.raw_proba(probe[small]), native[small], rtol=0.0, atol=1e-6)
+    ):
         return model
     return compiled
 
@@ -313,8 +364,9 @@ def compile_kernels() -> None:
     for float32, float32_thresholds in ((False, False), (True, True), (True, False)):
         one_leaf["threshold"] = np.zeros(1, dtype=np.float32 if float32_thresholds else np.float64)
         trees = CompiledTrees(None, one_leaf, [0], strict_less=float32, float32=float32, average=False)
-        trees.raw_proba(np.zeros((1, 1)))
-        trees.shap_values(np.zeros((1, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1)
+        for rows in (1, _RELEASE_GIL_FROM_ROWS):
+            trees.raw_proba(np.zeros((rows, 1)))
+            trees.shap_values(np.zeros((rows, 1)), np.zeros(1), np.zeros(1, dtype=np.intp), 1)
 
 
 if __name__ == "__main__":  # the Dockerfile runs this at build time, so no container start compiles
