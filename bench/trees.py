@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="a directory with a `current` bundle (else train three)")
     parser.add_argument("--data", type=Path, help="the table to train on (default: the synthetic one)")
+    parser.add_argument("--train-dir", type=Path, help="where trained bundles go (default: a temporary directory)")
     parser.add_argument("--repeats", type=int, default=2000, help="calls per single-record figure")
     parser.add_argument("--rows", type=int, default=10_000, help="rows for the batch figures")
     parser.add_argument("--no-compilers", action="store_true", help="leave out lleaves and tl2cgen")
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.model_dir is not None:
             bundles = [current_bundle_dir(args.model_dir)]
         else:
-            bundles = train_bundles(workdir / "models", args.data)
+            bundles = train_bundles(args.train_dir or workdir / "models", args.data)
         for bundle in bundles:
             for label, engines, figures in bake_off(bundle, args.repeats, args.rows, not args.no_compilers, workdir):
                 print(markdown(label, engines, figures), end="\n\n")
