@@ -157,8 +157,9 @@ def tl2cgen_engine(family: str, native: Any, workdir: Path) -> Engine:
 
 def check_engines(
     engines: list[Engine], native: Any, compiled: CompiledTrees, rows: np.ndarray, reference: np.ndarray
-) -> None:
-    """Every engine scores as the native library does, and shap's values are the kernels' (per column)."""
+) -> float:
+    """Every engine scores as the native library does; returns the largest gap between the kernels' and
+    shap's per-column values (printed, not asserted: the tests hold the kernels to the Shapley definition)."""
     expected = native.raw_proba(rows)
     for engine in engines:
         if engine.score is not None:
@@ -170,7 +171,7 @@ def check_engines(
     shap_values = np.asarray(shap_explain(rows))
     if shap_values.ndim == 3:  # a forest's values per class
         shap_values = shap_values[..., 1]
-    assert np.allclose(kernel_values, shap_values, rtol=0, atol=1e-6), "kernels and shap disagree"
+    return float(np.abs(kernel_values - shap_values).max())
 
 
 def measure(engine: Engine, rows: np.ndarray, repeats: int) -> dict[str, float | None]:
@@ -208,9 +209,12 @@ def bake_off(
         engines = [kernels, *native_engines(family, native, reference)]
         if compilers:
             engines += [lleaves_engine(family, native, workdir), tl2cgen_engine(family, native, workdir)]
-        check_engines(engines, native, compiled, data[:200], reference)
+        gap = check_engines(engines, native, compiled, data[:200], reference)
         figures = {engine.name: measure(engine, data, repeats) for engine in engines if not engine.unavailable}
-        label = f"{family} ({compiled.roots.size} trees, max depth {compiled.max_depth}, {schema.n_encoded} columns)"
+        label = (
+            f"{family}: {compiled.roots.size} trees, max depth {compiled.max_depth}, {schema.n_encoded} columns;"
+            f" largest |kernels - shap TreeExplainer| {gap:.1e}"
+        )
         results.append((label, {engine.name: engine for engine in engines}, figures))
     return results
 

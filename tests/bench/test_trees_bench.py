@@ -29,7 +29,8 @@ def test_the_tree_benchmark_reports_each_figure_for_each_engine(
     main(arguments + ([] if compilers else ["--no-compilers"]))
 
     (title, table), *others = tables(capsys.readouterr().out).items()
-    assert not others and title.startswith(f"**{family} (")
+    assert not others and title.startswith(f"**{family}: ")
+    assert float(title.rstrip("*").rsplit(" ", 1)[1]) < 1e-6  # the kernels' values are shap's
     assert table["engines"][:3] == ["numba kernels", "native library", "shap TreeExplainer"]
     assert ("tl2cgen" in table["engines"]) == compilers
     kernels = [table[figure][0] for figure in FIGURES]
