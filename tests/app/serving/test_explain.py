@@ -8,6 +8,7 @@ log-odds of the raw score.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -226,3 +227,13 @@ def test_top_features_of_a_batch_equal_those_of_each_row(limit: int) -> None:
 
     assert ranked == [Explainer.top_features(row, limit) for row in contributions]
     assert all(len(top) <= limit for top in ranked)
+
+
+def test_metadata_publishes_the_explanation(linear_models_dir: Path, serve: Any) -> None:
+    client = serve(linear_models_dir)
+
+    explanation = client.get("/metadata").json()["explanation"]
+
+    assert explanation["method"] == "exact_linear_shap"
+    assert isinstance(explanation["base_value"], float)
+    assert set(explanation["reference"]) == {item["name"] for item in client.get("/metadata").json()["inputs"]}
