@@ -189,14 +189,15 @@ class _SampledPermutations:
             coalition[:, :, differs] = np.where(from_row, row[differs], self.reference[differs])
             coalitions.append(coalition.reshape(-1, row.size))
             plans.append(order)
-        log_odds = logit(self.model.raw_proba(np.concatenate(coalitions)))
+        probabilities = self.model.raw_proba(np.concatenate(coalitions))
+        log_odds = logit(probabilities)
         scores = np.empty(len(matrix))
         contributions = np.zeros((len(matrix), self.n_groups))
         start = 0
         for index, order in enumerate(plans):
             walk = log_odds[start : start + order.size + n_permutations].reshape(n_permutations, -1)
+            scores[index] = probabilities[start + walk.shape[1] - 1]  # the first walk's last step is the row itself
             start += walk.size
-            scores[index] = 1.0 / (1.0 + np.exp(-walk[0, -1]))
             walk[:, 0] = self.base_value  # the reference's log-odds, scored once, so every row adds up to it
             np.add.at(contributions[index], self.column_group[order], np.diff(walk, axis=1) / n_permutations)
         return scores, contributions
