@@ -114,7 +114,7 @@ class _Trees:
 
     def __init__(self, model: Any, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> None:
         self.model, self.reference, self.column_group, self.n_groups = model, reference, column_group, n_groups
-        self.forest = model.output_is_probability
+        self.forest = model.average  # its outputs are probabilities, not margins
         self.method = "exact_tree_shap_probability_scaled" if self.forest else "exact_tree_shap"
         self.reference_output = float(model.shap_values(reference[None, :], reference, column_group, n_groups)[0][0])
         self.base_value = float(logit(np.array(self.reference_output))) if self.forest else self.reference_output

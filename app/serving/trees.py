@@ -173,11 +173,6 @@ class CompiledTrees:
         self.depths = _tree_depths(self.left, self.right, self.roots)
         self.max_depth = int(self.depths.max(initial=0))
 
-    @property
-    def output_is_probability(self) -> bool:
-        """True when :meth:`outputs` are probabilities (a forest), False when they are margins (log-odds)."""
-        return self.average
-
     def _rows(self, matrix: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(matrix, dtype=np.float32 if self.float32 else np.float64).reshape(len(matrix), -1)
 
