@@ -42,6 +42,7 @@ def describe(predictor: Predictor) -> dict[str, Any]:
         "playbook": predictor.risk.playbook,
         "top_reasons": predictor.top_reasons,
         "explanation_method": predictor.explainer.method,
+        "explanation": predictor.explainer.describe(),
         "metrics": manifest.metrics,
         "training": manifest.training,
         "inputs": [_feature(predictor, spec.name) for spec in schema.features],

@@ -1,56 +1,55 @@
-"""Per-prediction reasons: how much each input feature raises this customer's churn risk.
+"""Per-prediction reasons: each input feature's Shapley value in the model's log-odds.
 
-A contribution is measured in log-odds of the model's raw score against a reference customer
-whose every feature takes its training imputation value (median or most common category):
+One definition for every family: the exact Shapley values of the raw (uncalibrated) model's
+log-odds against one reference customer, whose every feature takes its training imputation value
+(median or most common category), i.e. baseline (interventional) SHAP with that single background
+row. Values are computed per encoded column and summed per input feature (a one-hot group is one
+feature), so each row's contributions plus :attr:`Explainer.base_value` (the log-odds at the
+reference) add up to its log-odds. Calibration is monotone and applied after, so a feature that
+raises the log-odds raises the calibrated probability too. How each family gets there:
 
-* logistic regression: exact, ``coef · (x - x_ref)`` summed over the feature's encoded columns;
-* every other family: occlusion, ``logit p(x) - logit p(x with feature j set to its reference)``;
-  compiled tree ensembles re-walk, in machine code, only the trees whose path for this row splits
-  on the feature (see ``app.serving.trees``), other models score one extra row per feature that
-  differs from the reference in the same model call as the prediction; a feature at its reference
-  value contributes exactly 0;
-* soft-vote ensemble: its log-odds are the weighted mean of its members' log-odds, so its
-  occlusion is exactly the weighted mean of the members' own attributions, each member explained
-  by its own family's rule above (exact for the linear part, tree-by-tree for compiled trees).
-
-Both are per input feature (a one-hot category group counts once), model-agnostic where needed,
-and honest about what they measure. Calibration is monotone, so a feature that raises the raw
-score raises the calibrated probability too.
+* logistic regression: exact, ``coef · (x - x_ref)`` (linear SHAP);
+* XGBoost, LightGBM (margins add up over trees): exact interventional TreeSHAP with the one
+  reference row, by the compiled kernel in ``app.serving.trees``;
+* random forest (a mean of trees' probabilities, not additive in log-odds): the same exact values
+  in probability space, each scaled by ``(logit p - logit p_ref) / (p - p_ref)`` so that they add
+  up to the log-odds exactly (the slope of the logit between the two points);
+* soft vote: its log-odds are the weighted mean of its members' log-odds, and Shapley values are
+  linear in the game, so its values and base value are the same weighted mean of its members';
+* MLP and any model the tree compiler does not express: sampled permutation Shapley. Each of a
+  fixed set of antithetic permutation pairs (a permutation and its reverse) of the encoded columns
+  walks from the reference to the row one column at a time; a column's value is its mean log-odds
+  step. Columns equal to the reference are null players (exactly 0); the sums telescope, so the
+  values add up exactly; every coalition row of a batch is scored in one model call. The estimate
+  is unbiased, and exact whenever at most two columns differ from the reference.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
 from bundle.features import FeatureSchema
 from bundle.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit
 
-_EPSILON = LOGIT_EPSILON
+# Permutation pairs of the sampled method, and the most coalition rows scored in one model call.
+_PERMUTATION_PAIRS = 16
+_ROWS_PER_CALL = 65_536
 
 
 class Explainer:
-    """Scores a matrix and, on request, attributes each row's score to its input features."""
+    """Scores a matrix and, on request, attributes each row's log-odds to its input features."""
 
     def __init__(self, schema: FeatureSchema, model: RawModel) -> None:
         self.model = model
         self.feature_names = schema.names
-        groups = schema.encoded_groups()
-        self._slices = [columns for _, columns in groups]
-        self._group_starts = np.array([columns.start for columns in self._slices], dtype=np.intp)
-        # The reference customer: every feature present at its imputation value (median or most common
-        # category). Present, not missing: a missing value also sets its missing-indicator column, and
-        # an ordinary customer at the median must not differ from the reference there.
         self.reference = reference_row(schema)
-        self.method = "exact_linear" if isinstance(model, LinearModel) else "occlusion"
-        # Each matrix column's feature group: compiled tree ensembles occlude by it (see
-        # app.serving.trees), and as masks it builds every occluded row in one step.
-        self._column_group = column_groups(schema)
-        self._group_masks = self._column_group[None, :] == np.arange(len(self._slices))[:, None]
-        self._members = (
-            [Explainer(schema, member) for _, member, _ in model.members] if isinstance(model, EnsembleModel) else None
-        )
+        self.reference_values = {spec.name: spec.impute for spec in schema.features}
+        self._attribution = _attribution(model, self.reference, column_groups(schema), len(schema.names))
+        self.method: str = self._attribution.method
+        self.base_value: float = self._attribution.base_value
 
     def score(self, matrix: np.ndarray) -> np.ndarray:
         """Raw (uncalibrated) probabilities only."""
@@ -58,37 +57,11 @@ class Explainer:
 
     def score_and_explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw probabilities (n,) and per-feature log-odds contributions (n, features)."""
-        if isinstance(self.model, LinearModel):
-            contributions = self.model.logit_contributions(matrix, self.reference)
-            return self.model.raw_proba(matrix), np.add.reduceat(contributions, self._group_starts, axis=1)
-        if self._members is not None:
-            return self._vote(matrix)
-        return self._occlusion(matrix)
+        return self._attribution.explain(matrix)
 
-    def _vote(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A soft vote's score and attributions from its members' (log-odds are weighted means)."""
-        assert isinstance(self.model, EnsembleModel) and self._members is not None
-        explained = [member.score_and_explain(matrix) for member in self._members]
-        # EnsembleModel.raw_proba's own vote, so the score equals the plain call's.
-        scores = self.model.vote([scores for scores, _ in explained])
-        weights = self.model.weights.tolist()
-        contributions = sum(weight * part for weight, (_, part) in zip(weights, explained, strict=True))
-        return scores, contributions
-
-    def _occlusion(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n_rows, n_groups = matrix.shape[0], len(self._slices)
-        if _is_compiled_trees(self.model):
-            return self.model.explain_log_odds(matrix, self.reference, self._column_group, n_groups, _EPSILON)
-        # Only features that differ from the reference can contribute; the others are exactly 0
-        # and need no model row (typically half of a customer's features sit at the reference).
-        differs = np.add.reduceat(matrix != self.reference, self._group_starts, axis=1) > 0
-        rows, groups = np.nonzero(differs)
-        occluded = np.where(self._group_masks[groups], self.reference, matrix[rows])
-        both = self.model.raw_proba(np.concatenate([matrix, occluded]))
-        scores, occluded_scores = both[:n_rows], both[n_rows:]
-        contributions = np.zeros((n_rows, n_groups))
-        contributions[rows, groups] = logit(scores)[rows] - logit(occluded_scores)
-        return scores, contributions
+    def describe(self) -> dict[str, Any]:
+        """What /metadata publishes about explanations."""
+        return {"method": self.method, "base_value": self.base_value, "reference": self.reference_values}
 
     @staticmethod
     def top_features(contributions: np.ndarray, limit: int) -> list[tuple[int, float]]:
@@ -99,11 +72,9 @@ class Explainer:
         if limit <= 0:
             return []
         # Plain Python: a row has tens of features, where numpy's per-call cost exceeds the work.
-        # sorted()[:limit] is what heapq.nlargest is defined as (ties included), three times faster
-        # for a few dozen values.
         values = contributions.tolist()
         ranked = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:limit]
-        return [(position, values[position]) for position in ranked if values[position] > _EPSILON]
+        return [(position, values[position]) for position in ranked if values[position] > LOGIT_EPSILON]
 
     @staticmethod
     def top_features_many(contributions: np.ndarray, limit: int) -> list[list[tuple[int, float]]]:
@@ -118,16 +89,139 @@ class Explainer:
         order = np.argsort(-contributions, axis=1, kind="stable")[:, :limit]
         values = np.take_along_axis(contributions, order, axis=1)
         return [
-            [(position, value) for position, value in zip(positions, row_values, strict=True) if value > _EPSILON]
+            [(position, value) for position, value in zip(positions, row_values, strict=True) if value > LOGIT_EPSILON]
             for positions, row_values in zip(order.tolist(), values.tolist(), strict=True)
         ]
 
 
+class _Linear:
+    """Logistic regression: linear SHAP against the reference."""
+
+    method = "exact_linear_shap"
+
+    def __init__(self, model: LinearModel, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> None:
+        self.model, self.reference = model, reference
+        self.group_starts = _group_starts(column_group, n_groups)
+        self.base_value = float(reference @ model.coef + model.intercept)
+
+    def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        contributions = self.model.logit_contributions(matrix, self.reference)
+        return self.model.raw_proba(matrix), np.add.reduceat(contributions, self.group_starts, axis=1)
+
+
+class _Trees:
+    """A compiled tree ensemble: exact interventional TreeSHAP, mapped to log-odds for a forest."""
+
+    def __init__(self, model: Any, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> None:
+        self.model, self.reference, self.column_group, self.n_groups = model, reference, column_group, n_groups
+        self.forest = model.average  # its outputs are probabilities, not margins
+        self.method = "exact_tree_shap_probability_scaled" if self.forest else "exact_tree_shap"
+        self.reference_output = float(model.shap_values(reference[None, :], reference, column_group, n_groups)[0][0])
+        self.base_value = float(logit(np.array(self.reference_output))) if self.forest else self.reference_output
+
+    def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outputs, values = self.model.shap_values(matrix, self.reference, self.column_group, self.n_groups)
+        if not self.forest:
+            return 1.0 / (1.0 + np.exp(-outputs)), values
+        step = outputs - self.reference_output
+        # The logit's slope between p_ref and p; its derivative where the two (nearly) coincide.
+        near = np.abs(step) < 1e-12
+        bounded = np.clip(outputs, LOGIT_EPSILON, 1.0 - LOGIT_EPSILON)
+        slope = np.where(
+            near, 1.0 / (bounded * (1.0 - bounded)), (logit(outputs) - self.base_value) / np.where(near, 1.0, step)
+        )
+        return outputs, values * slope[:, None]
+
+
+class _Vote:
+    """A soft vote: the weights' combination of its members' values and base values."""
+
+    def __init__(self, model: EnsembleModel, members: list[Any]) -> None:
+        self.model, self.members = model, members
+        self.method = "soft_vote(" + ", ".join(member.method for member in members) + ")"
+        self.base_value = float(model.weights @ [member.base_value for member in members])
+
+    def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        explained = [member.explain(matrix) for member in self.members]
+        scores = self.model.vote([scores for scores, _ in explained])
+        contributions = sum(
+            weight * part for weight, (_, part) in zip(self.model.weights.tolist(), explained, strict=True)
+        )
+        return scores, contributions
+
+
+class _SampledPermutations:
+    """Any other model: antithetic permutation sampling of the Shapley values (see the module docstring)."""
+
+    method = "sampled_permutation_shap"
+
+    def __init__(self, model: RawModel, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> None:
+        self.model, self.reference, self.column_group, self.n_groups = model, reference, column_group, n_groups
+        forward = np.argsort(np.random.default_rng(0).random((_PERMUTATION_PAIRS, reference.size)), axis=1)
+        # Each column's step in every permutation: a permutation then its reverse.
+        self.position = np.argsort(np.concatenate([forward, forward[:, ::-1]]), axis=1)
+        self.base_value = float(logit(model.raw_proba(reference[None, :]))[0])
+
+    def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.empty(len(matrix))
+        contributions = np.zeros((len(matrix), self.n_groups))
+        start = 0
+        while start < len(matrix):
+            chunk = self._chunk(matrix, start)
+            scores[chunk], contributions[chunk] = self._explain_rows(matrix[chunk])
+            start = chunk.stop
+        return scores, contributions
+
+    def _chunk(self, matrix: np.ndarray, start: int) -> slice:
+        rows_each = len(self.position) * (matrix.shape[1] + 1)
+        return slice(start, min(len(matrix), start + max(1, _ROWS_PER_CALL // rows_each)))
+
+    def _explain_rows(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n_permutations = len(self.position)
+        coalitions, plans = [], []
+        for row in matrix:
+            differs = np.flatnonzero(row != self.reference)
+            # Coalition k of a permutation takes from the row the first k differing columns in its order.
+            by_order = np.argsort(self.position[:, differs], axis=1)
+            order, rank = differs[by_order], np.argsort(by_order, axis=1)
+            from_row = rank[:, None, :] < np.arange(differs.size + 1)[None, :, None]
+            coalition = np.repeat(self.reference[None, None, :], differs.size + 1, axis=1).repeat(n_permutations, 0)
+            coalition[:, :, differs] = np.where(from_row, row[differs], self.reference[differs])
+            coalitions.append(coalition.reshape(-1, row.size))
+            plans.append(order)
+        probabilities = self.model.raw_proba(np.concatenate(coalitions))
+        log_odds = logit(probabilities)
+        scores = np.empty(len(matrix))
+        contributions = np.zeros((len(matrix), self.n_groups))
+        start = 0
+        for index, order in enumerate(plans):
+            walk = log_odds[start : start + order.size + n_permutations].reshape(n_permutations, -1)
+            scores[index] = probabilities[start + walk.shape[1] - 1]  # the first walk's last step is the row itself
+            start += walk.size
+            walk[:, 0] = self.base_value  # the reference's log-odds, scored once, so every row adds up to it
+            np.add.at(contributions[index], self.column_group[order], np.diff(walk, axis=1) / n_permutations)
+        return scores, contributions
+
+
+def _attribution(model: RawModel, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> Any:
+    if isinstance(model, LinearModel):
+        return _Linear(model, reference, column_group, n_groups)
+    if isinstance(model, EnsembleModel):
+        return _Vote(model, [_attribution(member, reference, column_group, n_groups) for _, member, _ in model.members])
+    if _is_compiled_trees(model):
+        return _Trees(model, reference, column_group, n_groups)
+    return _SampledPermutations(model, reference, column_group, n_groups)
+
+
 def _is_compiled_trees(model: RawModel) -> bool:
-    # Without looking at app.serving.trees unless it is loaded: a bundle without trees never
+    # Without importing app.serving.trees unless it is loaded: a bundle without trees never
     # imports it (nor numba, over 100 MiB per worker).
     module = sys.modules.get("app.serving.trees")
     return module is not None and isinstance(model, module.CompiledTrees)
+
+
+def _group_starts(column_group: np.ndarray, n_groups: int) -> np.ndarray:
+    return np.searchsorted(column_group, np.arange(n_groups))
 
 
 def column_groups(schema: FeatureSchema) -> np.ndarray:
@@ -139,5 +233,9 @@ def column_groups(schema: FeatureSchema) -> np.ndarray:
 
 
 def reference_row(schema: FeatureSchema) -> np.ndarray:
-    """The encoded reference customer that contributions are measured against."""
+    """The encoded reference customer: every feature present at its imputation value.
+
+    Present, not missing: a missing value also sets its missing-indicator column, and an ordinary
+    customer at the median must not differ from the reference there.
+    """
     return schema.encode({spec.name: [spec.impute] for spec in schema.features}, 1).matrix[0]

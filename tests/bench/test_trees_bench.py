@@ -1,4 +1,4 @@
-"""bench.trees runs on a small tree bundle, checks both paths agree, and reports every figure."""
+"""bench.trees runs on small tree bundles, checks every engine agrees, and reports each figure as a table."""
 
 from __future__ import annotations
 
@@ -6,22 +6,40 @@ from pathlib import Path
 
 import pytest
 
-from bench.trees import main
+from bench.trees import FIGURES, main
 
 
-@pytest.mark.parametrize("family", ["lightgbm", "xgboost"])
-def test_the_tree_benchmark_reports_each_figure(
-    family: str, family_models_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+def tables(output: str) -> dict[str, dict[str, list[str]]]:
+    """Each printed Markdown table as {row label: cells} (the header row under "engines"), by its bold title."""
+    parsed: dict[str, dict[str, list[str]]] = {}
+    for line in output.splitlines():
+        if line.startswith("**"):
+            title, parsed[line] = line, {}
+        elif line.startswith("|") and not line.startswith("|---"):
+            label, *cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            parsed[title]["engines" if label == "figure" else label] = cells
+    return parsed
+
+
+@pytest.mark.parametrize(("family", "compilers"), [("lightgbm", False), ("random_forest", False), ("xgboost", True)])
+def test_the_tree_benchmark_reports_each_figure_for_each_engine(
+    family: str, compilers: bool, family_models_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    main(["--model-dir", str(family_models_dirs[family]), "--repeats", "20"])
+    arguments = ["--model-dir", str(family_models_dirs[family]), "--repeats", "5", "--rows", "300"]
+    main(arguments + ([] if compilers else ["--no-compilers"]))
 
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("bundle ") and f"({family})" in lines[0]
-    figures = {line[:58].strip(): float(line[58:].split()[0]) for line in lines[1:7]}
-    assert len(figures) == 6 and all(value > 0 for value in figures.values())
-    assert sum("/ compiled:" in line for line in lines) == 3
+    (title, table), *others = tables(capsys.readouterr().out).items()
+    assert not others and title.startswith(f"**{family}: ")
+    assert float(title.rstrip("*").rsplit(" ", 1)[1]) < 1e-6  # the kernels' values are shap's
+    assert table["engines"][:3] == ["numba kernels", "native library", "shap TreeExplainer"]
+    assert ("tl2cgen" in table["engines"]) == compilers
+    kernels = [table[figure][0] for figure in FIGURES]
+    assert all(cell.endswith(" us") or cell.endswith(" ms") for cell in kernels)
+    assert table["score 1 record"][1].endswith("x)")  # the native library, as a ratio to the kernels
+    assert table["explain 1 record"][2].endswith("x)")  # shap's TreeExplainer likewise
+    assert len(table["compile"]) == len(table["engines"])
 
 
 def test_a_bundle_without_trees_is_refused(linear_models_dir: Path) -> None:
     with pytest.raises(SystemExit, match="no tree model"):
-        main(["--model-dir", str(linear_models_dir), "--repeats", "2"])
+        main(["--model-dir", str(linear_models_dir), "--repeats", "2", "--no-compilers"])
