@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.serving.explain import Explainer
 from app.serving.predictor import ColumnEncoder, RowEncoder, build_predictor
 from app.serving.trees import CompiledTrees
 from bundle.features import clean_columns
@@ -76,46 +75,6 @@ def test_compiled_trees_reproduce_the_native_library(family: str, family_models_
     np.testing.assert_array_equal(model.leaf_sums(matrix), row_by_row)
 
 
-def test_bounded_log_odds_equal_the_array_formulas() -> None:
-    """The fused kernel computes what the numpy expressions say, clipping included (huge margins)."""
-    from app.serving.trees import _bounded_log_odds, _logit_limit
-
-    rng = np.random.default_rng(11)
-    sums, changes = rng.normal(scale=20, size=40), rng.normal(scale=40, size=(40, 6))
-    offset, limit = 0.3, _logit_limit(1e-7)
-
-    probabilities, contributions = _bounded_log_odds(sums, changes, offset, limit)
-
-    margins = sums + offset
-    expected = np.clip(margins, -limit, limit)[:, None] - np.clip(changes + margins[:, None], -limit, limit)
-    np.testing.assert_allclose(probabilities, 1.0 / (1.0 + np.exp(-margins)), rtol=1e-15, atol=0)
-    np.testing.assert_allclose(contributions, expected, rtol=0, atol=1e-12)
-    assert np.abs(contributions).max() <= 2 * limit
-
-
-@pytest.mark.parametrize("family", ["random_forest", "xgboost", "lightgbm"])
-def test_compiled_occlusion_equals_scoring_each_occluded_row(family: str, family_models_dirs: dict[str, Path]) -> None:
-    """Each group's occluded probability is the native score of the row with that group at the reference."""
-    predictor = build_predictor(service_settings(family_models_dirs[family]))
-    model, explainer = predictor.scorer.model, predictor.explainer
-    groups = [columns for _, columns in predictor.schema.encoded_groups()]
-    rng = np.random.default_rng(3)
-    matrix = np.repeat(explainer.reference[None, :], 20, axis=0)
-    chosen = rng.random(size=(20, len(groups))) < 0.5  # about half the features away from the reference
-    for row, group in zip(*np.nonzero(chosen), strict=True):
-        matrix[row, groups[group]] = rng.normal(size=groups[group].stop - groups[group].start)
-
-    scores, occluded = model.explain(matrix, explainer.reference, explainer._column_group, len(groups))
-
-    np.testing.assert_allclose(scores, model.native.raw_proba(matrix), rtol=0, atol=1e-6)
-    for group, columns in enumerate(groups):
-        with_reference = matrix.copy()
-        with_reference[:, columns] = explainer.reference[columns]
-        expected = model.native.raw_proba(with_reference)
-        np.testing.assert_allclose(occluded[:, group], expected, rtol=0, atol=1e-6)
-        assert np.array_equal(occluded[~chosen[:, group], group], scores[~chosen[:, group]])  # exactly no change
-
-
 def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customers: pd.DataFrame) -> None:
     predictor = build_predictor(service_settings(linear_models_dir))
     encoder = RowEncoder(predictor.schema)
@@ -150,28 +109,6 @@ def test_column_encoder_equals_the_schema_encoder_with_gaps_and_unseen_values(
     assert fast.warnings == exact.warnings
     assert sorted(fast.imputed) == sorted(exact.imputed)
     assert sorted(fast.unseen) == sorted(exact.unseen)
-
-
-@pytest.mark.parametrize("family", ["xgboost", "lightgbm", "random_forest", "mlp"])
-def test_occlusion_contributions_match_one_model_call_per_feature(
-    family: str, family_models_dirs: dict[str, Path]
-) -> None:
-    predictor = build_predictor(service_settings(family_models_dirs[family]))
-    explainer: Explainer = predictor.explainer
-    matrix = predictor.schema.encode({}, 1).matrix + np.random.default_rng(3).normal(
-        size=(1, predictor.schema.n_encoded)
-    )
-
-    _, contributions = explainer.score_and_explain(matrix)
-
-    def logit(p: float) -> float:
-        return float(np.log(p / (1 - p)))
-
-    base = logit(explainer.score(matrix)[0])
-    for group, (_, columns) in enumerate(predictor.schema.encoded_groups()):
-        occluded = matrix.copy()
-        occluded[0, columns] = explainer.reference[columns]
-        assert contributions[0, group] == pytest.approx(base - logit(explainer.score(occluded)[0]), abs=1e-6)
 
 
 def test_torch_and_numba_are_imported_only_for_the_bundles_that_need_them(
@@ -318,21 +255,3 @@ def test_a_soft_vote_bundle_serves_what_the_in_process_scorer_predicts(
     np.testing.assert_allclose([b["churn_probability"] for b in batch], expected, rtol=0, atol=1e-9)
     for single, batched in zip(singles, batch, strict=True):
         assert single["top_reasons"] == batched["top_reasons"]
-
-
-def test_soft_vote_reasons_equal_occlusion_of_the_whole_ensemble(tmp_path: Path) -> None:
-    models_dir = tmp_path / "models"
-    bundle = build_soft_vote_bundle(models_dir)
-    predictor = build_predictor(service_settings(models_dir))
-    manifest = verify_bundle(bundle)
-    # The whole native ensemble, occluded one model row per feature that differs from the reference.
-    native = Explainer(manifest.schema, load_raw_model(bundle, manifest))
-    rng = np.random.default_rng(5)
-    base = predictor.schema.encode({}, 1).matrix
-
-    for rows in (1, 4):
-        matrix = base + rng.normal(size=(rows, predictor.schema.n_encoded))
-        scores, contributions = predictor.explainer.score_and_explain(matrix)
-        expected_scores, expected = native._occlusion(matrix)
-        np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(contributions, expected, rtol=0, atol=1e-9)
