@@ -2,7 +2,8 @@
 
 The body is read and parsed here (orjson, with a size limit) rather than by a pydantic model: the
 predictor validates every field with the bundle's own cleaning rules, and the OpenAPI request
-schema is generated from the same bundle (see ``app.api.schemas``).
+schema is generated from the same bundle (see ``app.api.schemas``). Both routes take the same
+predictor path; a single record is a batch of one.
 
 Batch policy: partial success. Each record is scored or gets its own field-level errors, in input
 order, with HTTP 200; the whole request is rejected only when it cannot be a batch at all
@@ -89,9 +90,6 @@ def _too_large(message: str) -> RequestProblem:
 async def predict(request: Request, predictor: PredictorDep, monitor: MonitorDep, settings: SettingsDep) -> Response:
     # On the event loop: one prediction costs less CPU than a hand-over to the thread pool and back.
     record = parse_json(await read_body(request, settings.max_body_bytes))
-    if not isinstance(record, dict):
-        problem = field_problem(["body"], "Input should be a JSON object of the customer's fields", "dict_type")
-        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
     outcome = predictor.predict_records([record])
     if outcome.errors or outcome.scored is None:
         errors = [error.to_dict(("body",)) for error in outcome.errors[0].errors]
@@ -151,26 +149,18 @@ def cyclic_gc_paused() -> Iterator[None]:
 
 def _score_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
     with cyclic_gc_paused():
-        return _score_parsed_batch(predictor, body, max_batch_size, reasons)
-
-
-def _score_parsed_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
-    # The usual batch, every record valid, is cleaned straight from the bytes; any other body takes
-    # the general path below, which words every problem.
-    outcome = predictor.predict_json_batch(body, max_batch_size, explain=reasons)
-    if outcome is None:
         outcome = predictor.predict_records(_batch_records(body, max_batch_size), explain=reasons)
-    count = outcome.count
-    failed = len(outcome.errors)
-    content = orjson.dumps(
-        {
-            "model_version": predictor.version,
-            "count": count,
-            "succeeded": count - failed,
-            "failed": failed,
-            "results": outcome.result_dicts(_error_dict),
-        }
-    )
+        count = outcome.count
+        failed = len(outcome.errors)
+        content = orjson.dumps(
+            {
+                "model_version": predictor.version,
+                "count": count,
+                "succeeded": count - failed,
+                "failed": failed,
+                "results": outcome.result_dicts(_error_dict),
+            }
+        )
     return content, outcome.event
 
 
@@ -188,6 +178,4 @@ def _batch_records(body: bytes, max_batch_size: int) -> list[Any]:
 
 
 def _error_dict(result: RecordError) -> dict[str, Any]:
-    error = result.to_dict()
-    error["errors"] = [problem.to_dict(("body", result.index)) for problem in result.errors]
-    return error
+    return result.to_dict(("body",))
