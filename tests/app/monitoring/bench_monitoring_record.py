@@ -147,10 +147,11 @@ async def middleware_cost(
 
 async def lane_meter_cost(monitor: Monitor, repeats: int) -> tuple[float, float]:
     """Median CPU per call of a fast lane (a trivial endpoint) without and with the monitoring's meter."""
-    from app.api.fast_lane import FastLane
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
     from fastapi.routing import APIRoute
+
+    from app.api.fast_lane import FastLane
 
     async def endpoint(request: Request) -> Response:
         return Response(b"{}", media_type="application/json")
