@@ -65,7 +65,7 @@ def msgspec_path(schema: FeatureSchema, cleaner: RecordCleaner) -> Callable[[byt
         problems: dict[int, list[Any]] = {}
         columns = {}
         for name, column_cleaner in zip(schema.names[:n_features], cleaner.columns, strict=True):
-            columns[name], invalid = column_cleaner.clean(raw[name])
+            columns[name], invalid, _ = column_cleaner.clean(raw[name])
             for row in invalid:
                 problems.setdefault(row, []).append(name)
         if problems:  # field-level errors: worded by the cleaner

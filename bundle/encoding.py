@@ -36,10 +36,6 @@ class EncodeResult:
     out_of_range: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _column(values: Sequence[float | None], missing: float) -> np.ndarray:
-    return np.asarray(values, dtype=np.float64) if values else np.array([missing])
-
-
 class Encoder:
     """Encodes cleaned columns by a fitted schema (see :meth:`encode`)."""
 
@@ -47,28 +43,28 @@ class Encoder:
         self.width = schema.n_encoded
         self.names = schema.names
         groups = dict(schema.encoded_groups())
-        specs = schema.features
-        position = {spec.name: index for index, spec in enumerate(specs)}
-        numeric = [spec for spec in specs if spec.kind == "numeric"]
-        self.numeric = [spec.name for spec in numeric]
-        self.numeric_at = np.array([position[name] for name in self.numeric], dtype=np.intp)
-        self.numeric_columns = np.array([groups[name].start for name in self.numeric], dtype=np.intp)
-        self.low = _column([spec.cap_low if spec.cap_low is not None else -np.inf for spec in numeric], 0)[:, None]
-        self.high = _column([spec.cap_high if spec.cap_high is not None else np.inf for spec in numeric], 0)[:, None]
-        self.minimum = _column([spec.minimum if spec.minimum is not None else -np.inf for spec in numeric], 0)[:, None]
-        self.maximum = _column([spec.maximum if spec.maximum is not None else np.inf for spec in numeric], 0)[:, None]
-        self.numeric_impute = _column([spec.impute if spec.impute is not None else 0.0 for spec in numeric], 0)[:, None]
-        self.logged = np.array([spec.log_transform for spec in numeric], dtype=bool)
-        self.mean = _column([spec.mean for spec in numeric], 0)[:, None]
-        self.std = _column([spec.std for spec in numeric], 1)[:, None]
-        self.indicated = np.array([spec.missing_indicator for spec in numeric], dtype=bool)
-        self.indicator_columns = self.numeric_columns[self.indicated] + 1
-        booleans = [spec for spec in specs if spec.kind == "boolean"]
-        self.booleans = [spec.name for spec in booleans]
-        self.boolean_at = np.array([position[name] for name in self.booleans], dtype=np.intp)
-        self.boolean_columns = np.array([groups[name].start for name in self.booleans], dtype=np.intp)
-        self.boolean_impute = _column([1.0 if spec.impute else 0.0 for spec in booleans], 0)[:, None]
-        categories = [spec for spec in specs if spec.kind == "categorical"]
+        position = {spec.name: index for index, spec in enumerate(schema.features)}
+        # Numbers and yes/no values are one group: a yes/no spec is a number (0 or 1) whose caps,
+        # range, transform and scaling keep their neutral defaults.
+        scalars = [spec for spec in schema.features if spec.kind != "categorical"]
+        self.scalars = [spec.name for spec in scalars]
+        self.scalar_at = np.array([position[name] for name in self.scalars], dtype=np.intp)
+        self.scalar_columns = np.array([groups[name].start for name in self.scalars], dtype=np.intp)
+
+        def parameter(values: list[Any], default: float) -> np.ndarray:
+            return np.array([default if value is None else float(value) for value in values], dtype=np.float64)[:, None]
+
+        self.impute = parameter([spec.impute for spec in scalars], 0.0)
+        self.low = parameter([spec.cap_low for spec in scalars], -np.inf)
+        self.high = parameter([spec.cap_high for spec in scalars], np.inf)
+        self.minimum = parameter([spec.minimum for spec in scalars], -np.inf)
+        self.maximum = parameter([spec.maximum for spec in scalars], np.inf)
+        self.mean = parameter([spec.mean for spec in scalars], 0.0)
+        self.std = parameter([spec.std for spec in scalars], 1.0)
+        self.logged = np.array([spec.log_transform for spec in scalars], dtype=bool)
+        self.indicated = np.array([spec.missing_indicator for spec in scalars], dtype=bool)
+        self.indicator_columns = self.scalar_columns[self.indicated] + 1
+        categories = [spec for spec in schema.features if spec.kind == "categorical"]
         self.categorical = [spec.name for spec in categories]
         self.categorical_at = np.array([position[name] for name in self.categorical], dtype=np.intp)
         self.lookups: list[dict[Any, int]] = []
@@ -101,23 +97,23 @@ class Encoder:
         imputed: list[tuple[np.ndarray, np.ndarray]] = []
         unseen: list[tuple[np.ndarray, np.ndarray]] = []
         outside: list[tuple[np.ndarray, np.ndarray]] = []
-        if self.numeric:
-            raw = np.array([values(name) for name in self.numeric], dtype=np.float64).reshape(-1, n_rows)
+        if self.scalars:
+            raw = np.array([values(name) for name in self.scalars], dtype=np.float64).reshape(-1, n_rows)
             missing = np.isnan(raw)
             beyond = (raw < self.minimum) | (raw > self.maximum)  # missing (NaN) compares False
-            filled = np.where(missing, self.numeric_impute, raw)
-            np.clip(filled, self.low, self.high, out=filled)
+            if beyond.any():
+                outside.append(_flagged(beyond, self.scalar_at))
+            if missing.any():
+                np.copyto(raw, self.impute, where=missing)
+                imputed.append(_flagged(missing, self.scalar_at))
+            np.clip(raw, self.low, self.high, out=raw)
             if self.logged.any():
-                filled[self.logged] = np.log1p(np.maximum(filled[self.logged], 0.0))
-            matrix[:, self.numeric_columns] = ((filled - self.mean) / self.std).T
-            matrix[:, self.indicator_columns] = missing[self.indicated].T
-            imputed.append(_flagged(missing, self.numeric_at))
-            outside.append(_flagged(beyond, self.numeric_at))
-        if self.booleans:
-            bits = np.array([values(name) for name in self.booleans], dtype=np.float64).reshape(-1, n_rows)
-            missing = np.isnan(bits)
-            matrix[:, self.boolean_columns] = np.where(missing, self.boolean_impute, bits).T
-            imputed.append(_flagged(missing, self.boolean_at))
+                raw[self.logged] = np.log1p(np.maximum(raw[self.logged], 0.0))
+            raw -= self.mean
+            raw /= self.std
+            matrix[:, self.scalar_columns] = raw.T
+            if self.indicator_columns.size:
+                matrix[:, self.indicator_columns] = missing[self.indicated].T
         if self.categorical:
             codes = np.array(
                 [
@@ -127,16 +123,20 @@ class Encoder:
                 dtype=np.intp,
             ).reshape(-1, n_rows)
             missing = codes == _MISSING
-            codes = np.where(missing, self.category_impute, codes)
+            if missing.any():
+                codes = np.where(missing, self.category_impute, codes)
+                imputed.append(_flagged(missing, self.categorical_at))
             new = codes == _UNSEEN
-            codes = np.where(new, self.other, codes)
-            features, rows = np.nonzero(codes >= 0)
+            if new.any():
+                codes = np.where(new, self.other, codes)
+                unseen.append(_flagged(new, self.categorical_at))
+            features, rows = np.nonzero(codes >= 0)  # no column: an unseen value without an "other" column
             matrix[rows, codes[features, rows]] = 1.0
-            imputed.append(_flagged(missing, self.categorical_at))
-            unseen.append(_flagged(new, self.categorical_at))
         return self._result(matrix, n_rows, imputed, unseen, outside)
 
     def _result(self, matrix, n_rows, imputed, unseen, outside) -> EncodeResult:
+        if not (imputed or unseen or outside):
+            return EncodeResult(matrix=matrix, warnings=[[] for _ in range(n_rows)], imputed=[], unseen=[])
         pairs = [_pairs(found, self.names) for found in (imputed, unseen, outside)]
         warnings: list[list[str]] = [[] for _ in range(n_rows)]
         for found, messages in zip(pairs, self.messages, strict=True):

@@ -96,28 +96,42 @@ class ColumnCleaner:
         self.lower_bound = spec.lower_bound
         self._cache: dict[tuple[type, Any], Any] = {}
 
-    def clean(self, raw: Sequence[Any]) -> tuple[list[Any], dict[int, str]]:
-        """The cleaned values (None = missing or invalid) and position -> reason for the invalid ones."""
+    def clean(self, raw: Sequence[Any]) -> tuple[list[Any], dict[int, str], bool]:
+        """The cleaned values (None = missing or invalid), position -> reason for the invalid ones, and
+        whether some valid value is missing."""
         if len(raw) == 1:
             cleaned = self.clean_one(raw[0])
-            return ([None], {0: cleaned.message}) if cleaned.__class__ is _Invalid else ([cleaned], {})
-        kinds = set(map(type, raw))
+            if cleaned.__class__ is _Invalid:
+                return [None], {0: cleaned.message}, False
+            return [cleaned], {}, cleaned is None
+        try:
+            distinct = set(raw)
+        except TypeError:  # an unhashable value (a list or object)
+            distinct = None
+        # Text never equals a number, so the types of the distinct values settle a column of text;
+        # numbers need every value's type (True == 1 == 1.0 collapse in a set).
+        kinds = set(map(type, distinct)) if distinct is not None else {list}
+        if not kinds <= _TEXT_OR_NULL:
+            kinds = set(map(type, raw))
         if self.numeric and kinds <= _NUMBERS_OR_NULL:
             numbers = self._numbers(raw)
             if numbers is not None:
                 return numbers
-        if kinds <= _TEXT_OR_NULL or (kinds <= _JSON_SCALARS and len(kinds & _NUMBER_TYPES) <= 1):
+        if distinct is not None and (
+            kinds <= _TEXT_OR_NULL or (kinds <= _JSON_SCALARS and len(kinds & _NUMBER_TYPES) <= 1)
+        ):
             # No two distinct values compare equal (True == 1 == 1.0 is excluded): values key exactly.
-            mapping = {value: self.clean_one(value) for value in set(raw)}
+            mapping = {value: self.clean_one(value) for value in distinct}
             cleaned = list(map(mapping.__getitem__, raw))
             if not any(value.__class__ is _Invalid for value in mapping.values()):
-                return cleaned, {}
+                return cleaned, {}, None in mapping.values()
         else:
             cleaned = list(map(self.clean_one, raw))
         invalid = {position: value.message for position, value in enumerate(cleaned) if value.__class__ is _Invalid}
+        missing = any(value is None for value in cleaned)
         for position in invalid:
             cleaned[position] = None
-        return cleaned, invalid
+        return cleaned, invalid, missing
 
     def clean_one(self, raw: Any) -> Any:
         """The cleaning of one value, or _Invalid with the reason."""
@@ -139,7 +153,7 @@ class ColumnCleaner:
         except FeatureValueError as exc:
             return _Invalid(str(exc))
 
-    def _numbers(self, raw: Sequence[Any]) -> tuple[list[Any], dict[int, str]] | None:
+    def _numbers(self, raw: Sequence[Any]) -> tuple[list[Any], dict[int, str], bool] | None:
         """JSON numbers and nulls checked with numpy, as ``clean_numeric`` reads them; None to go value by value."""
         try:
             numbers = np.array(raw, dtype=np.float64)  # None becomes NaN
@@ -149,17 +163,16 @@ class ColumnCleaner:
         if np.isinf(numbers).any():
             return None
         cleaned = numbers.tolist()
-        for position in np.flatnonzero(missing).tolist():
+        gaps = np.flatnonzero(missing).tolist()
+        for position in gaps:
             cleaned[position] = None
-        if self.lower_bound is None:
-            return cleaned, {}
-        below = np.flatnonzero(numbers < self.lower_bound).tolist()
+        below = [] if self.lower_bound is None else np.flatnonzero(numbers < self.lower_bound).tolist()
         if not below:
-            return cleaned, {}
+            return cleaned, {}, bool(gaps)
         message = self.clean_one(raw[below[0]]).message
         for position in below:
             cleaned[position] = None
-        return cleaned, dict.fromkeys(below, message)
+        return cleaned, dict.fromkeys(below, message), bool(gaps)
 
 
 class RecordCleaner:
@@ -199,11 +212,11 @@ class RecordCleaner:
     def _clean_columns(self, rows: Sequence[dict[str, Any]], index_of: Any, problems: dict) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {}
         for position, (name, cleaner, raw) in enumerate(zip(self.names, self.columns, self._raw(rows), strict=True)):
-            cleaned, invalid = cleaner.clean(raw)
+            cleaned, invalid, missing = cleaner.clean(raw)
             for row, message in invalid.items():
                 error = FieldError((name,), message, "value_error", raw[row])
                 problems.setdefault(index_of(row), []).append(((0, _key_order(rows[row], name)), error))
-            if name in self.required and None in cleaned:
+            if missing and name in self.required:
                 for row, value in enumerate(cleaned):
                     if value is None and row not in invalid:
                         error = _missing_required(rows[row], name)
