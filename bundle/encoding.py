@@ -62,6 +62,7 @@ class Encoder:
         self.mean = parameter([spec.mean for spec in scalars], 0.0)
         self.std = parameter([spec.std for spec in scalars], 1.0)
         self.logged = np.array([spec.log_transform for spec in scalars], dtype=bool)
+        self.any_logged = bool(self.logged.any())
         self.indicated = np.array([spec.missing_indicator for spec in scalars], dtype=bool)
         self.indicator_columns = self.scalar_columns[self.indicated] + 1
         categories = [spec for spec in schema.features if spec.kind == "categorical"]
@@ -81,6 +82,7 @@ class Encoder:
             other.append(other_column)
         self.category_impute = np.array(impute, dtype=np.intp)[:, None]
         self.other = np.array(other, dtype=np.intp)[:, None]
+        self.every_value_has_a_column = all(column >= 0 for column in other)
         self.messages = _messages(schema)
 
     def encode(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> EncodeResult:
@@ -107,7 +109,7 @@ class Encoder:
                 np.copyto(raw, self.impute, where=missing)
                 imputed.append(_flagged(missing, self.scalar_at))
             np.clip(raw, self.low, self.high, out=raw)
-            if self.logged.any():
+            if self.any_logged:
                 raw[self.logged] = np.log1p(np.maximum(raw[self.logged], 0.0))
             raw -= self.mean
             raw /= self.std
@@ -130,8 +132,11 @@ class Encoder:
             if new.any():
                 codes = np.where(new, self.other, codes)
                 unseen.append(_flagged(new, self.categorical_at))
-            features, rows = np.nonzero(codes >= 0)  # no column: an unseen value without an "other" column
-            matrix[rows, codes[features, rows]] = 1.0
+            if self.every_value_has_a_column:
+                matrix[np.arange(n_rows), codes] = 1.0  # row r of each feature's codes sets a column of row r
+            else:  # an unseen value of a feature without an "other" column sets none
+                features, rows = np.nonzero(codes >= 0)
+                matrix[rows, codes[features, rows]] = 1.0
         return self._result(matrix, n_rows, imputed, unseen, outside)
 
     def _result(self, matrix, n_rows, imputed, unseen, outside) -> EncodeResult:
