@@ -114,7 +114,7 @@ async def predict_batch(
     ] = False,
 ) -> Response:
     body = await read_body(request, settings.max_body_bytes)
-    # Off the event loop: a 10,000-record batch takes ~100 ms that /health and /predict should not wait for.
+    # Off the event loop: a large batch must not hold up /health and /predict.
     content, event = await run_in_threadpool(_score_batch, predictor, body, settings.max_batch_size, reasons)
     if event is not None:
         monitor.record(event)
@@ -129,10 +129,10 @@ _gc_pausers = 0
 def cyclic_gc_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a batch builds its objects.
 
-    A 10,000-record batch allocates a few hundred thousand acyclic containers (parsed JSON, cleaned
-    records, results); each one counts toward the collector's thresholds, so it would otherwise run
-    repeatedly and rescan them all: about a third of the batch's time. Reference counting still
-    frees everything; the collector resumes when the last concurrent batch finishes.
+    A large batch allocates hundreds of thousands of acyclic containers (parsed JSON, columns,
+    results); each counts toward the collector's thresholds, so it would otherwise run repeatedly
+    and rescan them all. Reference counting still frees everything; the collector resumes when the
+    last concurrent batch finishes.
     """
     global _gc_pausers
     with _gc_lock:
