@@ -4,9 +4,9 @@
 
 Three measurements on IBM Telco records (``--data``), each repeated and reported as medians:
 
-1. **Batch validation**: 10,000 records from the request's bytes to cleaned columns, by the general
-   path (``orjson`` into a dictionary per record, then ``RecordCleaner.clean_many``) and by the
-   typed path (``RecordCleaner.clean_json_batch``), after checking both give the same columns.
+1. **Stages of one batch** in the predictor, 10,000 records: parsing (``orjson``), cleaning (the
+   bundle's ``RecordCleaner``), encoding (``FeatureSchema.encode``), scoring, and the results.
+   ``bench.validation`` compares the cleaning with library-generated validators.
 2. **``/predict/batch`` through the application** (ASGI calls, no sockets), 10,000 records, calls
    back to back: with monitoring off, with the prediction log written by a thread of the worker,
    and by its writer process. Wall time per call and the worker process's CPU per call (the
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import statistics
@@ -36,32 +35,31 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "telco" / "WA_Fn-UseC_-Telco-Cu
 MODES = ("monitoring off", "log writer thread", "log writer process")
 
 
-# ---- 1. validation paths ------------------------------------------------------------------------
-def validation_paths(model_dir: Path, body: bytes, repeats: int) -> dict[str, float]:
+# ---- 1. the predictor's stages ------------------------------------------------------------------
+def predictor_stages(model_dir: Path, body: bytes, repeats: int) -> dict[str, float]:
+    """Median CPU of each stage of a /predict/batch call's work, without the HTTP layer."""
     import orjson
 
     from app.serving.predictor import build_predictor
     from app.settings import Settings
 
     predictor = build_predictor(Settings(_env_file=None, model_dir=model_dir))
-    cleaner = predictor.cleaner
-    errors, general = cleaner.clean_many(orjson.loads(body))
-    typed = cleaner.clean_json_batch(body, 1_000_000)
-    if errors or typed is None or {k: list(v) for k, v in typed.columns.items()} != general.columns:
-        raise SystemExit("the typed path and the general path disagree on these records")
-    times: dict[str, list[float]] = {"general path (orjson + clean_many)": [], "typed path (clean_json_batch)": []}
-    gc.disable()  # as the batch route runs (app.api.predict.cyclic_gc_paused)
-    try:
-        for _ in range(repeats):  # interleaved, so a busy moment hits both alike
-            started = time.process_time()
-            cleaner.clean_many(orjson.loads(body))
-            times["general path (orjson + clean_many)"].append(time.process_time() - started)
-            started = time.process_time()
-            cleaner.clean_json_batch(body, 1_000_000)
-            times["typed path (clean_json_batch)"].append(time.process_time() - started)
-    finally:
-        gc.enable()
-    return {label: statistics.median(values) * 1e3 for label, values in times.items()}
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        started = time.process_time()
+        records = orjson.loads(body)
+        parsed = time.process_time()
+        outcome = predictor.predict_records(records, explain=False)
+        if outcome.errors:
+            raise SystemExit(f"these records are not all valid: {outcome.errors[0]}")
+        predicted = time.process_time()
+        orjson.dumps(outcome.result_dicts(lambda error: {}))
+        finished = time.process_time()
+        stages = {"parsing": parsed - started, **outcome.stage_seconds, "results": finished - predicted}
+        stages["total"] = finished - started
+        for stage, seconds in stages.items():
+            times.setdefault(stage, []).append(seconds)
+    return {stage: statistics.median(values) * 1e3 for stage, values in times.items()}
 
 
 # ---- 2, 3. the application, one mode per child process ------------------------------------------------
@@ -185,8 +183,8 @@ def main() -> None:
     single_body = json.dumps(records[0], separators=(",", ":")).encode()
     model_dir = args.model_dir.resolve()
 
-    print(f"1. validation of {args.records:,} records, median CPU of 15 interleaved calls")
-    for label, value in validation_paths(model_dir, batch_body, 15).items():
+    print(f"1. the predictor's stages for {args.records:,} records, median of 15 calls (stages: wall, rest: CPU)")
+    for label, value in predictor_stages(model_dir, batch_body, 15).items():
         print(f"   {label:<42} {value:8.1f} ms")
     print(f"2, 3. through the application: {args.calls} batch calls back to back, {args.requests:,} single requests")
     results = {mode: app_figures(model_dir, mode, batch_body, single_body, args.calls, args.requests) for mode in MODES}

@@ -1,6 +1,8 @@
 """The model bundle contract, shared by ``training`` (which publishes bundles) and ``app`` (which serves them).
 
-:mod:`bundle.features` is the feature schema (cleaning rules, fitted encoding), :mod:`bundle.manifest`
+:mod:`bundle.features` is the feature schema (fitting, persistence and the entry points to cleaning and
+encoding), :mod:`bundle.rules` the cleaning rules of one value, :mod:`bundle.records` the record cleaner
+(records by column with field-level errors), :mod:`bundle.encoding` the encoder, :mod:`bundle.manifest`
 what a bundle declares, :mod:`bundle.store` how bundles are published and verified on disk,
 :mod:`bundle.scoring` how a loaded artifact turns an encoded matrix into churn probabilities, and
 :mod:`bundle.drift_reference` the frozen reference histograms. Published bundles themselves live

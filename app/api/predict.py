@@ -2,7 +2,8 @@
 
 The body is read and parsed here (orjson, with a size limit) rather than by a pydantic model: the
 predictor validates every field with the bundle's own cleaning rules, and the OpenAPI request
-schema is generated from the same bundle (see ``app.api.schemas``).
+schema is generated from the same bundle (see ``app.api.schemas``). Both routes take the same
+predictor path; a single record is a batch of one.
 
 Batch policy: partial success. Each record is scored or gets its own field-level errors, in input
 order, with HTTP 200; the whole request is rejected only when it cannot be a batch at all
@@ -89,9 +90,6 @@ def _too_large(message: str) -> RequestProblem:
 async def predict(request: Request, predictor: PredictorDep, monitor: MonitorDep, settings: SettingsDep) -> Response:
     # On the event loop: one prediction costs less CPU than a hand-over to the thread pool and back.
     record = parse_json(await read_body(request, settings.max_body_bytes))
-    if not isinstance(record, dict):
-        problem = field_problem(["body"], "Input should be a JSON object of the customer's fields", "dict_type")
-        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
     outcome = predictor.predict_records([record])
     if outcome.errors or outcome.scored is None:
         errors = [error.to_dict(("body",)) for error in outcome.errors[0].errors]
@@ -116,7 +114,7 @@ async def predict_batch(
     ] = False,
 ) -> Response:
     body = await read_body(request, settings.max_body_bytes)
-    # Off the event loop: a 10,000-record batch takes ~100 ms that /health and /predict should not wait for.
+    # Off the event loop: a large batch must not hold up /health and /predict.
     content, event = await run_in_threadpool(_score_batch, predictor, body, settings.max_batch_size, reasons)
     if event is not None:
         monitor.record(event)
@@ -131,10 +129,10 @@ _gc_pausers = 0
 def cyclic_gc_paused() -> Iterator[None]:
     """Hold off the cyclic garbage collector while a batch builds its objects.
 
-    A 10,000-record batch allocates a few hundred thousand acyclic containers (parsed JSON, cleaned
-    records, results); each one counts toward the collector's thresholds, so it would otherwise run
-    repeatedly and rescan them all: about a third of the batch's time. Reference counting still
-    frees everything; the collector resumes when the last concurrent batch finishes.
+    A large batch allocates hundreds of thousands of acyclic containers (parsed JSON, columns,
+    results); each counts toward the collector's thresholds, so it would otherwise run repeatedly
+    and rescan them all. Reference counting still frees everything; the collector resumes when the
+    last concurrent batch finishes.
     """
     global _gc_pausers
     with _gc_lock:
@@ -151,26 +149,18 @@ def cyclic_gc_paused() -> Iterator[None]:
 
 def _score_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
     with cyclic_gc_paused():
-        return _score_parsed_batch(predictor, body, max_batch_size, reasons)
-
-
-def _score_parsed_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
-    # The usual batch, every record valid, is cleaned straight from the bytes; any other body takes
-    # the general path below, which words every problem.
-    outcome = predictor.predict_json_batch(body, max_batch_size, explain=reasons)
-    if outcome is None:
         outcome = predictor.predict_records(_batch_records(body, max_batch_size), explain=reasons)
-    count = outcome.count
-    failed = len(outcome.errors)
-    content = orjson.dumps(
-        {
-            "model_version": predictor.version,
-            "count": count,
-            "succeeded": count - failed,
-            "failed": failed,
-            "results": outcome.result_dicts(_error_dict),
-        }
-    )
+        count = outcome.count
+        failed = len(outcome.errors)
+        content = orjson.dumps(
+            {
+                "model_version": predictor.version,
+                "count": count,
+                "succeeded": count - failed,
+                "failed": failed,
+                "results": outcome.result_dicts(_error_dict),
+            }
+        )
     return content, outcome.event
 
 
@@ -188,6 +178,4 @@ def _batch_records(body: bytes, max_batch_size: int) -> list[Any]:
 
 
 def _error_dict(result: RecordError) -> dict[str, Any]:
-    error = result.to_dict()
-    error["errors"] = [problem.to_dict(("body", result.index)) for problem in result.errors]
-    return error
+    return result.to_dict(("body",))

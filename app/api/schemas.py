@@ -41,13 +41,20 @@ def feature_json_schema(spec: FeatureSpec) -> dict[str, Any]:
             f"Other values are accepted, scored as {OTHER_CATEGORY!r} and reported in warnings."
         )
     if not spec.required:
-        schema = {"anyOf": [schema, {"type": "null"}]}
+        schema = _or_null(schema)
         described += " Optional: omitted, null or blank is imputed with the training value (a warning says so)."
     schema["title"] = spec.name
     prefix = f"{spec.description[:1].upper()}{spec.description[1:].rstrip('.')}. " if spec.description else ""
     schema["description"] = f"{prefix}{described}"
     schema["example"] = spec.example()
     return schema
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` that also accepts null, its keywords (minimum, known categories) left where they are."""
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [*schema["anyOf"], {"type": "null"}]}
+    return {**schema, "type": [schema["type"], "null"]}
 
 
 def record_json_schema(schema: FeatureSchema) -> dict[str, Any]:

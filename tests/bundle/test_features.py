@@ -83,7 +83,7 @@ def _schema(rng: np.random.Generator, n: int = 400) -> tuple[FeatureSchema, dict
     partner = rng.choice(["Yes", "No"], n).tolist()
     columns = {"tenure": list(tenure), "charges": charges, "contract": contract, "partner": partner}
     specs = [
-        fit_feature("tenure", "numeric", columns["tenure"]),
+        fit_feature("tenure", "numeric", columns["tenure"], required=True),
         fit_feature("charges", "numeric", columns["charges"]),
         fit_feature("contract", "categorical", columns["contract"]),
         fit_feature("partner", "boolean", [clean_boolean(v) for v in partner], true_label="Yes", false_label="No"),
@@ -96,7 +96,8 @@ def test_fit_learns_imputation_caps_and_layout():
     charges = schema["charges"]
     assert not charges.required and charges.missing_indicator
     assert charges.lower_bound == 0.0 and charges.cap_low <= charges.cap_high
-    assert schema["tenure"].integer and schema["tenure"].required
+    assert schema["tenure"].integer and schema["tenure"].required  # declared
+    assert not schema["contract"].required  # never missing in training, yet not declared
     contract = schema["contract"]
     assert "Rare plan" in contract.categories and "Rare plan" not in contract.encoded
     assert schema.encoded_names()[-2:] == [f"contract={OTHER_CATEGORY}", "partner"]

@@ -9,13 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from bundle.features import clean_columns
 from bundle.scoring import Scorer, load_raw_model
 from bundle.store import current_bundle_dir, verify_bundle
-from tests.conftest import CONSTANT_COLUMN, ID_COLUMN, TARGET, customer_record
+from tests.conftest import CONSTANT_COLUMN, ID_COLUMN, TARGET, customer_record, fit_schema
 
 
 @pytest.fixture
@@ -26,6 +24,27 @@ def client(serve: Any, linear_models_dir: Path) -> Any:
 @pytest.fixture
 def record(customers: pd.DataFrame) -> dict[str, Any]:
     return customer_record(customers, 3)
+
+
+DECLARED_REQUIRED = ("tenure", "Contract", "Partner")
+
+
+@pytest.fixture(scope="module")
+def required_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A linear bundle whose training run declared tenure, Contract and Partner required."""
+    from tests import conftest
+
+    def fit_with_declared(frame: pd.DataFrame) -> Any:
+        schema = fit_schema(frame)
+        for name in DECLARED_REQUIRED:
+            schema[name].required = True
+        return schema
+
+    models_dir = tmp_path_factory.mktemp("required") / "models"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conftest, "fit_schema", fit_with_declared)
+        conftest.build_bundle(models_dir)
+    return models_dir
 
 
 def in_process_probability(models_dir: Path, record: dict[str, Any]) -> float:
@@ -131,7 +150,6 @@ def problems(response: Any) -> dict[tuple[Any, ...], str]:
         ({"tenure": "1e999"}, ("body", "tenure"), "value_error"),
         ({"tenure": 2**63 - 1}, ("body", "tenure"), None),
         ({"favourite_colour": "blue"}, ("body", "favourite_colour"), "extra_forbidden"),
-        ({"Contract": None}, ("body", "Contract"), "missing"),
         ({"customer_id": {"nested": 1}}, ("body", "customer_id"), "string_type"),
     ],
 )
@@ -156,13 +174,50 @@ def test_numbers_beyond_what_json_parsing_supports_are_422(client: Any, record: 
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
-def test_missing_required_fields_are_all_listed(client: Any, record: dict[str, Any]) -> None:
+def test_missing_declared_required_fields_are_all_listed(
+    serve: Any, required_models_dir: Path, record: dict[str, Any]
+) -> None:
+    client = serve(required_models_dir)
     del record["tenure"], record["Contract"]
 
-    response = client.post("/predict", json=record)
+    response = client.post("/predict", json={**record, "Partner": None})
 
     assert response.status_code == 422
-    assert problems(response) == {("body", "tenure"): "missing", ("body", "Contract"): "missing"}
+    assert problems(response) == {
+        ("body", "tenure"): "missing",
+        ("body", "Contract"): "missing",
+        ("body", "Partner"): "missing",
+    }
+    batch = client.post("/predict/batch", json=[record, {**record, "tenure": 5, "Contract": "One year"}]).json()
+    assert (batch["succeeded"], batch["failed"]) == (1, 1)
+    assert {tuple(error["loc"]) for error in batch["results"][0]["errors"]} == {
+        ("body", 0, "tenure"),
+        ("body", 0, "Contract"),
+    }
+
+
+@pytest.mark.parametrize("missing", ["absent", None, "", "  ", "N/A", "?"])
+def test_a_feature_never_missing_in_training_is_imputed_when_missing(
+    client: Any, linear_models_dir: Path, record: dict[str, Any], missing: Any
+) -> None:
+    """Every customer gets a score: only features declared required refuse a record."""
+    schema = verify_bundle(current_bundle_dir(linear_models_dir)).schema
+    assert schema["Contract"].missing_rate == 0.0 and not schema["Contract"].required  # training had no gaps
+    body = {key: value for key, value in record.items() if key != "Contract"}
+    if missing != "absent":
+        body["Contract"] = missing
+
+    single = client.post("/predict", json=body)
+    batch = client.post("/predict/batch", json=[body, record]).json()
+
+    assert single.status_code == 200
+    expected = f"Contract: missing, imputed with the training value {schema['Contract'].impute!r}"
+    assert expected in single.json()["warnings"]
+    assert batch["failed"] == 0 and batch["results"][0]["warnings"] == single.json()["warnings"]
+    imputed = {**record, "Contract": schema["Contract"].impute}
+    assert single.json()["churn_probability"] == pytest.approx(
+        client.post("/predict", json=imputed).json()["churn_probability"], abs=1e-12
+    )
 
 
 @pytest.mark.parametrize(
@@ -307,7 +362,7 @@ def test_probabilities_match_for_a_random_sample_of_rows(
 def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
     import time
 
-    from app.serving.predictor import new_prediction_ids
+    from app.serving.ids import new_prediction_ids
 
     first = new_prediction_ids(3)
     time.sleep(0.002)
@@ -319,11 +374,9 @@ def test_prediction_ids_are_unique_and_ordered_by_time() -> None:
 
 
 def test_prediction_ids_keep_eight_sequence_digits_when_the_sequence_wraps() -> None:
-    from app.serving.predictor import _PredictionIds
+    from app.serving.ids import PredictionIds
 
-    ids = _PredictionIds()
-    ids.take(1)  # sets this process's tag and sequence
-    ids._next = 0xFFFF_FFFE
+    ids = PredictionIds(start=0xFFFF_FFFE)
     wrapped = ids.take(4)
     plain = ids.take(3)
 
@@ -341,7 +394,7 @@ def test_a_later_batch_with_new_or_odd_values_in_known_columns_is_still_checked_
     later = [dict(record) for record in records]
     later[1]["Contract"] = ["Month-to-month"]  # unhashable: a list is not a category
     later[2]["Contract"] = "Three year"  # a new text: unseen, imputed like in training, with a warning
-    later[3]["Partner"] = None  # required (never missing in training): an error
+    later[3]["Partner"] = None  # not declared required: imputed, with a warning
     later[4]["Contract"] = " Two year "  # spacing is cleaned as in training
     later[5]["TotalCharges"] = None  # optional: imputed, with a warning
 
@@ -349,14 +402,14 @@ def test_a_later_batch_with_new_or_odd_values_in_known_columns_is_still_checked_
 
     assert results[1]["errors"][0]["loc"] == ["body", 1, "Contract"]
     assert any("Contract" in warning for warning in results[2]["warnings"])
-    assert results[3]["errors"][0]["loc"] == ["body", 3, "Partner"]
+    assert any(warning.startswith("Partner: missing") for warning in results[3]["warnings"])
     assert any("TotalCharges" in warning for warning in results[5]["warnings"])
     single = client.post("/predict", json={**records[4], "Contract": "Two year"}).json()
     assert results[4]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
-    assert all("churn_probability" in results[row] for row in [2, *range(4, 40)])
+    assert all("churn_probability" in results[row] for row in [2, *range(3, 40)])
 
 
-# ---- batches cleaned straight from the request's bytes -----------------------------------------------
+# ---- one cleaning path for one record and for many ------------------------------------------------
 @pytest.fixture(scope="module")
 def predictor(linear_models_dir: Path) -> Any:
     from app.serving.predictor import build_predictor
@@ -365,26 +418,9 @@ def predictor(linear_models_dir: Path) -> Any:
     return build_predictor(Settings(model_dir=linear_models_dir))
 
 
-def outcome_summary(outcome: Any) -> tuple[Any, ...]:
-    scored = outcome.scored
-    event = outcome.event
-    columns = {name: list(values) for name, values in event.columns.items()}
-    return (
-        scored.indices,
-        scored.customer_ids,
-        scored.probabilities,
-        scored.decisions,
-        scored.risk_bands,
-        scored.warnings,
-        columns,
-        event.imputed,
-        event.unseen,
-    )
-
-
-def test_a_valid_batch_decoded_from_bytes_equals_the_general_path(predictor: Any, customers: pd.DataFrame) -> None:
-    """Ids both ways, omitted and blank optional values, an unseen category, table-only columns, integer
-    charges: the typed decoding must clean every one of them exactly as a dictionary per record does."""
+def test_a_batch_of_odd_values_predicts_as_each_record_does_alone(predictor: Any, customers: pd.DataFrame) -> None:
+    """Ids both ways, omitted and blank values, an unseen category, table-only columns, numbers as text,
+    labels and booleans: each record of a batch is cleaned, scored and explained as it is alone."""
     records = [customer_record(customers, row, drop_extra=False) for row in range(30)]
     records[0]["customer_id"] = "wins-over-the-table-id"
     records[1].pop(ID_COLUMN)
@@ -394,131 +430,51 @@ def test_a_valid_batch_decoded_from_bytes_equals_the_general_path(predictor: Any
     records[5]["Contract"] = "Three year"
     records[6]["MonthlyCharges"] = 70
     records[7]["Partner"] = True
-    body = json.dumps(records).encode()
-
-    typed = predictor.predict_json_batch(body, max_records=100, explain=True)
-    general = predictor.predict_records(json.loads(body), explain=True)
-
-    assert typed is not None and not typed.errors
-    assert outcome_summary(typed) == outcome_summary(general)
-    assert typed.scored.reasons == general.scored.reasons
-    assert typed.scored.customer_ids[:3] == ["wins-over-the-table-id", None, "12345"]
-    assert typed.scored.warnings[5] and typed.scored.warnings[3]
-
-
-def test_a_batch_of_the_training_spellings_is_decoded_exactly(predictor: Any, customers: pd.DataFrame) -> None:
-    """Categories, labels and numbers as training wrote them (charges as plain text too) take the exact
-    decoder, and clean exactly as a dictionary per record does."""
-    records = [customer_record(customers, row, drop_extra=False) for row in range(30)]
-    for row, text in enumerate(["29.85", "-0", ".5", "5.", "1e3", "+7", " 12 ", "$3", "1,234.5", ""]):
+    records[8]["Contract"] = records[8]["Contract"].upper()
+    for row, text in enumerate(["29.85", "-0", ".5", "5.", "1e3", "+7", " 12 ", "$3", "1,234.5"], start=10):
         records[row]["TotalCharges"] = text
-    records[11]["MonthlyCharges"] = 70
-    records[12]["Partner"] = True
-    records[13].pop("TotalCharges")
-    body = json.dumps(records).encode()
-    cleaner = predictor.cleaner
-    cleaner._exact_paused = 0
+    records[20]["SeniorCitizen"] = True
+    records[21]["SeniorCitizen"] = "1"
 
-    exact = predictor.predict_json_batch(body, max_records=100, explain=True)
-    general = predictor.predict_records(json.loads(body), explain=True)
+    batch = predictor.predict_records(records, explain=True)
+    alone = [predictor.predict_records([record], explain=True) for record in records]
 
-    assert cleaner._exact_paused == 0  # the exact decoder took it
-    assert exact is not None and not exact.errors
-    assert outcome_summary(exact) == outcome_summary(general)
-    assert exact.scored.reasons == general.scored.reasons
-    assert exact.event.columns["TotalCharges"][:9] == [29.85, 0.0, 0.5, 5.0, 1000.0, 7.0, 12.0, 3.0, 1234.5]
-
-
-def test_a_quirky_batch_pauses_the_exact_decoder(predictor: Any, customers: pd.DataFrame) -> None:
-    """A spelling outside the training ones fails the exact decoding: the lenient decoder cleans the
-    batch as always, and the next batches skip the exact attempt for a while."""
-    from app.serving.predictor import _EXACT_DECODER_PAUSE
-
-    records = [customer_record(customers, row) for row in range(10)]
-    records[3]["Contract"] = records[3]["Contract"].upper()
-    cleaner = predictor.cleaner
-    cleaner._exact_paused = 0
-
-    quirky = predictor.predict_json_batch(json.dumps(records).encode(), max_records=100)
-    assert quirky is not None and not quirky.errors
-    assert cleaner._exact_paused == _EXACT_DECODER_PAUSE
-    assert quirky.event.columns["Contract"][3] == customer_record(customers, 3)["Contract"]
-
-    records[3] = customer_record(customers, 3)
-    predictor.predict_json_batch(json.dumps(records).encode(), max_records=100)
-    assert cleaner._exact_paused == _EXACT_DECODER_PAUSE - 1
-    cleaner._exact_paused = 0
+    assert not batch.errors
+    for row, single in enumerate(alone):
+        assert batch.scored.probabilities[row] == pytest.approx(single.scored.probabilities[0], abs=1e-12)
+        assert batch.scored.warnings[row] == single.scored.warnings[0]
+        reasons, single_reasons = batch.scored.reasons[row], single.scored.reasons[0]
+        assert [(r["feature"], r["value"]) for r in reasons] == [(r["feature"], r["value"]) for r in single_reasons]
+        assert [r["contribution"] for r in reasons] == pytest.approx([r["contribution"] for r in single_reasons])
+        assert batch.scored.customer_ids[row] == single.scored.customer_ids[0]
+        assert {name: values[row] for name, values in batch.event.columns.items()} == {
+            name: values[0] for name, values in single.event.columns.items()
+        }
+    assert batch.scored.customer_ids[:3] == ["wins-over-the-table-id", None, "12345"]
+    assert batch.event.columns["TotalCharges"][10:19] == [29.85, 0.0, 0.5, 5.0, 1000.0, 7.0, 12.0, 3.0, 1234.5]
+    assert batch.event.columns["Contract"][8] == customer_record(customers, 8)["Contract"]
+    assert batch.scored.warnings[5] and batch.scored.warnings[3]
 
 
-def test_an_invalid_batch_does_not_pause_the_exact_decoder(predictor: Any, customers: pd.DataFrame) -> None:
-    records = [customer_record(customers, row) for row in range(3)]
-    records[1]["surprise"] = 1
-    cleaner = predictor.cleaner
-    cleaner._exact_paused = 0
-
-    assert predictor.predict_json_batch(json.dumps(records).encode(), max_records=100) is None
-    assert cleaner._exact_paused == 0
-
-
-@given(
-    st.one_of(
-        st.text(alphabet="0123456789+-.eE ,$_%", max_size=14),
-        st.from_regex(r"\A[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,3})?\Z"),
-        st.floats(allow_nan=False),
-        st.integers(min_value=-(10**400), max_value=10**400),
-        st.sampled_from(["1e999", "-1e999", "\uff11\uff12", "nan", "inf", "1_000", "\u0663"]),
-    )
-)
-@settings(max_examples=400, deadline=None)
-def test_plain_numbers_clean_as_the_rules_do(value: Any) -> None:
-    """What the shortcut settles, the cleaning rules settle the same way; the rest is left to them."""
-    from app.serving.predictor import _PLAIN_NUMBER, _plain_numbers
-    from bundle.features import FeatureSchema, FeatureSpec, FeatureValueError
-
-    for lower_bound in (None, 0.0):
-        spec = FeatureSpec(name="charges", kind="numeric", lower_bound=lower_bound)
-        schema = FeatureSchema(features=[spec], target="churn", positive_label=1)
-        mapping = _plain_numbers(spec, {value})
-        try:
-            expected = schema.clean_value("charges", value)
-        except (FeatureValueError, OverflowError):
-            assert value not in mapping
-            continue
-        if value in mapping:
-            assert mapping[value] == expected
-        else:  # only integers too large to be worth the shortcut, or text the rules must read
-            assert isinstance(value, int) or (isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value))
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        pytest.param(lambda records: records[1].update(unknown_field=1), id="unknown field"),
-        pytest.param(lambda records: records.__setitem__(1, "not an object"), id="not an object"),
-        pytest.param(lambda records: records[1].update(tenure=-1), id="invalid value"),
-        pytest.param(lambda records: records[1].update(Partner=None), id="required value missing"),
-        pytest.param(lambda records: records[1].pop("Partner"), id="required field omitted"),
-        pytest.param(lambda records: records[1].update(Contract=["Two year"]), id="unhashable value"),
-        pytest.param(lambda records: records[1].update(customer_id=[1]), id="id of the wrong type"),
-        pytest.param(lambda records: records.clear(), id="empty list"),
-        pytest.param(lambda records: records.extend([records[0]] * 10), id="too many records"),
-    ],
-)
-def test_a_batch_with_any_problem_is_left_to_the_general_path(
-    predictor: Any, customers: pd.DataFrame, change: Any
-) -> None:
+def test_errors_in_a_batch_are_listed_per_record_in_field_order(predictor: Any, customers: pd.DataFrame) -> None:
     records = [customer_record(customers, row) for row in range(5)]
-    change(records)
+    records[1] = {"surprise": 1, **records[1], "tenure": "twelve", "customer_id": [1]}
+    records[3] = ["not", "an", "object"]
 
-    assert predictor.predict_json_batch(json.dumps(records).encode(), max_records=10) is None
+    outcome = predictor.predict_records(records)
+
+    assert outcome.scored.indices == [0, 2, 4]
+    assert [error.index for error in outcome.errors] == [1, 3]
+    assert [(error.loc, error.type) for error in outcome.errors[0].errors] == [
+        (("surprise",), "extra_forbidden"),
+        (("tenure",), "value_error"),
+        (("customer_id",), "string_type"),
+    ]
+    assert outcome.errors[1].errors[0].type == "dict_type"
+    assert len(outcome.event.prediction_ids) == 3
 
 
-@pytest.mark.parametrize("body", [b"{}", b"[{", b"", b'[{"tenure": 1e999}]', b"[1, 2]"])
-def test_a_body_that_is_not_a_list_of_records_is_left_to_the_general_path(predictor: Any, body: bytes) -> None:
-    assert predictor.predict_json_batch(body, max_records=10) is None
-
-
-def test_a_batch_left_to_the_general_path_is_answered_record_by_record(client: Any, customers: pd.DataFrame) -> None:
+def test_a_batch_with_an_unknown_field_is_answered_record_by_record(client: Any, customers: pd.DataFrame) -> None:
     records = [customer_record(customers, row) for row in range(4)]
     records[2] = {**records[2], "surprise": 1}
 
@@ -528,16 +484,16 @@ def test_a_batch_left_to_the_general_path_is_answered_record_by_record(client: A
     assert body["results"][2]["errors"][0]["loc"] == ["body", 2, "surprise"]
 
 
-def test_a_single_record_event_carries_its_row_for_monitoring(predictor: Any, record: dict[str, Any]) -> None:
+def test_a_single_record_event_carries_its_cleaned_columns_to_the_log(predictor: Any, record: dict[str, Any]) -> None:
     from app.monitoring.log_store import event_rows
 
     event = predictor.predict_records([{**record, "TotalCharges": " "}]).event
 
-    assert event.row == tuple(values[0] for values in event.columns.values())
+    assert list(event.columns) == predictor.schema.names
     [logged] = event_rows(event, None)
     assert json.loads(logged[4]) == {name: values[0] for name, values in event.columns.items()}
     assert json.loads(logged[4])["TotalCharges"] is None  # missing stays missing in the log
-    assert predictor.predict_records([record, record]).event.row is None  # batches go by column
+    assert event.imputed == [(0, "TotalCharges")]
 
 
 @pytest.mark.parametrize("huge", [2e19, 1e300, 10**30])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.serving.predictor import ColumnEncoder, RowEncoder, build_predictor
+from app.serving.predictor import build_predictor
 from app.serving.trees import CompiledTrees
 from bundle.features import clean_columns
 from bundle.scoring import Scorer, load_raw_model
@@ -75,42 +75,6 @@ def test_compiled_trees_reproduce_the_native_library(family: str, family_models_
     np.testing.assert_array_equal(model.leaf_sums(matrix), row_by_row)
 
 
-def test_row_encoder_equals_the_schema_encoder(linear_models_dir: Path, customers: pd.DataFrame) -> None:
-    predictor = build_predictor(service_settings(linear_models_dir))
-    encoder = RowEncoder(predictor.schema)
-    fast_rows = 0
-    for row in range(len(customers)):
-        values = predictor.cleaner.clean(customer_record(customers, row)).values
-        fast = encoder.encode(values)
-        full = predictor.schema.encode({name: [value] for name, value in values.items()}, 1)
-        if fast is None:
-            assert full.warnings[0], "the fast path may only decline rows that need a warning"
-            continue
-        fast_rows += 1
-        np.testing.assert_allclose(fast, full.matrix, rtol=0, atol=1e-12)
-    assert fast_rows > len(customers) * 0.9
-
-
-def test_column_encoder_equals_the_schema_encoder_with_gaps_and_unseen_values(
-    linear_models_dir: Path, customers: pd.DataFrame
-) -> None:
-    predictor = build_predictor(service_settings(linear_models_dir))
-    rows = [predictor.cleaner.clean(customer_record(customers, row)).values for row in range(300)]
-    for row in range(0, 300, 7):
-        rows[row]["TotalCharges"] = None  # optional: imputed
-    for row in range(0, 300, 11):
-        rows[row]["PaymentMethod"] = "Voucher"  # unseen: the "other" column
-    columns = {name: [values[name] for values in rows] for name in predictor.schema.names}
-
-    fast = ColumnEncoder(predictor.schema).encode(columns, len(rows))
-    exact = predictor.schema.encode(columns, len(rows))
-
-    np.testing.assert_array_equal(fast.matrix, exact.matrix)
-    assert fast.warnings == exact.warnings
-    assert sorted(fast.imputed) == sorted(exact.imputed)
-    assert sorted(fast.unseen) == sorted(exact.unseen)
-
-
 def test_torch_and_numba_are_imported_only_for_the_bundles_that_need_them(
     family_models_dirs: dict[str, Path],
 ) -> None:
@@ -170,9 +134,9 @@ def test_a_bundle_from_the_training_pipeline_serves(tmp_path: Path, serve: Any) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("schema", ["bank", "subscription"])
-def test_batches_of_other_tables_clean_the_same_from_bytes_as_record_by_record(tmp_path: Path, schema: str) -> None:
+def test_batches_of_other_tables_clean_as_each_record_does_alone(tmp_path: Path, schema: str) -> None:
     """Rows straight from other tables ("$" fees, "?" and "NA", text numbers, true/false labels, ids and
-    targets), as JSON: the batch decoders must clean them exactly as a dictionary per record does."""
+    targets), as JSON: a batch cleans, scores and explains each of them as it does the record alone."""
     import orjson
 
     from training.config import TrainingConfig
@@ -188,15 +152,17 @@ def test_batches_of_other_tables_clean_the_same_from_bytes_as_record_by_record(t
     rows = table.sample(300, random_state=1).to_dict(orient="records")
     body = orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    from_bytes = predictor.predict_json_batch(body, max_records=1000, explain=True)
-    by_record = predictor.predict_records(orjson.loads(body), explain=True)
+    batch = predictor.predict_records(orjson.loads(body), explain=True)
+    alone = [predictor.predict_records([record], explain=True) for record in orjson.loads(body)]
 
-    assert from_bytes is not None and not from_bytes.errors and not by_record.errors
-    assert from_bytes.scored.probabilities == by_record.scored.probabilities
-    assert from_bytes.scored.customer_ids == by_record.scored.customer_ids
-    assert from_bytes.scored.warnings == by_record.scored.warnings
-    assert from_bytes.scored.reasons == by_record.scored.reasons
-    assert {name: list(values) for name, values in from_bytes.event.columns.items()} == by_record.event.columns
+    assert not batch.errors and not any(single.errors for single in alone)
+    np.testing.assert_allclose(
+        batch.scored.probabilities, [single.scored.probabilities[0] for single in alone], rtol=0, atol=1e-12
+    )
+    assert batch.scored.customer_ids == [single.scored.customer_ids[0] for single in alone]
+    assert batch.scored.warnings == [single.scored.warnings[0] for single in alone]
+    for name, values in batch.event.columns.items():
+        assert values == [single.event.columns[name][0] for single in alone]
 
 
 def build_soft_vote_bundle(models_dir: Path) -> Path:
