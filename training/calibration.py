@@ -6,9 +6,9 @@ knots and interpolated). They are compared honestly on held-out scores (the pipe
 chosen configuration's out-of-fold scores): each calibrator is cross-fitted inside them (fitted on
 k-1 folds, scored on the held-out fold), so a flexible calibrator that merely memorises them does
 not win. A calibrator qualifies only if it beats the raw scores by more than chance explains (a
-paired comparison over the customers); of those that qualify, the lowest cross-fitted log loss
-wins, and with none qualifying the raw scores are kept. The chosen calibrator is then refitted on
-all the held-out scores.
+paired comparison over the customers), and isotonic is preferred to a qualifying Platt curve only
+when it beats that by the same margin; with none qualifying the raw scores are kept. The chosen
+calibrator is then refitted on all the held-out scores.
 """
 
 from __future__ import annotations
@@ -125,11 +125,11 @@ def improvement_in_standard_errors(candidate: np.ndarray, incumbent: np.ndarray)
 
 
 def select_method(losses: dict[str, np.ndarray]) -> str:
-    """Of the calibrators that beat the raw scores by more than chance explains, the lowest cross-fitted log loss.
+    """The simplest calibrator that beats the raw scores, and each simpler one, by more than chance explains.
 
-    The raw scores stay ("none") when no calibrator clears that bar. The bar is applied against the
-    raw scores only: a heavy-tailed loss difference between two calibrators must not make the
-    pipeline give up on calibration altogether.
+    A calibrator must beat the raw scores by MIN_IMPROVEMENT_STANDARD_ERRORS to qualify ("none" stays
+    when none does). Isotonic is then kept over a qualifying Platt curve only when it beats that too:
+    its flat steps tie customers the model ranked apart, which costs ROC-AUC, so it must earn its place.
     """
     qualified = [
         method
@@ -138,7 +138,10 @@ def select_method(losses: dict[str, np.ndarray]) -> str:
     ]
     if not qualified:
         return "none"
-    return min(qualified, key=lambda method: (float(losses[method].mean()), METHODS.index(method)))
+    if qualified == ["platt", "isotonic"]:
+        beats_platt = improvement_in_standard_errors(losses["isotonic"], losses["platt"])
+        return "isotonic" if beats_platt > MIN_IMPROVEMENT_STANDARD_ERRORS else "platt"
+    return qualified[0]
 
 
 def can_cross_fit(y: np.ndarray) -> bool:

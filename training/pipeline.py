@@ -41,6 +41,8 @@ from training.data import LoadedTable, TrainingDataError, as_raw_objects, load_t
 from training.roles import RoleSet, infer_feature_roles, infer_target, target_vector
 from training.split import HoldoutSplit, cross_validation_folds, holdout_split, search_sample
 
+IMPORTANCE_ROWS = 20_000
+
 
 class TrainingError(Exception):
     """Training could not produce a model (the data was fine); the message says why."""
@@ -317,8 +319,14 @@ def finish_bundle(
         test_metrics = evaluate(y_test, p_test, decision.threshold["threshold"])
         test_metrics["rows"] = "test split, scored once by the model fitted without it"
     with watch.step("importance", "permutation importance on the test split"):
+        # A sample is plenty to rank features; scoring every test row of a huge table dozens of times is not.
+        sample = search_sample(y_test, config.seed, limit=IMPORTANCE_ROWS)
         importance = permutation_importance_by_feature(
-            held_out_scores, data.schema, data.test_columns, y_test, seed=config.seed
+            held_out_scores,
+            data.schema,
+            {name: [values[i] for i in sample] for name, values in data.test_columns.items()},
+            y_test[sample],
+            seed=config.seed,
         )
     with watch.step("refit", f"refitting {winner.family} on all {len(data.y)} labelled rows"):
         schema = fit_schema(data.roles, data.table)
