@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 
 from bench.worker import DEFAULT_DATA
 from bundle.features import FeatureSchema
-from bundle.records import CUSTOMER_ID, CleanBatch, RecordCleaner, RecordError, _Invalid
+from bundle.records import CUSTOMER_ID, CleanBatch, InvalidValue, RecordCleaner, RecordError
 from bundle.store import current_bundle_dir, verify_bundle
 
 Cleaned = tuple[CleanBatch, list[RecordError]]
@@ -84,7 +84,7 @@ def pydantic_path(schema: FeatureSchema, cleaner: RecordCleaner) -> Callable[[by
     def validator(column_cleaner: Any, required: bool) -> Any:
         def clean(value: Any) -> Any:
             cleaned = column_cleaner.clean_one(value)
-            if cleaned.__class__ is _Invalid:
+            if cleaned.__class__ is InvalidValue:
                 raise PydanticCustomError("value_error", cleaned.message)
             if cleaned is None and required:
                 raise PydanticCustomError("missing", "A value is required (this feature is declared required)")

@@ -78,7 +78,7 @@ class CleanBatch:
         return len(self.indices)
 
 
-class _Invalid:
+class InvalidValue:
     """A cleaning failure, cached like a cleaning so a repeated bad value is not parsed again."""
 
     __slots__ = ("message",)
@@ -101,7 +101,7 @@ class ColumnCleaner:
         whether some valid value is missing."""
         if len(raw) == 1:
             cleaned = self.clean_one(raw[0])
-            if cleaned.__class__ is _Invalid:
+            if cleaned.__class__ is InvalidValue:
                 return [None], {0: cleaned.message}, False
             return [cleaned], {}, cleaned is None
         try:
@@ -123,18 +123,18 @@ class ColumnCleaner:
             # No two distinct values compare equal (True == 1 == 1.0 is excluded): values key exactly.
             mapping = {value: self.clean_one(value) for value in distinct}
             cleaned = list(map(mapping.__getitem__, raw))
-            if not any(value.__class__ is _Invalid for value in mapping.values()):
+            if not any(value.__class__ is InvalidValue for value in mapping.values()):
                 return cleaned, {}, None in mapping.values()
         else:
             cleaned = list(map(self.clean_one, raw))
-        invalid = {position: value.message for position, value in enumerate(cleaned) if value.__class__ is _Invalid}
+        invalid = {position: value.message for position, value in enumerate(cleaned) if value.__class__ is InvalidValue}
         missing = any(value is None for value in cleaned)
         for position in invalid:
             cleaned[position] = None
         return cleaned, invalid, missing
 
     def clean_one(self, raw: Any) -> Any:
-        """The cleaning of one value, or _Invalid with the reason."""
+        """The cleaning of one value, or InvalidValue with the reason."""
         try:
             key = (raw.__class__, raw)  # the type too: True == 1 == 1.0 but they may clean differently
             cleaned = self._cache.get(key, self)
@@ -151,7 +151,7 @@ class ColumnCleaner:
         try:
             return self.rule.clean(raw)
         except FeatureValueError as exc:
-            return _Invalid(str(exc))
+            return InvalidValue(str(exc))
 
     def _numbers(self, raw: Sequence[Any]) -> tuple[list[Any], dict[int, str], bool] | None:
         """JSON numbers and nulls checked with numpy, as ``clean_numeric`` reads them; None to go value by value."""
