@@ -201,8 +201,7 @@ def build_app(settings: Settings, monitor: Monitor | NullMonitor, manifest: Mani
 
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings
-    app.include_router(monitor.router)
-    app.add_middleware(monitor.middleware_class, monitor=monitor)
+    monitor.install(app)
 
     @app.post("/predict")
     def predict(seed: int = 0, n: int = 1) -> dict[str, Any]:
