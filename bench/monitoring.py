@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,31 +35,70 @@ from bench.loadgen import (
 )
 
 HTTP_VARIANT_ENV = "CHURN_BENCH_HTTP_METRICS"
-HTTP_VARIANTS = ("instrumentator", "starlette_exporter", "none")
+HTTP_VARIANTS = ("instrumentator", "starlette_exporter", "handwritten", "none")
 WRITER_VARIANTS = ("thread", "process")
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ---- the service with another HTTP metrics middleware ----------------------------------------------
+class HandWrittenHttpMetrics:
+    """The hand-written candidate: a pure ASGI middleware on prometheus_client's public API."""
+
+    def __init__(self, app: Any, registry: Any) -> None:
+        from prometheus_client import Counter, Histogram
+
+        from app.monitoring.metrics import LATENCY_BUCKETS
+
+        self.app = app
+        self.requests = Counter("churn_http_requests_total", "r", ("route", "method", "status"), registry=registry)
+        self.duration = Histogram(
+            "churn_http_request_duration_seconds", "d", ("route", "method"), buckets=LATENCY_BUCKETS, registry=registry
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_recording_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_recording_status)
+        finally:
+            route = getattr(scope.get("route"), "path_format", "none")
+            self.requests.labels(route, scope["method"], status).inc()
+            self.duration.labels(route, scope["method"]).observe(time.perf_counter() - started)
+
+
 def http_variant_app() -> Any:
     """The service's app with its HTTP metrics middleware replaced by the variant named in the environment."""
-    from fastapi import FastAPI
+    from prometheus_client import CollectorRegistry
+    from starlette.middleware import Middleware
 
     from app.main import create_app
-    from app.monitoring.http import LATENCY_BUCKETS
+    from app.monitoring.metrics import LATENCY_BUCKETS
 
-    variant = os.environ.get(HTTP_VARIANT_ENV, "instrumentator")
-    app: FastAPI = create_app()
+    variant = os.environ[HTTP_VARIANT_ENV]
+    app = create_app()
     if variant == "instrumentator":
         return app
-    # Starlette builds its middleware stack at the first request, from this public list.
-    app.user_middleware = [m for m in app.user_middleware if "Instrumentator" not in getattr(m.cls, "__name__", "")]
+    # Starlette builds its middleware stack at the first request, from this public list (outermost
+    # first: the request clock stays in front).
+    kept = [m for m in app.user_middleware if m.cls.__name__ != "PrometheusInstrumentatorMiddleware"]
     if variant == "starlette_exporter":
         from starlette_exporter import PrometheusMiddleware
 
-        app.add_middleware(
-            PrometheusMiddleware, prefix="churn_http", app_name="churn", buckets=LATENCY_BUCKETS, group_paths=True
-        )
+        options = {"prefix": "churn_http", "app_name": "churn", "buckets": LATENCY_BUCKETS, "group_paths": True}
+        kept.insert(1, Middleware(PrometheusMiddleware, **options))
+    elif variant == "handwritten":
+        kept.insert(1, Middleware(HandWrittenHttpMetrics, registry=CollectorRegistry()))
+    app.user_middleware = kept
     return app
 
 
@@ -159,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['label']} | {row['rps']:.0f} | {row['p99_ms']:.1f} | {row['rps'] / off_rps:.2f} "
             f"| {row['rps'] / floor_rps:.2f} | {batch} |"
         )
-    subprocess.run(["rm", "-rf", str(work)], check=False)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

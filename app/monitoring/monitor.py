@@ -56,7 +56,6 @@ class Monitor:
             batch_size=settings.prediction_log_batch_size,
             queue_size=settings.prediction_log_queue_size,
             retention_days=settings.prediction_log_retention_days,
-            writer=settings.prediction_log_writer,
             clock=clock,
         )
         self.recorder = EventRecorder(

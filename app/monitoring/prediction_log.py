@@ -20,7 +20,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.monitoring.events import RecordedEvent
-from app.monitoring.log_process import ProcessLogWriter
 from app.monitoring.log_store import LogWriter, WriteReport, create_tables, make_engine
 from app.monitoring.metrics import Metrics
 
@@ -40,10 +39,8 @@ class PredictionLog:
         batch_size: int,
         queue_size: int,
         retention_days: int,
-        writer: str = "thread",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.writer_kind = writer
         self.database_url = database_url
         self.metrics = metrics
         self.batch_size = batch_size
@@ -51,7 +48,7 @@ class PredictionLog:
         self.retention_days = retention_days
         self.clock = clock
         self.engine: Engine | None = None
-        self._writer: LogWriter | ProcessLogWriter | None = None
+        self._writer: LogWriter | None = None
         self._write_lock = threading.Lock()  # one write at a time: the background, or a flush for feedback
         self._last_retention = 0.0
         self._tables_checked = False  # by readers
@@ -59,12 +56,9 @@ class PredictionLog:
     def start(self) -> None:
         # No database round trip here: a slow or absent database must not hold up the service start.
         self.engine = make_engine(self.database_url)
-        if self.writer_kind == "process":
-            self._writer = ProcessLogWriter(self.database_url, batch_size=self.batch_size, queue_size=self.queue_size)
-        else:
-            self._writer = LogWriter(
-                self.database_url, batch_size=self.batch_size, queue_size=self.queue_size, engine=self.engine
-            )
+        self._writer = LogWriter(
+            self.database_url, batch_size=self.batch_size, queue_size=self.queue_size, engine=self.engine
+        )
         self._writer.start()
 
     def stop(self) -> None:

@@ -57,12 +57,9 @@ def dropped(monitor: Monitor) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
-def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, writer):
-    """By the monitor's background thread, or by a writer process: no insert runs in the service's process then."""
-    settings = make_settings(
-        tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05, prediction_log_writer=writer
-    )
+def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest):
+    """By the monitor's background thread: never on the request path."""
+    settings = make_settings(tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05)
     monitor = Monitor(settings)
     inserts: list[tuple[str, int]] = []
     with running(monitor):
@@ -81,13 +78,10 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, wr
         record_seconds = time.perf_counter() - started
         assert wait_until(lambda: len(logged_rows(monitor)) == 280)
     assert record_seconds < 1.0
-    if writer == "process":
-        assert inserts == []
-    else:
-        assert {name for name, _ in inserts} == {"monitor-recorder"}
-        assert sum(size for _, size in inserts) == 280
-        # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
-        assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
+    assert {name for name, _ in inserts} == {"monitor-recorder"}
+    assert sum(size for _, size in inserts) == 280
+    # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
+    assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
     row = next(r for r in logged_rows_after(monitor) if r["prediction_id"] == events[0].prediction_ids[0])
     assert row["customer_id"] == events[0].customer_ids[0]
     assert row["model_version"] == manifest.version
@@ -99,10 +93,9 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, wr
     assert metric_value(monitor.exposition().decode(), "churn_prediction_log_written_total") == 280
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
-def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, manifest, writer):
+def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, manifest):
     """/predict records reach the log each with its own time and request latency."""
-    monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
     start = time.time()
     singles = single_events(make_event(manifest, 40, seed=8), [start + i for i in range(40)])
     with running(monitor):
@@ -317,9 +310,8 @@ def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, man
     assert dropped(monitor)["write_error"] == 3  # counted once, not again at stop
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
-def test_a_malformed_event_is_counted_and_the_others_are_logged(tmp_path, manifest, writer):
-    monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
+def test_a_malformed_event_is_counted_and_the_others_are_logged(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
     good = [make_event(manifest, 1, seed=1), make_event(manifest, 3, seed=2)]
     bad = make_event(manifest, 2, seed=3)
     bad.risk_bands = ["low"]  # two predictions, one band: no row can be built for it
