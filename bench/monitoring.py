@@ -6,9 +6,10 @@ loads ``POST /predict`` with wrk, then times a few 10,000-record ``POST /predict
     flock /tmp/churn-bench.lock python -m bench.monitoring --model-dir DIR --data TELCO_CSV \
         --floor ../shared/peers/fastapi_floor
 
-``--http`` picks HTTP metrics candidates (the service's own, or the other library swapped in by a
-factory defined here), ``--writers`` the prediction-log writers; every run is also compared with
-monitoring off and with the FastAPI floor, measured in the same run.
+``--http`` picks the HTTP metrics candidates: the service's own (prometheus-fastapi-instrumentator),
+starlette-exporter or a hand-written middleware swapped in by a factory defined here, or none (the
+request clock alone). Every run is compared with monitoring off and with the FastAPI floor,
+measured in the same run; ``--rounds`` repeats the whole set, interleaved.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from bench.loadgen import (
 
 HTTP_VARIANT_ENV = "CHURN_BENCH_HTTP_METRICS"
 HTTP_VARIANTS = ("instrumentator", "starlette_exporter", "handwritten", "none")
-WRITER_VARIANTS = ("thread", "process")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the Telco CSV (request bodies)")
     parser.add_argument("--floor", type=Path, required=True, help="directory of the FastAPI floor app")
     parser.add_argument("--http", default=",".join(HTTP_VARIANTS))
-    parser.add_argument("--writers", default="thread")
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="churn-bench-monitoring-"))
@@ -181,24 +181,35 @@ def main(argv: list[str] | None = None) -> None:
     def database(name: str) -> dict[str, str]:
         return {"CHURN_DATABASE_URL": f"sqlite:///{work / name}.sqlite3"}
 
-    rows = [run_floor(work, args.floor, script, args.seconds)]
-    off = {"CHURN_MONITORING_ENABLED": "false", **database("off")}
-    rows.append(run_service(work, "monitoring off", off, args.model_dir, "instrumentator", bodies, args.seconds))
-    for variant in args.http.split(","):
-        for writer in args.writers.split(","):
-            env = {HTTP_VARIANT_ENV: variant, "CHURN_PREDICTION_LOG_WRITER": writer, **database(f"{variant}-{writer}")}
-            label = f"on: http={variant}, log writer={writer}"
-            rows.append(run_service(work, label, env, args.model_dir, variant, bodies, args.seconds))
-    floor_rps, off_rps = rows[0]["rps"], rows[1]["rps"]
+    rows = []
+    for _ in range(args.rounds):
+        rows.append(run_floor(work, args.floor, script, args.seconds))
+        off = {"CHURN_MONITORING_ENABLED": "false", **database("off")}
+        rows.append(run_service(work, "monitoring off", off, args.model_dir, "instrumentator", bodies, args.seconds))
+        for variant in args.http.split(","):
+            env = {HTTP_VARIANT_ENV: variant, **database(variant)}
+            rows.append(run_service(work, f"on: http={variant}", env, args.model_dir, variant, bodies, args.seconds))
+    print_table(rows)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Medians over the rounds, set against the floor's and monitoring off's medians."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row)
+    floor = statistics.median(row["rps"] for row in by_label["fastapi floor"])
+    off = statistics.median(row["rps"] for row in by_label["monitoring off"])
     print("| run | /predict req/s | p99 ms | vs off | vs floor | 10k batch ms (median / max) |")
     print("|---|---|---|---|---|---|")
-    for row in rows:
-        batch = f"{row['batch_ms_median']:.0f} / {row['batch_ms_max']:.0f}" if "batch_ms_max" in row else "-"
-        print(
-            f"| {row['label']} | {row['rps']:.0f} | {row['p99_ms']:.1f} | {row['rps'] / off_rps:.2f} "
-            f"| {row['rps'] / floor_rps:.2f} | {batch} |"
-        )
-    shutil.rmtree(work, ignore_errors=True)
+    for label, runs in by_label.items():
+        rps = statistics.median(row["rps"] for row in runs)
+        p99 = statistics.median(row["p99_ms"] for row in runs)
+        batch = "-"
+        if "batch_ms_max" in runs[0]:
+            median = statistics.median(row["batch_ms_median"] for row in runs)
+            batch = f"{median:.0f} / {max(row['batch_ms_max'] for row in runs):.0f}"
+        print(f"| {label} | {rps:.0f} | {p99:.1f} | {rps / off:.2f} | {rps / floor:.2f} | {batch} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from app.monitoring.drift_monitor import DriftMonitor
 from app.monitoring.events import PredictionEvent, RecordedEvent
@@ -31,6 +32,7 @@ class PredictionMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._stage: dict[str, Any] = {}  # each stage's histogram series, looked up once
 
     def count(self, events: Sequence[RecordedEvent]) -> None:
         m = self.metrics
@@ -41,7 +43,10 @@ class PredictionMetrics:
             bands.update((band, event.model_version) for band in event.risk_bands)
             churned[event.model_version] += int(event.decisions.sum())
             for stage, seconds in event.stage_seconds.items():
-                m.stage_duration.labels(stage).observe(seconds)
+                series = self._stage.get(stage)
+                if series is None:
+                    series = self._stage[stage] = m.stage_duration.labels(stage)
+                series.observe(seconds)
             for score in event.scores.tolist():
                 m.score.observe(score)
             if event.imputed or event.unseen or event.out_of_range:
