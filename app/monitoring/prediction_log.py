@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.monitoring.events import RecordedEvent
 from app.monitoring.log_store import LogWriter, WriteReport, create_tables, make_engine
 from app.monitoring.metrics import Metrics
+from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class PredictionLog:
         self._write_lock = threading.Lock()  # one write at a time: the background, or a flush for feedback
         self._last_retention = 0.0
         self._tables_checked = False  # by readers
+        self._errors = ThrottledErrors(logger)
 
     def start(self) -> None:
         # No database round trip here: a slow or absent database must not hold up the service start.
@@ -85,7 +87,7 @@ class PredictionLog:
                 lost = sum(recorded.event.size for recorded in events)
                 if lost:
                     self.metrics.log_dropped.labels(reason="write_error").inc(lost)
-                    logger.error("prediction log is not running: dropped %d rows", lost)
+                    self._errors.error("prediction log is not running: dropped %d rows", lost)
                 return 0
             report = writer.write(events)
             self._count(report)
