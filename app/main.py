@@ -52,9 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.reload_generation = 0
     install_error_handlers(app)
     app.include_router(api_router())
-    app.include_router(monitor.router)
-    # A pure ASGI middleware (not BaseHTTPMiddleware, which costs a task and a stream per request).
-    app.add_middleware(monitor.middleware_class, monitor=monitor)
+    monitor.install(app)  # its routes and HTTP metrics middlewares
     app.openapi = lambda: bundle_openapi(app)  # type: ignore[method-assign]
     return app
 

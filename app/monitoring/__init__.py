@@ -13,8 +13,7 @@ __all__ = ["Monitor", "NullMonitor", "create_monitor"]
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use, so the prediction log's writer process can import its own modules
-    # from this package without the service's (FastAPI, metrics, drift).
+    # Imported on first use: importing a submodule (events, for the predictor) stays light.
     if name in __all__:
         from app.monitoring import monitor
 

@@ -1,11 +1,9 @@
 """The prediction log's database side: tables, rows and the writer that stores them.
 
-``PredictionLog`` (the queue the service fills) hands this module *pending rows*: each record's
-fields with its feature values still as a tuple. :class:`LogWriter` turns them into table rows
-(the ``inputs`` JSON is built here, off the request path) and inserts them in batches, trying
-again later when a failure may pass. It knows nothing of metrics: each call returns a
-:class:`WriteReport`, so it can run in the service's own process or in a writer process of its
-own (``app.monitoring.log_process``) alike.
+``PredictionLog`` hands this module recorded prediction events. :class:`LogWriter` turns each
+record into a table row (its cleaned feature values as the ``inputs`` JSON) and inserts them in
+batches, trying again later when a failure may pass. It knows nothing of metrics: each call
+returns a :class:`WriteReport` for the caller to count.
 
 SQLite is the default (WAL journal and a busy timeout so several worker processes can write the
 same file); a ``postgresql://`` URL uses PostgreSQL through psycopg 3.
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -23,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import chain, repeat
 from typing import Any
 
+import numpy as np
 import orjson
 from sqlalchemy import (
     Boolean,
@@ -43,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from app.monitoring.events import GatheredSingles, PredictionEvent
+from app.monitoring.events import PredictionEvent, RecordedEvent
 from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
@@ -165,96 +163,30 @@ def _may_pass(error: Exception) -> bool:
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
-# A record waiting to be written: the row's fields in ROW_COLUMNS order, except that ``inputs``
-# is still (feature names, values): cheap to build on the request side and to send to a writer
-# process, where the JSON is made.
-PendingRow = tuple[str, float, str, "str | None", tuple[str, ...], tuple[Any, ...], float, bool, str, float, int]
+def event_rows(event: PredictionEvent, latency: float | None) -> list[tuple[Any, ...]]:
+    """The table rows of a scored event, in ROW_COLUMNS order (raises on a malformed event).
 
-
-@dataclass(frozen=True, slots=True)
-class PreparedRows:
-    """Pending rows serialised (a pickle of ``list[PendingRow]``) where they were built, for a writer process."""
-
-    payload: bytes
-    records: int
-
-    def rows(self) -> list[PendingRow]:
-        # Only the service's own process builds these (see PredictionLog.enqueue_many).
-        return pickle.loads(self.payload)
-
-
-def pending_rows(event: PredictionEvent | GatheredSingles, request_latency: float | None) -> list[PendingRow]:
-    """One pending row per record of a scored event (raises on a malformed event)."""
-    if isinstance(event, GatheredSingles):
-        return gathered_rows(event)
-    latency = request_latency if request_latency is not None else float(sum(event.stage_seconds.values()))
-    size = len(event.prediction_ids)
-    names = tuple(event.columns)
-    if size == 1 and event.row is not None and len(event.row) == len(names):  # /predict: one tuple, no columns
-        return [
-            (
-                event.prediction_ids[0],
-                event.timestamp,
-                event.model_version,
-                event.customer_ids[0],
-                names,
-                event.row,
-                float(event.scores[0]),
-                bool(event.decisions[0]),
-                event.risk_bands[0],
-                latency,
-                1,
-            )
-        ]
-    values = zip(*event.columns.values(), strict=True) if names else repeat((), size)
+    ``latency``: the request's, from its start to scoring done; None when unknown (the stages' sum).
+    """
+    if latency is None:
+        latency = float(sum(event.stage_seconds.values()))
+    size = event.size
+    inputs = [orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode() for record in event.records()]
     return list(
         zip(
             event.prediction_ids,
             repeat(event.timestamp, size),
             repeat(event.model_version, size),
             event.customer_ids,
-            repeat(names, size),
-            values,
-            event.scores.astype(float).tolist(),
-            event.decisions.astype(bool).tolist(),
+            inputs,
+            np.asarray(event.scores, dtype=np.float64).tolist(),
+            np.asarray(event.decisions, dtype=bool).tolist(),
             event.risk_bands,
             repeat(latency, size),
             repeat(size, size),
             strict=True,
         )
     )
-
-
-def gathered_rows(group: GatheredSingles) -> list[PendingRow]:
-    """The pending rows of gathered single records: each keeps its own time and latency."""
-    size = len(group.prediction_ids)
-    return list(
-        zip(
-            group.prediction_ids,
-            group.timestamps,
-            repeat(group.model_version, size),
-            group.customer_ids,
-            repeat(group.names, size),
-            group.rows,
-            group.scores.tolist(),
-            group.decisions.tolist(),
-            group.risk_bands,
-            group.latencies,
-            repeat(1, size),
-            strict=True,
-        )
-    )
-
-
-def table_row(pending: PendingRow) -> tuple[Any, ...]:
-    """The table row of a pending row: its feature values as a JSON object (feature -> cleaned value)."""
-    inputs = orjson.dumps(dict(zip(pending[4], pending[5], strict=True)), option=orjson.OPT_SERIALIZE_NUMPY)
-    return (*pending[:4], inputs.decode(), *pending[6:])
-
-
-def event_rows(event: PredictionEvent, request_latency: float | None) -> list[tuple[Any, ...]]:
-    """The table rows of a scored event, in ROW_COLUMNS order."""
-    return [table_row(pending) for pending in pending_rows(event, request_latency)]
 
 
 @dataclass
@@ -297,12 +229,10 @@ class LogWriter:
         """Rows waiting for another try after a failed write."""
         return sum(len(batch) for batch, _ in self._retry)
 
-    def write(self, pending: list[PendingRow], prepared: Sequence[PreparedRows] = ()) -> WriteReport:
-        """Write ``pending`` and ``prepared`` (after the rows kept from failed writes); what happened, never raises."""
+    def write(self, events: Sequence[RecordedEvent]) -> WriteReport:
+        """Write the records of ``events`` (after the rows kept from failed writes); what happened, never raises."""
         report = WriteReport()
-        if prepared:
-            pending = [*chain.from_iterable(parcel.rows() for parcel in prepared), *pending]
-        rows = self._table_rows(pending, report)
+        rows = self._table_rows(events, report)
         batches = self._retry + [
             (rows[start : start + self.batch_size], 0) for start in range(0, len(rows), self.batch_size)
         ]
@@ -333,18 +263,15 @@ class LogWriter:
             self.engine.dispose()
         return report
 
-    def _table_rows(self, pending: list[PendingRow], report: WriteReport) -> list[tuple[Any, ...]]:
-        try:
-            return list(map(table_row, pending))
-        except Exception:  # some record cannot be stored: find it, keep the others
-            rows = []
-            for item in pending:
-                try:
-                    rows.append(table_row(item))
-                except Exception as exc:
-                    report.dropped["invalid"] += 1
-                    self._errors.error("cannot log a prediction: %s", exc)
-            return rows
+    def _table_rows(self, events: Sequence[RecordedEvent], report: WriteReport) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = []
+        for recorded in events:
+            try:
+                rows.extend(event_rows(recorded.event, recorded.latency))
+            except Exception as exc:  # a malformed event must not cost the others
+                report.dropped["invalid"] += len(recorded.event.prediction_ids)
+                self._errors.error("cannot log a prediction event: %s", exc)
+        return rows
 
     def _write_batch(self, rows: list[tuple[Any, ...]], report: WriteReport) -> Exception | None:
         """Write one batch in one transaction; the exception when it failed (counted), else None."""

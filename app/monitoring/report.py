@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.engine import Connection
 
-from app.monitoring.drift import DriftSnapshot
+from app.monitoring.drift_stats import DriftSnapshot
 from app.monitoring.log_store import predictions_table
 from app.monitoring.performance import RealizedPerformance, labelled_predictions, realized_performance
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.errors import MessageOut
 from app.api.security import ApiKeyRequired
-from app.monitoring.performance import FeedbackBody, FeedbackResult, outcomes_of
+from app.monitoring.feedback import FeedbackBody, FeedbackResult, outcomes_of
 
 if TYPE_CHECKING:
     from app.monitoring.monitor import Monitor
@@ -34,7 +34,7 @@ def build_router(monitor: Monitor) -> APIRouter:
     @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
     def metrics() -> Response:
         # Sync on purpose: merging worker files reads from disk, so it runs in the thread pool.
-        return Response(monitor.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(monitor.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @router.post(
         "/feedback",

@@ -153,7 +153,7 @@ def make_event(
 
 
 def single_events(event: PredictionEvent, timestamps: list[float] | None = None) -> list[PredictionEvent]:
-    """``event``'s records as the /predict path hands them over: one event each, with its row of values."""
+    """``event``'s records as the /predict path hands them over: one event each."""
     singles = []
     for i in range(len(event.prediction_ids)):
         columns = {name: (values[i],) for name, values in event.columns.items()}
@@ -170,7 +170,6 @@ def single_events(event: PredictionEvent, timestamps: list[float] | None = None)
                 imputed=[(0, name) for row, name in event.imputed if row == i],
                 unseen=[(0, name) for row, name in event.unseen if row == i],
                 stage_seconds=dict(event.stage_seconds),
-                row=tuple(values[0] for values in columns.values()),
             )
         )
     return singles
@@ -201,8 +200,7 @@ def build_app(settings: Settings, monitor: Monitor | NullMonitor, manifest: Mani
 
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings
-    app.include_router(monitor.router)
-    app.add_middleware(monitor.middleware_class, monitor=monitor)
+    monitor.install(app)
 
     @app.post("/predict")
     def predict(seed: int = 0, n: int = 1) -> dict[str, Any]:

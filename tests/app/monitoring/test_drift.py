@@ -9,20 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.stats import chi2
 
 from app.monitoring import Monitor
-from app.monitoring.drift import (
-    PSI_EPSILON,
-    DriftTracker,
-    FeatureBinner,
-    jensen_shannon_distance,
-    population_stability_index,
-    psi_threshold,
-    remove_stale_tables,
-)
-from app.monitoring.events import gather_records, single_record
-from bundle.drift_reference import FeatureReference
+from app.monitoring.drift import DriftTracker, FeatureBinner, remove_stale_tables, window_counts
 from tests.app.monitoring.monitoring_helpers import make_event, make_manifest, make_settings, running, single_events
 
 NOW = 1_800_000_000.0  # a fixed instant, so slot arithmetic is reproducible
@@ -56,34 +45,6 @@ def test_categorical_binning_matches_reference_and_maps_booleans():
     assert flags.bin_many([True, False, None]).tolist() == paperless.bin_index(["True", "False", None]).tolist()
 
 
-# ---- statistics against hand computation -----------------------------------------------------------------
-def test_psi_and_js_match_hand_computation():
-    live = np.array([30.0, 50.0, 20.0, 0.0])
-    reference = [0.25, 0.25, 0.5, 0.0]
-    p, q = live / live.sum(), np.array(reference)
-    # The empty fourth bin is floored at PSI_EPSILON on both sides and contributes nothing.
-    expected_psi = sum((pi - qi) * math.log(pi / qi) for pi, qi in zip(p[:3], q[:3], strict=True))
-    assert population_stability_index(live, reference) == pytest.approx(expected_psi, rel=1e-12)
-    m = (p + q) / 2
-    kl = lambda a, b: sum(ai * math.log2(ai / bi) for ai, bi in zip(a, b, strict=True) if ai > 0)  # noqa: E731
-    assert jensen_shannon_distance(live, reference) == pytest.approx(math.sqrt((kl(p, m) + kl(q, m)) / 2), rel=1e-9)
-
-
-def test_psi_floors_bins_missing_on_one_side():
-    live, reference = np.array([10.0, 0.0]), [0.5, 0.5]
-    expected = (1 - 0.5) * math.log(1 / 0.5) + (PSI_EPSILON - 0.5) * math.log(PSI_EPSILON / 0.5)
-    assert population_stability_index(live, reference) == pytest.approx(expected)
-    assert jensen_shannon_distance(np.array([1.0, 0.0]), [0.0, 1.0]) == pytest.approx(1.0)
-
-
-def test_threshold_follows_window_size():
-    reference = FeatureReference("x", "numeric", [1.0, 2.0, 3.0], [], [0.25, 0.25, 0.25, 0.25, 0.0], count=10_000)
-    small = psi_threshold(0.2, 30, reference)
-    assert small == pytest.approx(chi2.ppf(0.999, 3) * (1 / 30 + 1 / 10_000))
-    assert psi_threshold(0.2, 5000, reference) == 0.2  # large windows: the configured floor rules
-    assert small > psi_threshold(0.2, 60, reference) >= 0.2
-
-
 def test_empty_window_has_no_figures_and_never_flags(tmp_path):
     tracker = tracker_for(tmp_path, make_manifest())
     snapshot = tracker.snapshot(NOW)
@@ -102,7 +63,7 @@ def test_in_distribution_windows_do_not_flag(tmp_path, size):
         tracker.table.close(remove=True)
         tracker = tracker_for(tmp_path, manifest)
         event = make_event(manifest, size, seed=1000 * size + seed, timestamp=NOW)
-        tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+        tracker.count([event])
         snapshot = tracker.snapshot(NOW)
         assert snapshot.window_predictions == size
         flagged = [f.feature for f in [*snapshot.features, snapshot.score] if f.drifting]
@@ -115,7 +76,7 @@ def test_shifted_windows_flag(tmp_path, size):
     manifest = make_manifest()
     tracker = tracker_for(tmp_path, manifest)
     event = make_event(manifest, size, seed=size, timestamp=NOW, shift=0.6)
-    tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    tracker.count([event])
     snapshot = tracker.snapshot(NOW)
     flagged = {f.feature for f in snapshot.features if f.drifting}
     assert {"tenure", "monthly_charges"} <= flagged
@@ -127,7 +88,7 @@ def test_small_window_below_minimum_count_never_flags(tmp_path):
     manifest = make_manifest()
     tracker = tracker_for(tmp_path, manifest, min_count=200)
     event = make_event(manifest, 150, seed=5, timestamp=NOW, shift=2.0)  # grossly shifted, but too few records
-    tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+    tracker.count([event])
     snapshot = tracker.snapshot(NOW)
     assert snapshot.score.psi > 1.0
     assert not snapshot.score.drifting and not any(f.drifting for f in snapshot.features)
@@ -135,48 +96,36 @@ def test_small_window_below_minimum_count_never_flags(tmp_path):
 
 
 # ---- counting paths, window, memory -----------------------------------------------------------------------
-@pytest.mark.parametrize("rows", ["every record", "none", "some records"])
-def test_single_record_path_counts_like_the_batch_path(tmp_path, rows):
-    """Single records are binned as columns: transposed from their rows when all have one, else
-    gathered from their one-value columns; either way exactly like one batch of them."""
+@pytest.mark.parametrize("straddles_slots", [False, True])
+def test_single_record_events_count_like_one_batch_of_them(tmp_path, straddles_slots):
     manifest = make_manifest()
-    one_by_one = tracker_for(tmp_path / "a", manifest)
+    singly = tracker_for(tmp_path / "a", manifest)
     batched = tracker_for(tmp_path / "b", manifest)
-    event = make_event(manifest, 300, seed=11, timestamp=NOW)
-    batched.count(NOW, event.columns, event.scores, event.decisions)
-    for i in range(300):
-        columns = {name: (values[i],) for name, values in event.columns.items()}
-        with_row = rows == "every record" or (rows == "some records" and i % 2 == 0)
-        row = tuple(values[0] for values in columns.values()) if with_row else None
-        one_by_one.count(NOW, columns, event.scores[i : i + 1], event.decisions[i : i + 1], row)
-    np.testing.assert_array_equal(np.asarray(one_by_one.table._counts), np.asarray(batched.table._counts))
-    expected_rate = float(np.mean(event.decisions))
-    assert batched.snapshot(NOW).predicted_churn_rate == pytest.approx(expected_rate)
-    one_by_one.close()
+    start = NOW + 59.5 if straddles_slots else NOW  # slots are 60 s: half the records fall in the next one
+    event = make_event(manifest, 200, seed=5, timestamp=start)
+    singles = single_events(event, [start + i * 0.005 for i in range(200)])
+    assert singly.count(singles) == 200
+    assert batched.count([event]) == 200
+    later = start + 60
+    layout = singly.layout
+    np.testing.assert_array_equal(
+        window_counts(tmp_path / "a", layout, later, 60, 600), window_counts(tmp_path / "b", layout, later, 60, 600)
+    )
+    # Each record counts in its own slot: the window ending before the next slot holds only the first half.
+    first_slot_only = singly.snapshot(NOW + 59.9).window_predictions
+    assert first_slot_only == (100 if straddles_slots else 200)
+    assert batched.snapshot(later).predicted_churn_rate == pytest.approx(float(np.mean(event.decisions)))
+    singly.close()
     batched.close()
 
 
-@pytest.mark.parametrize("straddles_slots", [False, True])
-def test_gathered_single_records_count_like_each_record_alone(tmp_path, straddles_slots):
-    """The drain gathers /predict records into one batch per slot they fall in (see gather_records)."""
+def test_events_of_another_model_version_are_not_counted(tmp_path):
     manifest = make_manifest()
-    gathered = tracker_for(tmp_path / "a", manifest)
-    one_by_one = tracker_for(tmp_path / "b", manifest)
-    start = NOW + 59.5 if straddles_slots else NOW  # slots are 60 s: half the records fall in the next one
-    timestamps = [start + i * 0.005 for i in range(200)]
-    singles = single_events(make_event(manifest, 200, seed=5), timestamps)
-    names = tuple(singles[0].columns)
-    groups = gather_records([single_record(event, None, names) for event in singles])
-    assert len(groups) == 1
-    gathered.count_gathered(groups[0])
-    for event in singles:
-        one_by_one.count(event.timestamp, event.columns, event.scores, event.decisions)
-    assert gathered.apply_pending() == one_by_one.apply_pending() == 200
-    counts = np.asarray(gathered.table._counts)
-    np.testing.assert_array_equal(counts, np.asarray(one_by_one.table._counts))
-    assert np.count_nonzero(counts[:, 0] >= 0) == (2 if straddles_slots else 1)  # rows holding a slot
-    gathered.close()
-    one_by_one.close()
+    tracker = tracker_for(tmp_path, manifest)
+    other = make_event(make_manifest(version="20261124T000000Z-bbbbbb", seed=1), 30, seed=2, timestamp=NOW)
+    assert tracker.count([other, make_event(manifest, 20, seed=3, timestamp=NOW)]) == 20
+    assert tracker.snapshot(NOW).window_predictions == 20
+    tracker.close()
 
 
 def test_old_slots_leave_the_window(tmp_path):
@@ -185,7 +134,7 @@ def test_old_slots_leave_the_window(tmp_path):
     old = make_event(manifest, 100, seed=1, timestamp=NOW)
     recent = make_event(manifest, 40, seed=2, timestamp=NOW + 500)
     for event in (old, recent):
-        tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
+        tracker.count([event])
     assert tracker.snapshot(NOW + 500).window_predictions == 140
     assert tracker.snapshot(NOW + 660).window_predictions == 40  # the first slot is now outside the window
     assert tracker.snapshot(NOW + 1200).window_predictions == 0
@@ -196,11 +145,11 @@ def test_ring_reuses_rows_so_stale_counts_never_return(tmp_path):
     manifest = make_manifest()
     tracker = tracker_for(tmp_path, manifest, slot_seconds=60, window_seconds=600)
     first = make_event(manifest, 50, seed=1, timestamp=NOW)
-    tracker.count(first.timestamp, first.columns, first.scores, first.decisions)
+    tracker.count([first])
     # Exactly one ring length later the same row is reused: the old slot's counts must be gone.
     later = NOW + tracker.table.n_slots * 60
     second = make_event(manifest, 7, seed=2, timestamp=later)
-    tracker.count(second.timestamp, second.columns, second.scores, second.decisions)
+    tracker.count([second])
     assert tracker.snapshot(later).window_predictions == 7
     tracker.close()
 
@@ -209,11 +158,11 @@ def test_state_is_bounded_whatever_the_traffic(tmp_path):
     manifest = make_manifest()
     tracker = tracker_for(tmp_path, manifest, slot_seconds=1, window_seconds=30)
     size_before = tracker.table.path.stat().st_size
-    shape_before = tracker.table._counts.shape
+    shape_before = np.load(tracker.table.path, mmap_mode="r").shape
     for second in range(0, 3 * 3600, 7):  # three hours of traffic, one event every 7 seconds
         event = make_event(manifest, 5, seed=second, timestamp=NOW + second)
-        tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
-    assert tracker.table._counts.shape == shape_before == (31, tracker.layout.width)
+        tracker.count([event])
+    assert np.load(tracker.table.path, mmap_mode="r").shape == shape_before == (31, tracker.layout.width)
     assert tracker.table.path.stat().st_size == size_before
     assert len(list(tmp_path.iterdir())) == 1
     assert tracker.snapshot(NOW + 3 * 3600).window_predictions <= 30 * 5
@@ -249,19 +198,7 @@ def test_monitor_exports_drift_and_resets_on_reload(tmp_path):
         monitor.model_loaded(make_manifest(version="20261124T000000Z-bbbbbb", seed=1))
         snapshot = monitor.update_drift()
         assert snapshot is not None and snapshot.window_predictions == 0
-        assert len(list(monitor._drift_dir.glob("*.npy"))) == 1  # the previous version's table is gone
+        assert len(list(monitor.drift.directory.glob("*.npy"))) == 1  # the previous version's table is gone
         # Events scored by the previous model (in flight during the reload) do not pollute the new window.
         monitor.record(make_event(manifest, 10, seed=4, timestamp=NOW))
         assert monitor.update_drift().window_predictions == 0
-
-
-def test_binning_without_waiting_leaves_the_work_to_a_thread_already_binning(tmp_path):
-    manifest = make_manifest()
-    tracker = tracker_for(tmp_path, manifest)
-    event = make_event(manifest, 20, seed=4, timestamp=NOW)
-    tracker.count(event.timestamp, event.columns, event.scores, event.decisions)
-    with tracker._apply_lock:  # another thread is binning
-        assert tracker.apply_pending(blocking=False) == 0
-    assert tracker.apply_pending(blocking=False) == 20
-    assert tracker.snapshot(NOW).window_predictions == 20
-    tracker.close()

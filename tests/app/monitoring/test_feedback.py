@@ -28,7 +28,7 @@ def post(client: TestClient, body, headers=AUTH):
 
 
 def feedback_counts(monitor: Monitor) -> dict[str, float | None]:
-    text = monitor.metrics.exposition().decode()
+    text = monitor.exposition().decode()
     return {
         s: metric_value(text, "churn_feedback_outcomes_total", status=s) for s in ("matched", "unknown", "duplicate")
     }
@@ -182,7 +182,7 @@ def test_realized_metrics_equal_sklearn_on_the_joined_data(slow_log_client):
     }
     for name, value in expected.items():
         assert body["performance"][name] == pytest.approx(value, abs=1e-12), name
-    text = monitor.metrics.exposition().decode()
+    text = monitor.exposition().decode()
     assert metric_value(text, "churn_realized_roc_auc") == pytest.approx(expected["roc_auc"])
     assert metric_value(text, "churn_realized_precision") == pytest.approx(expected["precision"])
     assert metric_value(text, "churn_realized_recall") == pytest.approx(expected["recall"])
@@ -202,7 +202,7 @@ def test_precision_is_undefined_when_nothing_was_flagged(slow_log_client):
     performance = body["performance"]
     assert performance["precision"] is None  # not 0: nothing flagged, nothing to judge
     assert performance["recall"] == performance["f1"] == 0.0  # a churner was missed: that is measured
-    text = monitor.metrics.exposition().decode()
+    text = monitor.exposition().decode()
     assert np.isnan(metric_value(text, "churn_realized_precision"))
 
 

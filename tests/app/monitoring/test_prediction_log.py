@@ -12,14 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, func, select, text
 
 from app.monitoring import Monitor
-from app.monitoring.events import gather_records, single_record
 from app.monitoring.http import request_started_at
 from app.monitoring.log_store import (
     ROW_COLUMNS,
     ROWS_PER_STATEMENT,
     engine_url,
+    event_rows,
     outcomes_table,
-    pending_rows,
     predictions_table,
 )
 from tests.app.monitoring.monitoring_helpers import (
@@ -49,7 +48,7 @@ def wait_until(condition, timeout: float = 5.0) -> bool:
 
 
 def dropped(monitor: Monitor) -> dict[str, float]:
-    text_ = monitor.metrics.exposition().decode()
+    text_ = monitor.exposition().decode()
     return {
         s.labels["reason"]: s.value
         for f in text_string_to_metric_families(text_)
@@ -58,12 +57,9 @@ def dropped(monitor: Monitor) -> dict[str, float]:
     }
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
-def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, writer):
-    """By the writer thread, or (the default) by the writer's own process: no insert runs here then."""
-    settings = make_settings(
-        tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05, prediction_log_writer=writer
-    )
+def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest):
+    """By the monitor's background thread: never on the request path."""
+    settings = make_settings(tmp_path, prediction_log_batch_size=100, prediction_log_flush_seconds=0.05)
     monitor = Monitor(settings)
     inserts: list[tuple[str, int]] = []
     with running(monitor):
@@ -82,13 +78,10 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, wr
         record_seconds = time.perf_counter() - started
         assert wait_until(lambda: len(logged_rows(monitor)) == 280)
     assert record_seconds < 1.0
-    if writer == "process":
-        assert inserts == []
-    else:
-        assert {name for name, _ in inserts} == {"prediction-log-writer"}
-        assert sum(size for _, size in inserts) == 280
-        # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
-        assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
+    assert {name for name, _ in inserts} == {"monitor-recorder"}
+    assert sum(size for _, size in inserts) == 280
+    # Batches of at most 100 rows, each in statements of at most ROWS_PER_STATEMENT rows.
+    assert max(size for _, size in inserts) <= ROWS_PER_STATEMENT and len(inserts) <= 8
     row = next(r for r in logged_rows_after(monitor) if r["prediction_id"] == events[0].prediction_ids[0])
     assert row["customer_id"] == events[0].customer_ids[0]
     assert row["model_version"] == manifest.version
@@ -97,13 +90,12 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest, wr
     assert row["risk_band"] == events[0].risk_bands[0]
     assert json.loads(row["inputs"]) == {name: values[0] for name, values in events[0].columns.items()}
     assert row["latency_seconds"] == pytest.approx(sum(events[0].stage_seconds.values()))
-    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 280
+    assert metric_value(monitor.exposition().decode(), "churn_prediction_log_written_total") == 280
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
-def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, manifest, writer):
-    """/predict records reach the log gathered into one batch per drain (see gather_records), row by row intact."""
-    monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
+def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, manifest):
+    """/predict records reach the log each with its own time and request latency."""
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
     start = time.time()
     singles = single_events(make_event(manifest, 40, seed=8), [start + i for i in range(40)])
     with running(monitor):
@@ -127,12 +119,16 @@ def test_single_records_are_logged_each_with_its_own_time_and_latency(tmp_path, 
         assert json.loads(row["inputs"]) == {name: values[0] for name, values in item.columns.items()}
 
 
-def test_gathered_rows_are_the_rows_of_each_event():
+def test_table_rows_hold_each_records_values_and_the_calls_latency_and_size():
     manifest = make_manifest()
-    singles = single_events(make_event(manifest, 25, seed=4), [1_800_000_000.0 + i for i in range(25)])
-    entries = [(item, 0.002 * i) for i, item in enumerate(singles)]
-    (group,) = gather_records([single_record(item, latency, tuple(item.columns)) for item, latency in entries])
-    assert pending_rows(group, None) == [row for item, latency in entries for row in pending_rows(item, latency)]
+    event = make_event(manifest, 25, seed=4)
+    rows = event_rows(event, 0.25)
+    assert [row[0] for row in rows] == event.prediction_ids
+    for i, row in enumerate(rows):
+        fields = dict(zip(ROW_COLUMNS, row, strict=True))
+        assert json.loads(fields["inputs"]) == {name: values[i] for name, values in event.columns.items()}
+        assert (fields["latency_seconds"], fields["batch_size"]) == (0.25, 25)
+        assert fields["score"] == float(event.scores[i]) and fields["risk_band"] == event.risk_bands[i]
 
 
 def threading_name() -> str:
@@ -151,18 +147,28 @@ def logged_rows_after(monitor: Monitor) -> list[dict]:
 
 def test_full_queue_drops_and_counts_without_blocking(tmp_path, manifest):
     monitor = Monitor(make_settings(tmp_path, prediction_log_queue_size=10))
-    monitor.model_loaded(manifest)  # not started: nothing drains the queue
+    monitor.model_loaded(manifest)  # not started: nothing empties the queue
     monitor.record(make_event(manifest, 8, seed=1))
     started = time.perf_counter()
     monitor.record(make_event(manifest, 5, seed=2))  # 8 + 5 > 10
     monitor.record(make_event(manifest, 2, seed=3))  # fits
     assert time.perf_counter() - started < 0.5
     assert dropped(monitor)["queue_full"] == 5
-    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 8  # at the drop
-    monitor.log.publish_queue_size()
-    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 10
-    # The dropped records were still counted as predictions.
-    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_score_count") == 15
+    text_ = monitor.exposition().decode()
+    assert metric_value(text_, "churn_prediction_log_queue_size") == 10
+    assert metric_value(text_, "churn_prediction_score_count") == 10  # a dropped event is not counted anywhere
+
+
+def test_a_log_backlog_that_does_not_fit_drops_for_the_log_only(tmp_path, manifest):
+    """Counted in the metrics (the scrape processed them), but more than the log may keep waiting."""
+    monitor = Monitor(make_settings(tmp_path, prediction_log_queue_size=10))
+    monitor.model_loaded(manifest)  # not started: nothing writes the log
+    for size in (6, 5, 4):  # 6 fits, 5 does not, 4 does
+        monitor.record(make_event(manifest, size, seed=size))
+        text_ = monitor.exposition().decode()
+    assert metric_value(text_, "churn_prediction_score_count") == 15
+    assert metric_value(text_, "churn_prediction_log_queue_size") == 10
+    assert dropped(monitor)["queue_full"] == 5
 
 
 def test_unwritable_database_is_counted_and_never_raised(tmp_path, manifest):
@@ -172,7 +178,7 @@ def test_unwritable_database_is_counted_and_never_raised(tmp_path, manifest):
         monitor.model_loaded(manifest)
         monitor.record(make_event(manifest, 3, seed=1))  # must not raise
         monitor.write_log()
-    text_ = monitor.metrics.exposition().decode()
+    text_ = monitor.exposition().decode()
     assert metric_value(text_, "churn_prediction_log_errors_total") >= 1
     assert dropped(monitor)["write_error"] == 3
     assert metric_value(text_, "churn_prediction_log_written_total") == 0
@@ -183,7 +189,7 @@ def test_a_dropped_table_is_recreated_and_the_failed_rows_are_written_then(tmp_p
     monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
     with running(monitor):
         # The performance thread's first refresh (at start) would recreate a table dropped under it.
-        assert wait_until(lambda: monitor.latest_performance is not None)
+        assert wait_until(lambda: monitor.performance.latest is not None)
         monitor.model_loaded(manifest)
         monitor.record(make_event(manifest, 2, seed=1))
         assert monitor.write_log() == 2
@@ -191,12 +197,12 @@ def test_a_dropped_table_is_recreated_and_the_failed_rows_are_written_then(tmp_p
             connection.execute(text("DROP TABLE prediction_log"))
         monitor.record(make_event(manifest, 4, seed=2))
         assert monitor.write_log() == 0  # failed: kept for another try
-        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_queue_size") == 4
+        assert metric_value(monitor.exposition().decode(), "churn_prediction_log_queue_size") == 4
         monitor.record(make_event(manifest, 5, seed=3))
         assert monitor.write_log() == 9  # the table came back: the kept rows, then the new ones
         assert len(logged_rows(monitor)) == 9  # the first 2 went with the dropped table
     # At least the failed write (the performance refresh may also have met the missing table).
-    assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") >= 1
+    assert metric_value(monitor.exposition().decode(), "churn_prediction_log_errors_total") >= 1
     assert dropped(monitor)["write_error"] == 0
 
 
@@ -240,7 +246,7 @@ def test_several_writers_share_one_sqlite_file(tmp_path, manifest):
             second.record(make_event(manifest, 50, seed=100 + i))
     assert len(logged_rows_after(first)) == 2000
     for monitor in (first, second):
-        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") == 0
+        assert metric_value(monitor.exposition().decode(), "churn_prediction_log_errors_total") == 0
 
 
 def test_request_latency_comes_from_the_middleware_clock(client, monitor):
@@ -266,7 +272,7 @@ def test_postgresql_log_feedback_and_report(tmp_path):
             batch = make_event(manifest, 300, seed=1)
             monitor.record(batch)
             monitor.record(make_event(manifest, 1, seed=2))
-            from app.monitoring.performance import OutcomeIn
+            from app.monitoring.feedback import OutcomeIn
 
             outcomes = [
                 OutcomeIn(prediction_id=batch.prediction_ids[0], churned=True),
@@ -278,8 +284,8 @@ def test_postgresql_log_feedback_and_report(tmp_path):
             assert monitor.log.enforce_retention(time.time() + 400 * 86_400) == 301
             report = monitor.daily_report()
             assert report["predictions"] == 0
-        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total") == 301
-        assert metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_errors_total") == 0
+        assert metric_value(monitor.exposition().decode(), "churn_prediction_log_written_total") == 301
+        assert metric_value(monitor.exposition().decode(), "churn_prediction_log_errors_total") == 0
     finally:
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
@@ -291,7 +297,7 @@ def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, man
 
     monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
     with running(monitor):
-        assert wait_until(lambda: monitor.latest_performance is not None)
+        assert wait_until(lambda: monitor.performance.latest is not None)
         monitor.model_loaded(manifest)
         with monitor.log.engine.begin() as connection:
             connection.execute(text("DROP TABLE prediction_log"))
@@ -304,35 +310,19 @@ def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, man
     assert dropped(monitor)["write_error"] == 3  # counted once, not again at stop
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
-def test_a_malformed_event_in_a_drain_is_counted_and_the_others_are_logged(tmp_path, manifest, writer):
-    """With a writer process, a drain's rows are serialised together: one bad event must not cost the rest."""
-    monitor = Monitor(make_settings(tmp_path, prediction_log_writer=writer, prediction_log_flush_seconds=3600.0))
+def test_a_malformed_event_is_counted_and_the_others_are_logged(tmp_path, manifest):
+    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600.0))
     good = [make_event(manifest, 1, seed=1), make_event(manifest, 3, seed=2)]
     bad = make_event(manifest, 2, seed=3)
     bad.risk_bands = ["low"]  # two predictions, one band: no row can be built for it
     with running(monitor):
         monitor.model_loaded(manifest)
-        monitor.log.enqueue_many([(good[0], 0.001), (bad, 0.001), (good[1], 0.002)])
-        queued = monitor.log._pending_records
-        assert monitor.log.flush() == 4
+        for event_, latency in ((good[0], 0.001), (bad, 0.001), (good[1], 0.002)):
+            token = request_started_at.set(event_.timestamp - latency)
+            monitor.record(event_)
+            request_started_at.reset(token)
+        assert monitor.write_log() == 4
         rows = logged_rows(monitor)
-    # With a writer process the rows are built as they are queued, so the bad event never took
-    # queue space; a writer thread builds them at the write.
-    assert queued == (4 if writer == "process" else 6)
     assert sorted(row["prediction_id"] for row in rows) == sorted(good[0].prediction_ids + good[1].prediction_ids)
-    assert {row["latency_seconds"] for row in rows} == {0.001, 0.002}
+    assert {round(row["latency_seconds"], 6) for row in rows} == {0.001, 0.002}
     assert dropped(monitor)["invalid"] == 2
-
-
-def test_a_drain_that_does_not_fit_keeps_the_events_that_do(tmp_path, manifest):
-    monitor = Monitor(make_settings(tmp_path, prediction_log_queue_size=10, prediction_log_flush_seconds=3600.0))
-    events = [make_event(manifest, size, seed=size) for size in (6, 5, 4)]
-    with running(monitor):
-        monitor.model_loaded(manifest)
-        monitor.log.enqueue_many([(event, None) for event in events])  # 6 fits, 5 does not, 4 does
-        assert monitor.log._pending_records == 10
-        assert monitor.log.flush() == 10
-        rows = logged_rows(monitor)
-    assert sorted(row["prediction_id"] for row in rows) == sorted(events[0].prediction_ids + events[2].prediction_ids)
-    assert dropped(monitor)["queue_full"] == 5

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from app.monitoring.drift import window_counts
 from tests.app.monitoring.monitoring_helpers import metric_value
 from tests.conftest import API_KEY, customer_record
 
@@ -49,15 +51,17 @@ def test_service_traffic_reaches_every_monitoring_output(monitored: Any, custome
     # Live values from the training table land in the reference bins: none in "unseen", nothing flagged.
     snapshot = monitor.update_drift()
     assert snapshot.window_predictions == 320
-    reference = {f.name: f for f in monitor.drift.layout.features}
     for figures in snapshot.features:
         assert figures.count == 320, figures.feature
         assert not figures.drifting, figures
-    for binner in monitor.drift.layout.features:
+    tracker = monitor.drift.tracker
+    counts = window_counts(
+        monitor.drift.directory, tracker.layout, time.time(), tracker.slot_seconds, tracker.window_seconds
+    )
+    for binner in tracker.layout.features:
         if binner.categorical:
-            unseen_column = binner.offset - 1 + len(reference[binner.name].reference.categories)
-            counts = monitor.drift.table._counts
-            assert int(counts[:, 1 + unseen_column].sum()) == 0, binner.name
+            unseen_column = binner.offset - 1 + len(binner.reference.categories)
+            assert int(counts[unseen_column]) == 0, binner.name
 
     # Feedback joins to the logged predictions (flushed first), by prediction id and by customer id.
     outcomes = {

@@ -1,0 +1,187 @@
+"""From the request path to the background: a bounded queue of scored events and the thread that empties it.
+
+:meth:`EventRecorder.record` is all the request path pays: an append to a list under a lock. A
+background thread wakes every ``prediction_log_flush_seconds`` (sooner once
+``prediction_log_batch_size`` records wait) and hands everything queued to the prediction metrics,
+the drift counts and the prediction log, in that order. Readers that must see every prediction
+answered before them call :meth:`process` first (a scrape, a drift update), and :meth:`write_log`
+too when they read the log (feedback, the report).
+Both the queue and the log's backlog are bounded by ``prediction_log_queue_size`` records: what does
+not fit is dropped and counted, and the request never waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from app.monitoring.drift_monitor import DriftMonitor
+from app.monitoring.events import PredictionEvent, RecordedEvent
+from app.monitoring.metrics import Metrics
+from app.monitoring.prediction_log import PredictionLog
+from app.monitoring.throttled import ThrottledErrors
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionMetrics:
+    """The prediction counters and histograms, updated from recorded events."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._stage: dict[str, Any] = {}  # each stage's histogram series, looked up once
+
+    def count(self, events: Sequence[RecordedEvent]) -> None:
+        m = self.metrics
+        bands: Counter[tuple[str, str]] = Counter()
+        churned: Counter[str] = Counter()
+        for recorded in events:
+            event = recorded.event
+            bands.update((band, event.model_version) for band in event.risk_bands)
+            churned[event.model_version] += int(event.decisions.sum())
+            for stage, seconds in event.stage_seconds.items():
+                series = self._stage.get(stage)
+                if series is None:
+                    series = self._stage[stage] = m.stage_duration.labels(stage)
+                series.observe(seconds)
+            for score in event.scores.tolist():
+                m.score.observe(score)
+            if event.imputed or event.unseen or event.out_of_range:
+                self._count_warnings(event)
+        for (band, version), count in bands.items():
+            m.predictions.labels(band, version).inc(count)
+        for version, count in churned.items():
+            m.predicted_churn.labels(version).inc(count)
+
+    def _count_warnings(self, event: PredictionEvent) -> None:
+        counts = Counter((name, "imputed") for _, name in event.imputed)
+        counts.update((name, "unseen_category") for _, name in event.unseen)
+        counts.update((name, "out_of_range") for _, name in event.out_of_range)
+        for (feature, kind), count in counts.items():
+            self.metrics.feature_warnings.labels(feature, kind).inc(count)
+
+
+class EventRecorder:
+    """The bounded queue between the request path and the background, and the thread that empties it."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        drift: DriftMonitor,
+        log: PredictionLog,
+        *,
+        queue_size: int,
+        batch_size: int,
+        flush_seconds: float,
+    ) -> None:
+        self.metrics = metrics
+        self.drift = drift
+        self.log = log
+        self.prediction_metrics = PredictionMetrics(metrics)
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self._queue: list[RecordedEvent] = []
+        self._queued_records = 0
+        self._queue_lock = threading.Lock()
+        self._unwritten: list[RecordedEvent] = []  # counted, not yet handed to the log
+        self._process_lock = threading.Lock()  # events reach metrics, drift and log in the order recorded
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._errors = ThrottledErrors(logger)
+
+    def record(self, event: PredictionEvent, latency: float | None) -> None:
+        """Queue ``event`` for the background; drop and count it when the queue is full. Never blocks."""
+        size = len(event.prediction_ids)
+        with self._queue_lock:
+            queued = self._queued_records + size
+            accepted = queued <= self.queue_size
+            if accepted:
+                self._queue.append(RecordedEvent(event, latency))
+                self._queued_records = queued
+        if not accepted:
+            self._drop(size)
+        elif queued >= self.batch_size:
+            self._wake.set()
+
+    def _drop(self, records: int) -> None:
+        self.metrics.log_dropped.labels(reason="queue_full").inc(records)
+        self._errors.error("monitoring queue is full (%d records): dropped %d", self.queue_size, records)
+
+    def process(self) -> None:
+        """Count everything queued in the metrics and drift, and pass it on to the log. Safe from any thread."""
+        with self._process_lock:
+            with self._queue_lock:
+                events, self._queue = self._queue, []
+                self._queued_records = 0
+            if events:
+                self._contain("metrics", self.prediction_metrics.count, events)
+                self._contain("drift", self.drift.count, events)
+                self._queue_for_log(events)
+            self._publish_backlog()
+
+    def _queue_for_log(self, events: list[RecordedEvent]) -> None:
+        # Bounded too: a database that stays slow or down must not grow the backlog without end.
+        backlog = self._unwritten_records() + self.log.retry_records
+        dropped = 0
+        for recorded in events:
+            if backlog + recorded.event.size <= self.queue_size:
+                self._unwritten.append(recorded)
+                backlog += recorded.event.size
+            else:
+                dropped += recorded.event.size
+        if dropped:
+            self._drop(dropped)
+
+    def write_log(self) -> int:
+        """Write every processed event to the log (and rows kept for another try); rows written. Never raises."""
+        with self._write_lock:  # a write in progress elsewhere finishes first: the caller reads after it
+            with self._process_lock:
+                events, self._unwritten = self._unwritten, []
+            if not events and not self.log.retry_records:
+                return 0
+            written = self.log.write(events)
+            self._publish_backlog()
+            return written
+
+    def _unwritten_records(self) -> int:
+        return sum(recorded.event.size for recorded in self._unwritten)
+
+    def _publish_backlog(self) -> None:
+        self.metrics.log_queue.set(self._queued_records + self._unwritten_records() + self.log.retry_records)
+
+    def _contain(self, where: str, step: Callable[[list[RecordedEvent]], object], events: list[RecordedEvent]) -> None:
+        try:
+            step(events)
+        except Exception as exc:  # monitoring never fails a request, nor stops the others' figures
+            self.metrics.monitoring_errors.labels(where=where).inc()
+            self._errors.error("monitoring %s failed (the requests are unaffected): %s", where, exc, exc_info=exc)
+
+    # ---- the background thread -------------------------------------------------------------------
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="monitor-recorder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, after handing on everything recorded before."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self.process()
+        self.write_log()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.process()
+            self.write_log()
+            self.log.enforce_retention_if_due()
