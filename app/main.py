@@ -57,12 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-# Container allocations (net of frees) between young-generation collections; the interpreter's
-# default is 700. A request's own objects are freed by reference counting, but monitoring holds each
-# prediction's record until its next drain (and a batch's event until the log's thread drains it),
-# so with the default the collector ran every few dozen requests and rescanned the same queued
-# objects again and again: about 15 us of CPU per /predict and a worse p99. Cycles are still
-# collected, just less often.
+# Container allocations (net of frees) between young-generation collections (Python's default: 700).
+# Requests free their own objects by reference counting; monitoring queues events for its thread, and
+# at the default the collector would rescan those queued objects every few dozen requests.
 GC_YOUNG_THRESHOLD = 50_000
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,9 +43,8 @@ class Settings(BaseSettings):
     reload_poll_seconds: float = Field(default=0.5, gt=0)
     # How long POST /admin/reload waits for every worker to report the new version before answering.
     reload_wait_seconds: float = Field(default=30.0, ge=0)
-    # How long a background thread (a batch's monitoring drain, the log writer's hand-over) may
-    # keep the interpreter while a request waits for it. Python's default is 5 ms, which shows in
-    # the request path's tail latency.
+    # How long a background thread (monitoring's recorder, a batch off the event loop) may keep the
+    # interpreter while a request waits for it; Python's default of 5 ms shows in tail latency.
     gil_switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
 
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
@@ -64,15 +62,10 @@ class Settings(BaseSettings):
     monitoring_enabled: bool = True
     database_url: str = "sqlite:///predictions.sqlite3"
     prediction_log_retention_days: int = Field(default=90, ge=1)
-    # Records per hand-over to the writer (and per insert transaction). Each wake-up of the log's
-    # thread has a fixed cost in this worker's interpreter: at 500, under 4,000 requests/s, it took
-    # 4.5-4.9 us of CPU per request against 1.4-1.8 at 2,000 (and p99 8.4-9.1 against 7.8-8.1 ms).
+    # Records per insert transaction: each write has a fixed cost, so fewer, larger ones are cheaper.
     prediction_log_batch_size: int = Field(default=2_000, ge=1)
     prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
-    # "process": rows are built and written by a child process of each worker, off this process's
-    # interpreter lock; "thread": by a thread of the worker itself (one process less).
-    prediction_log_writer: Literal["process", "thread"] = "process"
     drift_window_seconds: int = Field(default=3600, ge=10)
     drift_slot_seconds: int = Field(default=60, ge=1)
     drift_min_count: int = Field(default=200, ge=1)

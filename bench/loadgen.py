@@ -375,11 +375,6 @@ def descendants(pid: int) -> list[int]:
     return sorted(found)
 
 
-def log_writer_pids(pid: int) -> list[int]:
-    """The prediction log writer processes below ``pid`` (one per worker, see the README)."""
-    return [child for child in descendants(pid) if "app.monitoring.log_process" in cmdline(child)]
-
-
 def worker_pids(pid: int) -> list[int]:
     """The processes that serve requests: the children uvicorn spawned as workers, else ``pid`` itself."""
     workers = [

@@ -51,7 +51,6 @@ from bench.loadgen import (
     descendants,
     free_port,
     http_request,
-    log_writer_pids,
     maps_mention,
     merge_results,
     read_status_kib,
@@ -511,8 +510,6 @@ class Bench:
         }
         if workers != [service.pid]:
             info["supervisor_rss_mib"] = _mib(read_status_kib(service.pid, "VmRSS"))
-        # Each worker's prediction log writer, a small child process (see the README).
-        info["log_writers_rss_mib"] = [_mib(read_status_kib(pid, "VmRSS")) for pid in log_writer_pids(service.pid)]
         self.report.runs.setdefault("memory", {})[label] = info
         return info
 
@@ -791,10 +788,6 @@ def _run_steps(opts: Options, report: Report, bench: Bench) -> None:
     )
     add("ours_rss_mib", "ours: worker RSS after /predict load", _worker_rss(memory_single), "MiB")
     add("ours_rss_batch_mib", "ours: worker RSS after /predict/batch", _worker_rss(memory_batch), "MiB")
-    writer_rss = [value for value in memory_batch.get("log_writers_rss_mib", []) if value is not None]
-    if writer_rss:
-        label = "ours: prediction log writer process RSS"
-        add("ours_log_writer_rss_mib", label, max(writer_rss), "MiB", note="one per worker")
     if ref_memory is not None:
         add("reference_rss_mib", "reference: worker RSS after /predict load", _worker_rss(ref_memory), "MiB")
     torch_flags = [w["libtorch_mapped"] for m in (memory_single, memory_batch, memory_two) for w in m["workers"]]

@@ -8,10 +8,9 @@ Three measurements on IBM Telco records (``--data``), each repeated and reported
    bundle's ``RecordCleaner``), encoding (``FeatureSchema.encode``), scoring, and the results.
    ``bench.validation`` compares the cleaning with library-generated validators.
 2. **``/predict/batch`` through the application** (ASGI calls, no sockets), 10,000 records, calls
-   back to back: with monitoring off, with the prediction log written by a thread of the worker,
-   and by its writer process. Wall time per call and the worker process's CPU per call (the
-   writer process is not the worker: its CPU is reported apart).
-3. **``/predict`` through the application**, the same three ways: wall time and worker CPU per request.
+   back to back, with monitoring off and on: wall time per call and the worker process's CPU per
+   call, its threads included (so the monitoring a call leaves to its thread is counted too).
+3. **``/predict`` through the application**, the same two ways: wall time and worker CPU per request.
 
 The machine is shared: compare the figures of one run with each other, not with another run's.
 """
@@ -32,7 +31,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "telco" / "WA_Fn-UseC_-Telco-Customer-Churn.csv"
-MODES = ("monitoring off", "log writer thread", "log writer process")
+MODES = ("monitoring off", "monitoring on")
 
 
 # ---- 1. the predictor's stages ------------------------------------------------------------------
@@ -71,7 +70,6 @@ def app_figures(model_dir: Path, mode: str, batch_body: bytes, single_body: byte
             {
                 "CHURN_MODEL_DIR": str(model_dir),
                 "CHURN_MONITORING_ENABLED": "false" if mode == "monitoring off" else "true",
-                "CHURN_PREDICTION_LOG_WRITER": "thread" if mode == "log writer thread" else "process",
                 "CHURN_DATABASE_URL": f"sqlite:///{workdir}/predictions.sqlite3",
                 "CHURN_LOG_LEVEL": "warning",
                 "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(dir=workdir),
@@ -109,7 +107,6 @@ async def _drive(app: Any, batch_body: bytes, single_body: bytes, calls: int, re
     figures.update({f"batch_{key}": value for key, value in batch.items()})
     single = await _time_calls(app, "/predict", single_body, requests, warmups=500)
     figures.update({f"single_{key}": value for key, value in single.items()})
-    figures["writer_cpu_s"] = _writer_cpu_seconds()
     await inbox.put({"type": "lifespan.shutdown"})
     await outbox.get()
     await lifespan
@@ -154,13 +151,6 @@ async def _time_calls(app: Any, path: str, body: bytes, calls: int, warmups: int
     return {"wall_ms": statistics.median(walls) * 1e3, "worker_cpu_ms": sum(cpus) / len(cpus) * 1e3}
 
 
-def _writer_cpu_seconds() -> float:
-    """CPU used so far by this process's prediction log writer children (Linux /proc)."""
-    from bench.loadgen import cpu_seconds, log_writer_pids
-
-    return sum(cpu_seconds(pid) or 0.0 for pid in log_writer_pids(os.getpid()))
-
-
 # ---- the run ---------------------------------------------------------------------------------------
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
@@ -188,15 +178,14 @@ def main() -> None:
         print(f"   {label:<42} {value:8.1f} ms")
     print(f"2, 3. through the application: {args.calls} batch calls back to back, {args.requests:,} single requests")
     results = {mode: app_figures(model_dir, mode, batch_body, single_body, args.calls, args.requests) for mode in MODES}
-    header = f"   {'':<22}{'batch wall':>12}{'batch CPU':>12}{'single wall':>13}{'single CPU':>12}{'writer CPU':>14}"
+    header = f"   {'':<22}{'batch wall':>12}{'batch CPU':>12}{'single wall':>13}{'single CPU':>12}"
     print(header)
     for mode, figures in results.items():
         print(
             f"   {mode:<22}{figures['batch_wall_ms']:>10.1f}ms{figures['batch_worker_cpu_ms']:>10.1f}ms"
             f"{figures['single_wall_ms'] * 1e3:>11.1f}us{figures['single_worker_cpu_ms'] * 1e3:>10.1f}us"
-            f"{figures['writer_cpu_s']:>13.2f}s"
         )
-    print("   (CPU: the worker process's, per call, its threads included; writer CPU: the writer process, whole run)")
+    print("   (CPU: the worker process's, per call, its threads included)")
 
 
 if __name__ == "__main__":
