@@ -201,6 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra arguments for python -m training, quoted (default none; with --quick: --trials 2)",
     )
     parser.add_argument("--cost", action="store_true", help="also time training on 200,000 and 1,000,000 rows (long)")
+    parser.add_argument("--cost-rows", help="comma-separated table sizes for --cost (default 200000,1000000)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results go (default bench/results)")
     parser.add_argument("--workdir", type=Path, help="keep splits, bundles and logs here (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -209,6 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown table {unknown[0]!r}; choose from {','.join(TABLES)}")
     args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()][: 1 if args.quick else None]
+    args.cost_rows = tuple(int(n) for n in args.cost_rows.split(",")) if args.cost_rows else COST_ROWS
     args.training_args = shlex.split(args.training_args) or (list(QUICK_TRAINING_ARGS) if args.quick else [])
     return args
 
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="churn-quality-") as temporary:
         workdir = args.workdir or Path(temporary)
         runs, skipped = run_tables(args, workdir)
-        cost = measure_cost(workdir) if args.cost else []
+        cost = measure_cost(workdir, args.cost_rows) if args.cost else []
     results = {
         "protocol": {"seeds": args.seeds, "quick": args.quick, "training_args": args.training_args},
         "environment": {"python": sys.version.split()[0], "cpus": os.cpu_count(), "load_average": os.getloadavg()},

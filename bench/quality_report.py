@@ -154,7 +154,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Model quality against untuned baselines",
         "",
-        f"Seeds {protocol['seeds']}; training arguments: {' '.join(protocol['training_args']) or '(default)'}; "
+        f"Seeds {protocol['seeds'] if results['runs'] else '-'}; training arguments: "
+        f"{' '.join(protocol['training_args']) or '(default)'}; "
         f"load average at the end {[round(x, 2) for x in results['environment']['load_average']]}.",
     ]
     if results["runs"]:

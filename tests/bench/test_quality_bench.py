@@ -184,7 +184,8 @@ def test_quick_runs_one_seed_with_limited_training() -> None:
     args = parse_args(["--quick", "--tables", "telco,small_weak"])
 
     assert args.seeds == [0] and args.tables == ["telco", "small_weak"]
-    assert args.training_args == ["--trials", "2"]
+    assert args.training_args == ["--trials", "2"] and args.cost_rows == (200_000, 1_000_000)
+    assert parse_args(["--cost", "--cost-rows", "5000"]).cost_rows == (5000,)
     with pytest.raises(SystemExit):
         parse_args(["--tables", "nonexistent"])
 
