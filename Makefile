@@ -49,7 +49,7 @@ test: setup-dev lint
 bench: bench-quality bench-training bench-serving
 
 bench-quality: setup-dev
-	$(BIN)/python -m bench.quality
+	$(BIN)/python -m bench.quality $(ARGS)
 
 bench-training: setup-dev
 	$(BIN)/python -m bench.training
