@@ -205,7 +205,7 @@ class FeatureSchema:
 
 
 # ---- fitting (training only; lives here so the parameters are defined beside their use) -------
-MAX_ENCODED_CATEGORIES = 30
+MAX_ENCODED_CATEGORIES = 100
 MAX_LISTED_CATEGORIES = 500
 
 
@@ -294,7 +294,7 @@ def _fit_categorical(spec: FeatureSpec, present: list[Any], n: int, max_encoded:
     spec.impute = ranked[0][0] if ranked else ""
     spec.categories = sorted(value for value, _ in ranked[:MAX_LISTED_CATEGORIES])
     # A category earns its own column when it is common enough to learn from.
-    min_count = max(5, int(0.005 * n))
+    min_count = max(5, int(0.002 * n))
     spec.encoded = sorted(value for value, count in ranked[:max_encoded] if count >= min_count)
     # Always present: rare training values and values never seen in training share this column.
     spec.other_bucket = True

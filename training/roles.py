@@ -45,7 +45,7 @@ DATE_TEXT = re.compile(
 NUMERIC_SHARE = 0.95  # text columns become numeric when this share of present values reads as a number
 UNIQUE_SHARE = 0.95  # a column this unique (and large enough) identifies rows rather than describing them
 MIN_ROWS_FOR_IDENTIFIER = 20
-HIGH_CARDINALITY_COVERAGE = 0.5  # categories common enough to learn from must cover this share of rows
+HIGH_CARDINALITY_COVERAGE = 0.25  # categories common enough to learn from must cover this share of rows
 
 
 @dataclass
@@ -360,7 +360,7 @@ def is_sequence_identifier(name: str, profile: ColumnProfile, numbers: np.ndarra
 def categorical_role(name: str, profile: ColumnProfile) -> ColumnRole:
     if profile.all_unique:
         return dropped(name, "identifier", "a different value on (almost) every row: identifies rows, predicts nothing")
-    min_count = max(5, int(0.005 * profile.n_rows))
+    min_count = max(5, int(0.002 * profile.n_rows))
     ranked = profile.counts.most_common(MAX_ENCODED_CATEGORIES)
     covered = sum(count for _, count in ranked if count >= min_count) / profile.n_present
     if covered < HIGH_CARDINALITY_COVERAGE:
