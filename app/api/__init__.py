@@ -23,12 +23,16 @@ async def app_monitor(request: Request) -> Any:
     return request.app.state.monitor
 
 
-async def loaded_predictor(request: Request) -> Predictor:
+def serving_predictor(request: Request) -> Predictor:
     """The predictor serving now; the request keeps this reference even if a reload swaps it."""
     predictor = request.app.state.predictor
     if predictor is None:
         raise ModelUnavailable(request.app.state.model_error or "the model is still loading")
     return predictor
+
+
+async def loaded_predictor(request: Request) -> Predictor:
+    return serving_predictor(request)
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]

@@ -25,11 +25,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from app.api import MonitorDep, PredictorDep, SettingsDep
-from app.api.errors import MessageOut, ModelUnavailable, RequestProblem, field_problem, json_response
+from app.api import MonitorDep, PredictorDep, SettingsDep, serving_predictor
+from app.api.errors import MessageOut, RequestProblem, field_problem, json_response
 from app.api.schemas import BatchOut, PredictionOut, ValidationErrorOut
 from app.serving.predictor import Predictor, RecordError
-from app.settings import Settings
 
 router = APIRouter(tags=["prediction"])
 
@@ -78,14 +77,6 @@ def parse_json(body: bytes) -> Any:
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem]) from None
 
 
-def serving_state(request: Request) -> tuple[Predictor, Any, Settings]:
-    """The predictor serving now (kept by this request even if a reload swaps it), the monitor and settings."""
-    state = request.app.state
-    if state.predictor is None:
-        raise ModelUnavailable(state.model_error or "the model is still loading")
-    return state.predictor, state.monitor, state.settings
-
-
 def _too_large(message: str) -> RequestProblem:
     return RequestProblem(status.HTTP_413_CONTENT_TOO_LARGE, message)
 
@@ -99,7 +90,8 @@ def _too_large(message: str) -> RequestProblem:
 async def predict(request: Request) -> Response:
     # The state is read here rather than through dependencies: resolving them costs as much as the
     # prediction itself. On the event loop: one prediction costs less than a thread hand-over.
-    predictor, monitor, settings = serving_state(request)
+    predictor, state = serving_predictor(request), request.app.state
+    monitor, settings = state.monitor, state.settings
     record = parse_json(await read_body(request, settings.max_body_bytes))
     outcome = predictor.predict_records([record])
     if outcome.errors or outcome.scored is None:

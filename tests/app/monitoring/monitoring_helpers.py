@@ -216,6 +216,16 @@ def build_app(settings: Settings, monitor: Monitor | NullMonitor, manifest: Mani
     return app
 
 
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
 def metric_value(exposition: str, name: str, **labels: str) -> float | None:
     """The value of one sample in a Prometheus text exposition (None when absent)."""
     from prometheus_client.parser import text_string_to_metric_families

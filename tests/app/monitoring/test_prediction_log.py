@@ -28,6 +28,7 @@ from tests.app.monitoring.monitoring_helpers import (
     metric_value,
     running,
     single_events,
+    wait_until,
 )
 
 POSTGRES_URL = os.environ.get("CHURN_TEST_POSTGRES_URL")
@@ -36,15 +37,6 @@ POSTGRES_URL = os.environ.get("CHURN_TEST_POSTGRES_URL")
 def logged_rows(monitor: Monitor) -> list[dict]:
     with monitor.log.connection() as connection:
         return [dict(row._mapping) for row in connection.execute(select(predictions_table))]
-
-
-def wait_until(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def dropped(monitor: Monitor) -> dict[str, float]:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import time
-
 from app.monitoring import Monitor
-from tests.app.monitoring.monitoring_helpers import make_event, make_settings, metric_value, running, single_events
+from tests.app.monitoring.monitoring_helpers import (
+    make_event,
+    make_settings,
+    metric_value,
+    running,
+    single_events,
+    wait_until,
+)
 
 
 def written(monitor: Monitor) -> float | None:
     # The metrics alone, without Monitor.exposition's processing: what the background did by itself.
     return metric_value(monitor.metrics.exposition().decode(), "churn_prediction_log_written_total")
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_the_background_thread_counts_and_logs_without_being_asked(tmp_path, manifest):
@@ -28,7 +24,7 @@ def test_the_background_thread_counts_and_logs_without_being_asked(tmp_path, man
         monitor.model_loaded(manifest)
         for event in single_events(make_event(manifest, 30, seed=1)):
             monitor.record(event)
-        assert wait_until(lambda: written(monitor) == 30)
+        assert wait_until(lambda: written(monitor) == 30, timeout=10.0)
     text = monitor.metrics.exposition().decode()  # no processing here: the thread did it all
     assert metric_value(text, "churn_prediction_log_written_total") == 30
     assert metric_value(text, "churn_prediction_score_count") == 30
@@ -39,7 +35,7 @@ def test_a_batch_wakes_the_background_before_its_period(tmp_path, manifest):
     with running(monitor):
         monitor.model_loaded(manifest)
         monitor.record(make_event(manifest, 150, seed=2))
-        assert wait_until(lambda: written(monitor) == 150)
+        assert wait_until(lambda: written(monitor) == 150, timeout=10.0)
 
 
 def test_stop_writes_everything_recorded_before_it(tmp_path, manifest):
