@@ -52,6 +52,24 @@ class CrossValidated:
         }
 
 
+class CrossValidatedResult:
+    """What a result built on a :class:`CrossValidated` configuration exposes of it."""
+
+    cross_validated: CrossValidated
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.cross_validated.params
+
+    @property
+    def cv_roc_auc(self) -> float:
+        return self.cross_validated.roc_auc
+
+    @property
+    def cv_roc_auc_std(self) -> float:
+        return self.cross_validated.roc_auc_std
+
+
 def fold_scores(y: np.ndarray, oof: np.ndarray, folds: Folds) -> list[float]:
     """ROC-AUC of every fold's held-out rows, from per-repeat out-of-fold scores."""
     scores = []

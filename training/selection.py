@@ -24,7 +24,7 @@ import numpy as np
 
 from bundle.scoring import logit
 from training.candidates import BUDGET_SHARES, SOFT_VOTE, Budget, screen, tune_family
-from training.crossval import CrossValidated, fold_scores
+from training.crossval import CrossValidated, CrossValidatedResult, fold_scores
 from training.evaluation import binary_log_loss
 from training.split import Folds
 
@@ -39,7 +39,7 @@ Say = Callable[[str], None]
 
 
 @dataclass
-class Candidate:
+class Candidate(CrossValidatedResult):
     """One family's chosen configuration (or a blend) with its cross-validation."""
 
     family: str
@@ -47,14 +47,6 @@ class Candidate:
     stage: str  # "screened", "tuned" or "blended"
     trials: int
     seconds: float
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.cross_validated.params
-
-    @property
-    def cv_roc_auc(self) -> float:
-        return self.cross_validated.roc_auc
 
     def leaderboard_entry(self, y: np.ndarray) -> dict[str, Any]:
         oof = np.clip(self.cross_validated.oof, 1e-7, 1 - 1e-7)

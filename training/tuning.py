@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from training.crossval import CrossValidated
+from training.crossval import CrossValidated, CrossValidatedResult
 
 # Scores one configuration; the callable tells it when the time budget has run out.
 Evaluate = Callable[[dict[str, Any], Callable[[], bool]], CrossValidated]
@@ -133,7 +133,7 @@ def suggest_params(family: str, trial: optuna.Trial) -> dict[str, Any]:
 
 
 @dataclass
-class TuningResult:
+class TuningResult(CrossValidatedResult):
     """The chosen configuration's cross-validation, and how the default scored."""
 
     family: str
@@ -141,18 +141,6 @@ class TuningResult:
     default_cv_roc_auc: float
     trials: int  # completed trials, the starting points included
     seconds: float
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.cross_validated.params
-
-    @property
-    def cv_roc_auc(self) -> float:
-        return self.cross_validated.roc_auc
-
-    @property
-    def cv_roc_auc_std(self) -> float:
-        return self.cross_validated.roc_auc_std
 
 
 class _Deadline:
