@@ -28,7 +28,6 @@ class PredictionEvent:
     unseen: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) categories not seen in training
     out_of_range: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) numbers outside training's
     stage_seconds: dict[str, float] = field(default_factory=dict)  # validation, features, inference, explanation
-    row: tuple[Any, ...] | None = None  # not read by monitoring: ``columns`` carries the same values
 
     @property
     def size(self) -> int:
