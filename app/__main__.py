@@ -3,10 +3,11 @@
 Every setting is an environment variable (``CHURN_*``, see ``app.settings``); the few a command line
 usually changes are flags too (``--help``), and a flag wins over its variable.
 
-Before anything imports the Prometheus client, PROMETHEUS_MULTIPROC_DIR is pointed at a fresh,
-empty directory so the metrics of every worker process add up (and stale files from an earlier
-run cannot). With several workers, CHURN_RELOAD_DIR is pointed at a fresh directory inside it, where
-a reload taken by one worker is announced to all the others. Numeric libraries get one thread each:
+With several workers (or CHURN_METRICS_MULTIPROC_DIR set), PROMETHEUS_MULTIPROC_DIR is pointed at a
+fresh, empty directory before anything imports the Prometheus client, so the metrics of every worker
+process add up (and stale files from an earlier run cannot); one worker keeps its metrics in memory,
+which costs each update far less than a shared file. With several workers, CHURN_RELOAD_DIR is pointed
+at a fresh directory inside it, where a reload taken by one worker is announced to all the others. Numeric libraries get one thread each:
 parallelism comes from worker processes.
 """
 
@@ -90,10 +91,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = get_settings()
     except ValidationError as exc:
         raise SystemExit(f"invalid settings:\n{exc}") from None
-    metrics_dir, temporary = fresh_metrics_dir(settings.metrics_multiproc_dir)
-    # Workers are separate processes that inherit this environment.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    share_reloads(metrics_dir, settings.workers)
+    metrics_dir, temporary = None, False
+    if settings.workers > 1 or settings.metrics_multiproc_dir is not None:
+        metrics_dir, temporary = fresh_metrics_dir(settings.metrics_multiproc_dir)
+        # Workers are separate processes that inherit this environment.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        share_reloads(metrics_dir, settings.workers)
 
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -118,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             timeout_graceful_shutdown=30,
         )
     finally:
-        if temporary:
+        if metrics_dir is not None and temporary:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 

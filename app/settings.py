@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # One line per request costs about as much as a prediction; on for debugging only.
     access_log: bool = False
-    # Where worker processes share Prometheus metrics; wiped at every start. Default: a fresh temp dir.
+    # Where worker processes share Prometheus metrics; wiped at every start. Default: a fresh temp dir
+    # with several workers, none (metrics in memory) with one.
     metrics_multiproc_dir: Path | None = None
     # Where the workers of one run announce reloads to each other; ``python -m app`` sets it when it
     # starts several workers. Unset (one process): a reload concerns this process only.

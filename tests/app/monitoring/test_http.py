@@ -40,3 +40,16 @@ def test_in_flight_counts_the_running_request_and_errors_count_as_500(settings, 
     text = monitor.exposition().decode()
     assert metric_value(text, "churn_http_requests_total", route="/boom", method="GET", status="500") == 1
     assert metric_value(text, "churn_http_requests_in_flight") == 0
+
+
+def test_methods_outside_the_standard_ones_share_one_label(client: TestClient, monitor: Monitor):
+    for method in ("FOO", "BAR", "X" * 50):
+        client.request(method, "/customers/42")
+    text = monitor.exposition().decode()
+    assert "FOO" not in text and "BAR" not in text
+    total = sum(
+        metric_value(text, "churn_http_requests_total", route="/customers/{customer_id}", method="other", status=status)
+        or 0
+        for status in ("405", "400")
+    )
+    assert total == 3
