@@ -7,7 +7,8 @@ With several workers (or CHURN_METRICS_MULTIPROC_DIR set), PROMETHEUS_MULTIPROC_
 fresh, empty directory before anything imports the Prometheus client, so the metrics of every worker
 process add up (and stale files from an earlier run cannot); one worker keeps its metrics in memory,
 which costs each update far less than a shared file. With several workers, CHURN_RELOAD_DIR is pointed
-at a fresh directory inside it, where a reload taken by one worker is announced to all the others. Numeric libraries get one thread each:
+at a fresh directory inside it, where a reload taken by one worker is announced to all the others.
+Numeric libraries get one thread each:
 parallelism comes from worker processes.
 """
 

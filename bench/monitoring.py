@@ -8,7 +8,8 @@ loads ``POST /predict`` with wrk, then times a few 10,000-record ``POST /predict
 
 ``--http`` picks the HTTP metrics candidates: the service's own middleware, or
 prometheus-fastapi-instrumentator or starlette-exporter swapped in by a factory defined here (behind a
-request clock that keeps the in-flight gauge and the log's start time), or none (the request clock alone). Every run is compared with monitoring off and with the FastAPI floor,
+request clock that keeps the in-flight gauge and the log's start time), or none (the request clock
+alone). Every run is compared with monitoring off and with the FastAPI floor,
 measured in the same run; ``--rounds`` repeats the whole set, interleaved.
 """
 
