@@ -8,8 +8,7 @@ fresh, empty directory before anything imports the Prometheus client, so the met
 process add up (and stale files from an earlier run cannot); one worker keeps its metrics in memory,
 which costs each update far less than a shared file. With several workers, CHURN_RELOAD_DIR is pointed
 at a fresh directory inside it, where a reload taken by one worker is announced to all the others.
-Numeric libraries get one thread each:
-parallelism comes from worker processes.
+Numeric libraries get one thread each: parallelism comes from worker processes.
 """
 
 from __future__ import annotations
