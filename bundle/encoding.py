@@ -1,10 +1,11 @@
 """The encoder: cleaned columns (None = missing) -> the model matrix and what had to be assumed per row.
 
 Features are encoded by kind, each kind in a few numpy operations over all of its features at once,
-so the work per call does not grow with the number of features and one row costs little more than
-a handful. Missing values take the training value (every feature has one, whether or not training
-saw gaps), numbers are capped, log-transformed where fitted and scaled, categories are one-hot
-encoded with rare and unseen ones in the "other" column.
+so the work per call does not grow with the number of features. One row (every ``/predict``) takes
+the same parameters through a plain loop instead, where numpy's cost per call would exceed the
+work; the tests hold the two to identical results. Missing values take the training value (every
+feature has one, whether or not training saw gaps), numbers are capped, log-transformed where
+fitted and scaled, categories are one-hot encoded with rare and unseen ones in the "other" column.
 """
 
 from __future__ import annotations
@@ -84,9 +85,78 @@ class Encoder:
         self.other = np.array(other, dtype=np.intp)[:, None]
         self.every_value_has_a_column = all(column >= 0 for column in other)
         self.messages = _messages(schema)
+        self.row_plan = self._row_plan(schema, position)
+
+    def _row_plan(self, schema: FeatureSchema, position: dict[str, int]) -> list[tuple[Any, ...]]:
+        """Each feature's parameters as Python values, in schema order, for :meth:`encode_row`."""
+        scalar_index = {name: index for index, name in enumerate(self.scalars)}
+        category_index = {name: index for index, name in enumerate(self.categorical)}
+        plan: list[tuple[Any, ...]] = []
+        for spec in schema.features:
+            if spec.name in category_index:
+                i = category_index[spec.name]
+                plan.append((spec.name, False, self.lookups[i], int(self.category_impute[i, 0]), int(self.other[i, 0])))
+                continue
+            i = scalar_index[spec.name]
+            indicator = int(self.scalar_columns[i]) + 1 if self.indicated[i] else -1
+            numbers = (self.impute, self.low, self.high, self.minimum, self.maximum, self.mean, self.std)
+            parameters = [float(array[i, 0]) for array in numbers]
+            plan.append((spec.name, True, int(self.scalar_columns[i]), *parameters, bool(self.logged[i]), indicator))
+        return plan
 
     def encode(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> EncodeResult:
         """Encode ``columns`` (feature -> cleaned values, None = missing; an absent feature is all missing)."""
+        if n_rows == 1:
+            return self.encode_row(columns)
+        return self.encode_columns(columns, n_rows)
+
+    def encode_row(self, columns: Mapping[str, Sequence[Any]]) -> EncodeResult:
+        """:meth:`encode_columns` of one row, by a loop over the features."""
+        row = [0.0] * self.width
+        imputed: list[str] = []
+        unseen: list[str] = []
+        outside: list[str] = []
+        for name, scalar, *plan in self.row_plan:
+            given = columns.get(name)
+            value = None if given is None else given[0]
+            if scalar:
+                column, impute, low, high, minimum, maximum, mean, std, logged, indicator = plan
+                if value is None or value != value:  # None, or NaN
+                    value = impute
+                    imputed.append(name)
+                    if indicator >= 0:
+                        row[indicator] = 1.0
+                else:
+                    value = float(value)
+                    if value < minimum or value > maximum:
+                        outside.append(name)
+                value = min(max(value, low), high)
+                if logged:
+                    value = float(np.log1p(max(value, 0.0)))  # numpy's, to the last bit of the column path
+                row[column] = (value - mean) / std
+                continue
+            lookup, impute_code, other = plan
+            code = lookup.get(value, _UNSEEN)
+            if code == _MISSING:
+                code = impute_code
+                imputed.append(name)
+            if code == _UNSEEN:
+                code = other
+                unseen.append(name)
+            if code >= 0:
+                row[code] = 1.0
+        matrix = np.array([row], dtype=np.float64)
+        if not (imputed or unseen or outside):
+            return EncodeResult(matrix=matrix, warnings=[[]], imputed=[], unseen=[])
+        found = (imputed, unseen, outside)
+        warnings = [messages[name] for names, messages in zip(found, self.messages, strict=True) for name in names]
+        pairs = [[(0, name) for name in names] for names in found]
+        return EncodeResult(
+            matrix=matrix, warnings=[warnings], imputed=pairs[0], unseen=pairs[1], out_of_range=pairs[2]
+        )
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> EncodeResult:
+        """Encode by kind, a few numpy operations per kind over all rows."""
         matrix = np.zeros((n_rows, self.width), dtype=np.float64)
         if n_rows == 0:
             return EncodeResult(matrix=matrix, warnings=[], imputed=[], unseen=[])
