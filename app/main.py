@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from app.api import api_router
+from app.api import api_routes
 from app.api import schemas as request_schema
 from app.api.errors import install_error_handlers
 from app.monitoring import create_monitor
@@ -41,7 +41,18 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     monitor = create_monitor(settings)
-    app = FastAPI(title="Churn prediction service", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Churn prediction service",
+        description=DESCRIPTION,
+        version="1.0",
+        lifespan=lifespan,
+        routes=api_routes(),
+        telemetry={
+            "tracing": settings.opentelemetry,
+            "metrics": settings.opentelemetry,
+            "logs": settings.opentelemetry,
+        },
+    )
     app.state.settings = settings
     app.state.monitor = monitor
     app.state.predictor = None
@@ -51,7 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.worker_sync = None
     app.state.reload_generation = 0
     install_error_handlers(app)
-    app.include_router(api_router())
     monitor.install(app)  # its routes and HTTP metrics middlewares
     app.openapi = lambda: bundle_openapi(app)  # type: ignore[method-assign]
     return app

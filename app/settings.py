@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # One line per request costs about as much as a prediction; on for debugging only.
     access_log: bool = False
+    # FastAPI's own OpenTelemetry spans, metrics and logs per request, sent to the OpenTelemetry
+    # providers the process configures. Off, each request skips even the check for a provider.
+    opentelemetry: bool = False
     # Where worker processes share Prometheus metrics; wiped at every start. Default: a fresh temp dir
     # with several workers, none (metrics in memory) with one.
     metrics_multiproc_dir: Path | None = None
