@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_error = "the model is still loading"
     # One reload at a time in this worker, whether asked for here or announced by another worker.
     app.state.reload_lock = asyncio.Lock()
+    app.state.batch_slots = asyncio.Semaphore(settings.max_concurrent_batches)
     app.state.worker_sync = None
     app.state.reload_generation = 0
     install_error_handlers(app)

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Batches scored at once per worker; others wait their turn before their body is read. Scoring
+    # holds the interpreter, so more at once would only add memory, not speed.
+    max_concurrent_batches: int = Field(default=1, ge=1, le=64)
+    # POST /feedback bodies (read before the API key is checked) and admin calls are bounded too.
+    max_feedback_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     # Monitoring. Off removes metrics, drift and the prediction log from the request path.
     monitoring_enabled: bool = True

@@ -27,9 +27,17 @@ if TYPE_CHECKING:
     from bundle.features import FeatureSchema, FeatureSpec
 
 CUSTOMER_ID = "customer_id"
+# The longest text a feature value or a customer id may be: far beyond any category or number
+# written as text, and within the prediction log's columns. Longer text is an invalid value.
+MAX_TEXT_LENGTH = 256
 # Distinct raw values remembered per feature: categories repeat, so a large batch is mostly
-# dictionary hits; the bound keeps free-form values (numbers as text) from growing it forever.
+# dictionary hits. With the text limit, a feature's cache holds at most about 1 MB.
 CLEAN_CACHE_SIZE = 4096
+# Problems listed per record: the rest are counted in one last entry, so an error answer stays
+# about the size of the request that caused it.
+MAX_ERRORS_PER_RECORD = 10
+# How much of an offending input an error echoes back.
+EXCERPT_LENGTH = 64
 _NULL = type(None)
 _NUMBER_TYPES = frozenset({bool, int, float})
 _JSON_SCALARS = frozenset({str, bool, int, float, _NULL})
@@ -47,7 +55,19 @@ class FieldError:
     input: Any = None
 
     def to_dict(self, prefix: tuple[str | int, ...] = ()) -> dict[str, Any]:
-        return {"type": self.type, "loc": [*prefix, *self.loc], "msg": self.msg, "input": self.input}
+        loc = [*prefix, *(excerpt(part) for part in self.loc)]
+        return {"type": self.type, "loc": loc, "msg": self.msg, "input": excerpt(self.input)}
+
+
+def excerpt(value: Any) -> Any:
+    """``value`` as an error may echo it: short text and scalars whole, anything longer cut short."""
+    if value.__class__ is str:
+        return value if len(value) <= EXCERPT_LENGTH else f"{value[:EXCERPT_LENGTH]}... ({len(value)} characters)"
+    if isinstance(value, (list, dict)):
+        if len(value) <= 4 and len(repr(value)) <= EXCERPT_LENGTH:
+            return value
+        return f"({type(value).__name__} of {len(value)} items)"
+    return value
 
 
 @dataclass(slots=True)
@@ -62,8 +82,18 @@ class RecordError:
         return {
             "index": self.index,
             "customer_id": self.customer_id,
-            "errors": [error.to_dict((*prefix, self.index)) for error in self.errors],
+            "errors": [error.to_dict((*prefix, self.index)) for error in self.listed_errors()],
         }
+
+    def listed_errors(self) -> list[FieldError]:
+        """The first :data:`MAX_ERRORS_PER_RECORD` problems, and one entry counting the rest."""
+        if len(self.errors) <= MAX_ERRORS_PER_RECORD:
+            return self.errors
+        more = len(self.errors) - MAX_ERRORS_PER_RECORD + 1
+        return [
+            *self.errors[: MAX_ERRORS_PER_RECORD - 1],
+            FieldError((), f"and {more} more problems", "too_many_errors"),
+        ]
 
 
 @dataclass(slots=True)
@@ -135,6 +165,8 @@ class ColumnCleaner:
 
     def clean_one(self, raw: Any) -> Any:
         """The cleaning of one value, or InvalidValue with the reason."""
+        if raw.__class__ is str and len(raw) > MAX_TEXT_LENGTH:  # refused before it can reach the cache
+            return InvalidValue(f"text of {len(raw)} characters is over the limit of {MAX_TEXT_LENGTH}")
         try:
             key = (raw.__class__, raw)  # the type too: True == 1 == 1.0 but they may clean differently
             cleaned = self._cache.get(key, self)
@@ -241,17 +273,18 @@ class RecordCleaner:
             kinds = set(map(type, column))
             if kinds == {_NULL}:
                 continue
-            if kinds <= _TEXT_OR_NULL:
+            if kinds <= _TEXT_OR_NULL and max(map(len, filter(None, column)), default=0) <= MAX_TEXT_LENGTH:
                 ids = [value if value is not None else current for value, current in zip(column, ids, strict=True)]
                 continue
             for row, value in enumerate(column):
                 if value is None:
                     continue
-                if isinstance(value, bool) or not isinstance(value, (str, int)):
-                    error = FieldError((key,), "Input should be a string or an integer", "string_type", value)
-                    problems.setdefault(index_of(row), []).append(((0, _key_order(rows[row], key)), error))
-                else:
+                problem = _id_problem(value)
+                if problem is None:
                     ids[row] = str(value)
+                else:
+                    error = FieldError((key,), problem[1], problem[0], value)
+                    problems.setdefault(index_of(row), []).append(((0, _key_order(rows[row], key)), error))
         return ids
 
     def _unknown_fields(self, rows: Sequence[dict[str, Any]], index_of: Any, problems: dict) -> None:
@@ -275,6 +308,15 @@ class RecordCleaner:
             for index, found in sorted(problems.items())
         ]
         return batch, errors
+
+
+def _id_problem(value: Any) -> tuple[str, str] | None:
+    """(error type, message) when ``value`` cannot be a customer id."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return "string_type", "Input should be a string or an integer"
+    if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+        return "string_too_long", f"an id of {len(value)} characters is over the limit of {MAX_TEXT_LENGTH}"
+    return None
 
 
 def _first(item: tuple[tuple[int, int], FieldError]) -> tuple[int, int]:

@@ -35,8 +35,13 @@ class ServiceReloadOut(ReloadOut):
     detail: str | None = None
 
 
+# Admin calls carry no body worth more; bounded before the key is checked.
+ADMIN_MAX_BODY_BYTES = 64 * 1024
+
+
 @router.post(
     "/admin/reload",
+    max_body_size=ADMIN_MAX_BODY_BYTES,
     summary="Load, verify and warm the current bundle, then swap it in atomically in every worker",
     responses={
         200: {"model": ServiceReloadOut, "description": "Every worker serves the new version"},

@@ -5,6 +5,10 @@ predictor validates every field with the bundle's own cleaning rules, and the Op
 schema is generated from the same bundle (see ``app.api.schemas``). Both routes take the same
 predictor path; a single record is a batch of one.
 
+Requests: ``Content-Type: application/json`` (or ``application/*+json``), uncompressed (else 415);
+a body over ``CHURN_MAX_BODY_BYTES`` is refused (413) before it is all read; an object that repeats
+a key is refused (422) rather than silently keeping the last value.
+
 Batch policy: partial success. Each record is scored or gets its own field-level errors, in input
 order, with HTTP 200; the whole request is rejected only when it cannot be a batch at all
 (malformed JSON, not a list, an empty list: 422; more records than the limit or a body over the
@@ -14,9 +18,11 @@ size limit: 413).
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from typing import Annotated, Any
 
 import orjson
@@ -29,23 +35,30 @@ from app.api import MonitorDep, PredictorDep, SettingsDep, serving_predictor
 from app.api.errors import MessageOut, RequestProblem, field_problem, json_response
 from app.api.schemas import BatchOut, PredictionOut, ValidationErrorOut
 from app.serving.predictor import Predictor, RecordError
+from bundle.records import excerpt
 
 router = APIRouter(tags=["prediction"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": MessageOut, "description": "Body or batch over the configured limit"},
+    415: {
+        "model": MessageOut,
+        "description": "The body is not declared as uncompressed JSON (Content-Type, Content-Encoding)",
+    },
     422: {"model": ValidationErrorOut, "description": "Malformed JSON or invalid fields (field-level detail)"},
     503: {"model": MessageOut, "description": "No verified model is loaded (the reason is given)"},
 }
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before it is all in memory.
+    """The raw JSON body, refusing more than ``limit`` bytes before it is all in memory.
 
     Reads the ASGI messages directly: a single-record body is one message, and an async generator
     per request (``Request.stream``) costs more than the rest of reading it.
     """
-    declared = request.headers.get("content-length")
+    headers = request.headers
+    check_json_content(headers.get("content-type"), headers.get("content-encoding"))
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
@@ -64,17 +77,81 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def check_json_content(content_type: str | None, content_encoding: str | None) -> None:
+    """415 unless the body is declared as uncompressed JSON (``application/json`` or ``application/*+json``)."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        declared = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+        raise RequestProblem(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, f"{declared}: send application/json")
+    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
+        message = f"Content-Encoding {excerpt(content_encoding)!r} is not supported: send the JSON uncompressed"
+        raise RequestProblem(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, message)
+
+
 def parse_json(body: bytes) -> Any:
+    """The parsed body; 422 for an empty or malformed one, or one that repeats a key in an object."""
     if not body.strip():
         raise RequestProblem(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             [field_problem(["body"], "Field required: the body is empty", "missing")],
         )
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        problem = field_problem(["body", exc.pos], f"JSON decode error: {exc.msg}", "json_invalid")
+        problem = field_problem(["body", exc.pos], f"JSON decode error: {excerpt(exc.msg)}", "json_invalid")
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem]) from None
+    if has_duplicate_keys(body, parsed):
+        problem = field_problem(["body"], "An object repeats a key: each field may appear once", "json_invalid")
+        raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, [problem])
+    return parsed
+
+
+def has_duplicate_keys(body: bytes, parsed: Any) -> bool:
+    """Whether some JSON object in ``body`` repeats a key (the parser keeps only the last).
+
+    Without a backslash in the text, every string (key or value) is exactly two quote characters,
+    so the parsed values account for every quote unless a repeated key was folded away. Text with
+    escapes is checked by the standard library's parser, which hands over every key.
+    """
+    if b"\\" in body:
+        return _repeats_a_key(body)
+    return body.count(b'"') != 2 * _strings_in(parsed)
+
+
+def _strings_in(value: Any) -> int:
+    """How many JSON strings (keys and values) make up ``value``."""
+    if value.__class__ is str:
+        return 1
+    if value.__class__ is dict:
+        values: Any = value.values()
+        count = len(value)
+    elif value.__class__ is list:
+        values, count = value, 0
+        if values and all(item.__class__ is dict for item in values):  # a batch: flatten its records at C speed
+            count = sum(map(len, values))
+            values = list(chain.from_iterable(map(dict.values, values)))
+    else:
+        return 0
+    kinds = list(map(type, values))
+    count += kinds.count(str)
+    if dict in kinds or list in kinds:
+        count += sum(_strings_in(item) for item in values if item.__class__ is dict or item.__class__ is list)
+    return count
+
+
+def _repeats_a_key(body: bytes) -> bool:
+    repeated = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        keys = [key for key, _ in items]
+        repeated = repeated or len(set(keys)) != len(keys)
+        return dict(items)
+
+    json.loads(body, object_pairs_hook=pairs)
+    return repeated
 
 
 def _too_large(message: str) -> RequestProblem:
@@ -95,7 +172,7 @@ async def predict(request: Request) -> Response:
     record = parse_json(await read_body(request, settings.max_body_bytes))
     outcome = predictor.predict_records([record])
     if outcome.errors or outcome.scored is None:
-        errors = [error.to_dict(("body",)) for error in outcome.errors[0].errors]
+        errors = [error.to_dict(("body",)) for error in outcome.errors[0].listed_errors()]
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
     monitor.record(outcome.event)
     return json_response(outcome.scored.dicts()[0])
@@ -116,9 +193,11 @@ async def predict_batch(
         bool, Query(description="Include top_reasons per record (costs more for non-linear models)")
     ] = False,
 ) -> Response:
-    body = await read_body(request, settings.max_body_bytes)
-    # Off the event loop: a large batch must not hold up /health and /predict.
-    content, event = await run_in_threadpool(_score_batch, predictor, body, settings.max_batch_size, reasons)
+    # One batch at a time per worker (by default): the others wait before their body is in memory.
+    async with request.app.state.batch_slots:
+        body = await read_body(request, settings.max_body_bytes)
+        # Off the event loop: a large batch must not hold up /health and /predict.
+        content, event = await run_in_threadpool(_score_batch, predictor, body, settings.max_batch_size, reasons)
     if event is not None:
         monitor.record(event)
     return Response(content, media_type="application/json")

@@ -39,6 +39,8 @@ def build_router(monitor: Monitor) -> APIRouter:
     @router.post(
         "/feedback",
         response_model=FeedbackResult,
+        # FastAPI reads and parses a body before checking the key, so the body is bounded first.
+        max_body_size=monitor.settings.max_feedback_body_bytes,
         summary="Record actual outcomes of earlier predictions",
         responses={
             401: {"model": MessageOut, "description": "Missing or wrong X-API-Key"},

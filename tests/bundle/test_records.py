@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bundle.features import FeatureSchema, FeatureValueError, clean_columns, fit_feature
-from bundle.records import CLEAN_CACHE_SIZE, RecordCleaner
+from bundle.records import CLEAN_CACHE_SIZE, EXCERPT_LENGTH, MAX_ERRORS_PER_RECORD, MAX_TEXT_LENGTH, RecordCleaner
 
 
 def schema_of(required: tuple[str, ...] = ()) -> FeatureSchema:
@@ -172,3 +172,32 @@ def test_a_feature_never_missing_in_training_is_imputed_with_a_warning(missing: 
     assert encoded.imputed == [(0, "plan")]
     assert encoded.warnings == [[f"plan: missing, imputed with the training value {schema['plan'].impute!r}"]]
     np.testing.assert_array_equal(encoded.matrix, typical.matrix)
+
+
+def test_text_over_the_limit_is_refused_with_the_field_named_and_only_an_excerpt_echoed() -> None:
+    cleaner = RecordCleaner(schema_of())
+    long_text = "x" * 1_000_000
+    for records in ([record(plan=long_text)], [record(plan=long_text), record(plan="y" * (MAX_TEXT_LENGTH + 1))]):
+        batch, errors = cleaner.clean(records)
+        assert len(batch) == 0 and len(errors) == len(records)
+        problem = errors[0].to_dict(("body",))["errors"][0]
+        assert problem["loc"] == ["body", 0, "plan"] and "over the limit" in problem["msg"]
+        assert len(problem["input"]) < EXCERPT_LENGTH + 40 and len(problem["msg"]) < 200
+    assert cleaner.clean([record(plan="p" * MAX_TEXT_LENGTH)])[1] == []  # at the limit: an unseen category
+
+
+def test_customer_ids_over_the_limit_are_refused() -> None:
+    cleaner = RecordCleaner(schema_of())
+    batch, errors = cleaner.clean([record(customer_id="c" * (MAX_TEXT_LENGTH + 1)), record(customer_id="ok")])
+    assert batch.customer_ids == ["ok"]
+    assert [(e.loc, e.type) for e in errors[0].errors] == [(("customer_id",), "string_too_long")]
+
+
+def test_a_record_with_many_problems_lists_the_first_and_counts_the_rest() -> None:
+    cleaner = RecordCleaner(schema_of())
+    unknown = {f"field_{i}": i for i in range(1000)}
+    _, errors = cleaner.clean([record(**unknown)])
+    listed = errors[0].to_dict()["errors"]
+    assert len(listed) == MAX_ERRORS_PER_RECORD
+    assert listed[-1]["msg"] == f"and {1000 - MAX_ERRORS_PER_RECORD + 1} more problems"
+    assert len(errors[0].errors) == 1000  # every problem is still known to the caller

@@ -27,6 +27,7 @@ def record(customers: pd.DataFrame) -> dict[str, Any]:
 
 
 DECLARED_REQUIRED = ("tenure", "Contract", "Partner")
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_bad_fields_get_422_naming_the_field(
 def test_numbers_beyond_what_json_parsing_supports_are_422(client: Any, record: dict[str, Any]) -> None:
     body = json.dumps(record).replace(f'"tenure": {record["tenure"]}', f'"tenure": {10**400}')
 
-    response = client.post("/predict", content=body.encode())
+    response = client.post("/predict", content=body.encode(), headers=JSON)
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
@@ -307,7 +308,7 @@ def test_batch_results_equal_single_predictions_including_reasons(client: Any, c
     ("body", "kind"), [(b"[]", "too_short"), (b'{"tenure": 1}', "list_type"), (b"[{", "json_invalid")]
 )
 def test_batch_that_cannot_be_a_batch_is_422(client: Any, body: bytes, kind: str) -> None:
-    response = client.post("/predict/batch", content=body)
+    response = client.post("/predict/batch", content=body, headers=JSON)
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == kind
