@@ -28,6 +28,7 @@ from app.monitoring import create_monitor
 from app.serving.predictor import build_predictor
 from app.serving.reload import WorkerSync, follow_reloads
 from app.settings import Settings, get_settings
+from app.shutdown import Drain
 from bundle.manifest import BundleError
 
 logger = logging.getLogger("app")
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # One reload at a time in this worker, whether asked for here or announced by another worker.
     app.state.reload_lock = asyncio.Lock()
     app.state.batch_slots = asyncio.Semaphore(settings.max_concurrent_batches)
+    app.state.drain = Drain(settings.shutdown_drain_seconds)
     app.state.worker_sync = None
     app.state.reload_generation = 0
     install_error_handlers(app)
@@ -84,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sync = join_workers(app, settings)
     await load_at_startup(app, settings)
     follower = start_following(app, sync)
+    app.state.drain.install()
     # Everything loaded so far lives for the whole process: moving it out of the cyclic
     # collector's generations keeps each collection from rescanning the model and libraries.
     gc.freeze()

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # interpreter while a request waits for it; Python's default of 5 ms shows in tail latency.
     gil_switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
 
+    # On SIGTERM: how long /ready answers 503 while requests are still answered, before the server
+    # stops (see app.shutdown). Orchestrators stop routing within a readiness probe period or two.
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
+
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
     api_key: SecretStr | None = None
 

@@ -24,6 +24,8 @@ async def health() -> Response:
     responses={200: {"model": ReadyOut}, 503: {"model": ReadyOut, "description": "Not ready; the reason says why"}},
 )
 async def ready(request: Request) -> Response:
+    if request.app.state.drain.draining:
+        return json_response({"status": "not ready", "reason": "shutting down"}, status.HTTP_503_SERVICE_UNAVAILABLE)
     predictor = request.app.state.predictor
     if predictor is None:
         reason = request.app.state.model_error or "the model is still loading"

@@ -58,6 +58,7 @@ def running_service(linear_models_dir: Path, tmp_path: Path) -> Any:
         "CHURN_LOG_LEVEL": "warning",
         "CHURN_DATABASE_URL": f"sqlite:///{tmp_path / 'predictions.sqlite3'}",
         "CHURN_METRICS_MULTIPROC_DIR": str(metrics_dir),
+        "CHURN_SHUTDOWN_DRAIN_SECONDS": "0",
     }
     flags = ["--port", str(port), "--workers", "2", "--model-dir", str(linear_models_dir)]
     process = subprocess.Popen(
@@ -160,3 +161,47 @@ def test_an_invalid_setting_stops_the_start_with_its_reason(monkeypatch: pytest.
         main(["--port", "0"])
 
     assert "invalid settings" in str(exited.value) and "port" in str(exited.value)
+
+
+@pytest.mark.slow
+def test_sigterm_turns_ready_off_answers_during_the_drain_then_exits_with_every_prediction_logged(
+    linear_models_dir: Path, customers: pd.DataFrame, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    port, database = free_port(), tmp_path / "predictions.sqlite3"
+    env = {
+        **os.environ,
+        "CHURN_DATABASE_URL": f"sqlite:///{database}",
+        "CHURN_SHUTDOWN_DRAIN_SECONDS": "3",
+        "CHURN_LOG_LEVEL": "info",
+    }
+    flags = ["--port", str(port), "--workers", "1", "--model-dir", str(linear_models_dir)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", *flags],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, process)
+        record = customer_record(customers, 1)
+        with httpx.Client(base_url=base_url) as client:
+            assert client.post("/predict", json=record).status_code == 200
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            ready = client.get("/ready")
+            during = [client.post("/predict", json=record).status_code for _ in range(5)]
+        assert ready.status_code == 503 and ready.json()["reason"] == "shutting down"
+        assert during == [200] * 5  # still answering while the balancer stops routing here
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read()
+    assert "shutting down" in output
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM prediction_log").fetchone()[0] == 6
