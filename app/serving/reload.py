@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from app.serving.predictor import Predictor, build_predictor
 from app.settings import Settings
 from bundle.manifest import BundleError
+from bundle.store import bundle_path
 
 logger = logging.getLogger("app")
 
@@ -173,10 +174,7 @@ def parse_report(data: dict[str, Any] | None) -> WorkerReport | None:
 # ---- loading ------------------------------------------------------------------------------------
 def load_version(settings: Settings, version: str) -> Predictor:
     """Load, verify and warm exactly ``version``, whatever ``current`` names by now."""
-    if not version or "/" in version or version.startswith("."):
-        raise BundleError(f"{version!r} does not name a bundle")
-    if not (settings.model_dir / version).is_dir():
-        raise BundleError(f"bundle {version} does not exist in {settings.model_dir}")
+    bundle_path(settings.model_dir, version)
     predictor = build_predictor(settings, version)
     if predictor.version != version:
         raise BundleError(f"bundle directory {version} holds version {predictor.version}")
