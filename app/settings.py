@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bundle.redaction import redact_url
 
 DEFAULT_RISK_BANDS = {"low": 0.0, "medium": 0.3, "high": 0.6}
 DEFAULT_PLAYBOOK = {
@@ -47,6 +51,15 @@ class Settings(BaseSettings):
     # interpreter while a request waits for it; Python's default of 5 ms shows in tail latency.
     gil_switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
 
+    # Connection handling, per worker (docs/deployment.md). Beyond ``limit_concurrency`` open connections
+    # or requests in flight, a request gets an immediate 503 instead of a place in an unbounded queue;
+    # uvicorn counts idle connections too, so set it only behind a proxy that bounds those (docker-compose's).
+    limit_concurrency: int | None = Field(default=None, ge=1)
+    # Seconds an idle keep-alive connection stays open after a response; a proxy must drop its own sooner.
+    timeout_keep_alive: int = Field(default=5, ge=1)
+    # Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn).
+    backlog: int = Field(default=2048, ge=1)
+
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
     api_key: SecretStr | None = None
 
@@ -73,6 +86,11 @@ class Settings(BaseSettings):
     drift_update_seconds: float = Field(default=5.0, gt=0)
     performance_window_days: int = Field(default=30, ge=1)
     performance_update_seconds: float = Field(default=30.0, gt=0)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Settings get logged and printed; the database password must not be.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "database_url" else value
 
     @field_validator("risk_bands")
     @classmethod

@@ -222,16 +222,17 @@ def train(argv: Sequence[str]) -> int:
     args = training_parser().parse_args(list(argv))
     config = config_from_args(args)
     from bundle.manifest import BundleError
+    from bundle.redaction import redact_text
     from training.data import TrainingDataError
     from training.pipeline import TrainingError, run_training
 
     try:
         result = run_training(config)
     except TrainingDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as exc:
-        print(f"training failed: {exc}", file=sys.stderr)
+        print(f"training failed: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
     except BundleError as exc:
         print(f"publishing failed, nothing was published: {exc}", file=sys.stderr)
