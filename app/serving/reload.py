@@ -211,8 +211,22 @@ async def reload_service(app: FastAPI) -> Reloaded:
         # Off the event loop: a load takes seconds and requests keep being served meanwhile. The
         # service-wide lock is taken and released inside that one thread call, so a cancelled
         # request can never leave it held.
-        predictor, generation = await run_in_threadpool(load_current_and_announce, state.settings, state.worker_sync)
+        try:
+            predictor, generation = await run_in_threadpool(
+                load_current_and_announce, state.settings, state.worker_sync
+            )
+        except BundleError as exc:
+            serving = f"still serving {previous.version}" if previous else "no model is serving"
+            logger.error("reload failed, %s: %s", serving, exc)
+            raise
         swap_in(app, predictor)
+        logger.info(
+            "reloaded: model %s (%s) loaded, verified and warm in %.2f s (was %s)",
+            predictor.version,
+            predictor.manifest.model_family,
+            predictor.load_seconds,
+            previous.version if previous else "no model",
+        )
         state.reload_generation = generation
         if state.worker_sync is not None:
             state.worker_sync.report(generation, predictor.version)
