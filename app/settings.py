@@ -27,6 +27,10 @@ DEFAULT_PLAYBOOK = {
 }
 
 
+# Keys that examples and templates use: a service started with one of them has no secret at all.
+PLACEHOLDER_KEYS = frozenset({"change-me", "changeme", "change_me", "secret", "password", "api-key", "apikey"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHURN_", env_file=".env", extra="ignore")
 
@@ -91,6 +95,13 @@ class Settings(BaseSettings):
         # Settings get logged and printed; the database password must not be.
         for name, value in super().__repr_args__():
             yield name, redact_url(value) if name == "database_url" else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_is_not_a_placeholder(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and key.get_secret_value().strip().lower() in PLACEHOLDER_KEYS:
+            raise ValueError("the API key is a well-known placeholder: set a secret one (e.g. openssl rand -hex 32)")
+        return key
 
     @field_validator("risk_bands")
     @classmethod

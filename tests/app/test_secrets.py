@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from app.settings import Settings
 from bundle.manifest import MANIFEST
 from bundle.store import current_bundle_dir
@@ -51,3 +54,9 @@ def test_the_services_log_masks_passwords():
     )
     assert "prediction log unavailable: postgresql://churn:***@db:5432/churn" in completed.stderr
     assert "s3cret" not in completed.stderr + completed.stdout
+
+
+@pytest.mark.parametrize("key", ["change-me", "CHANGEME", " secret "])
+def test_a_placeholder_api_key_stops_the_start(tmp_path, key):
+    with pytest.raises(ValidationError, match="well-known placeholder"):
+        Settings(model_dir=tmp_path, api_key=key)
