@@ -93,10 +93,10 @@ def publish(staged: Path, manifest: Manifest, models_dir: Path, make_current: bo
     with model_dir_lock(models_dir):
         if not staged.is_dir():
             raise BundleError(f"staging directory {staged} has disappeared; nothing was published")
-        manifest.files = {
-            str(path.relative_to(staged)): sha256_file(path) for path in _bundle_files(staged) if path.name != MANIFEST
-        }
         manifest_path = staged / MANIFEST
+        manifest.files = {
+            str(path.relative_to(staged)): sha256_file(path) for path in _bundle_files(staged) if path != manifest_path
+        }
         manifest_path.write_text(json.dumps(manifest.to_dict(), indent=2, default=_json_default))
         for path in _bundle_files(staged):
             _fsync_path(path)
@@ -148,7 +148,7 @@ def _point_current(models_dir: Path, version: str) -> None:
 
 
 def discard_staging(models_dir: Path) -> list[Path]:
-    """Remove staging directories whose owner has died; a running publisher's are never touched."""
+    """Remove what dead publishers left (staging directories, pointer files); never a running publisher's."""
     removed: list[Path] = []
     if not models_dir.is_dir():
         return removed
@@ -157,6 +157,10 @@ def discard_staging(models_dir: Path) -> list[Path]:
             if path.is_dir() and not path.is_symlink() and not has_live_owner(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
+        # Pointer files are only ever written under the lock: any found now was left by a crash.
+        for path in models_dir.glob(f".{CURRENT}.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     return removed
 
 

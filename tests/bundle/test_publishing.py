@@ -91,6 +91,14 @@ def test_a_dead_runs_staging_is_discarded_and_a_live_ones_is_not(tmp_path):
     assert staging_dirs(tmp_path) == []
 
 
+def test_a_pointer_file_left_by_a_crash_is_discarded(tmp_path):
+    published = publish_tiny_bundle(tmp_path)
+    leftover = tmp_path / ".current.0123abcd.tmp"
+    leftover.write_text("half")
+    assert discard_staging(tmp_path) == [leftover]
+    assert current_bundle_dir(tmp_path) == published
+
+
 def test_this_processs_own_staging_is_live(tmp_path):
     with staging(tmp_path, "v") as staged:
         assert discard_staging(tmp_path) == []
