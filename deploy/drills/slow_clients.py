@@ -6,9 +6,10 @@ Run on demand against a running service (never in CI)::
 
 It opens ``--slow`` connections that send a request's headers one byte every ``--byte-interval``
 seconds (slowloris) and ``--idle`` connections that send nothing, then every ``--probe-interval``
-seconds asks ``GET /health`` over a fresh connection. At the end it prints, as JSON, how many of
-each kind the server closed (and how soon), how many could not even connect, and how the probes
-fared. Exit status 0 when every probe was answered, 1 otherwise.
+seconds asks ``GET /health`` over a fresh connection; with ``--header-mib`` it then sends one
+request whose headers run to that many MiB. At the end it prints, as JSON, how many of each kind
+the server closed (and how soon), how many could not even connect, what the oversized request got
+and how the probes fared. Exit status 0 when every probe was answered, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -107,6 +108,25 @@ async def probe(host: str, port: int, path: str, probes: Probes, timeout: float)
         probes.failed.append(f"answered {status.decode(errors='replace').strip() or 'nothing'}")
 
 
+async def oversized_headers(host: str, port: int, mebibytes: int, timeout: float) -> str:
+    """Send a request whose headers never end, ``mebibytes`` MiB of them; what came back, if anything."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=timeout)
+        writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\n".encode())
+        for number in range(mebibytes):
+            writer.write(f"X-Drill-{number}: ".encode() + b"a" * (1 << 20) + b"\r\n")
+            await writer.drain()
+    except (OSError, TimeoutError) as exc:
+        return f"connection ended while sending: {type(exc).__name__}"
+    try:
+        status = await asyncio.wait_for(reader.readline(), timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"no answer: {type(exc).__name__}"
+    finally:
+        writer.close()
+    return status.decode(errors="replace").strip() or "closed without an answer"
+
+
 async def keep_probing(host: str, port: int, path: str, probes: Probes, args: argparse.Namespace, stop: float) -> None:
     while time.monotonic() < stop:
         await probe(host, port, path, probes, args.probe_timeout)
@@ -132,6 +152,9 @@ async def drill(args: argparse.Namespace) -> dict[str, object]:
     prober = asyncio.ensure_future(keep_probing(host, port, url.path or "/health", probes, args, stop))
     running = await open_in_batches(holders)
     await asyncio.gather(prober, *running)
+    headers_answer = None
+    if args.header_mib:
+        headers_answer = await oversized_headers(host, port, args.header_mib, args.probe_timeout)
     await probe(host, port, url.path or "/health", probes, args.probe_timeout)  # once the drill lets go
     seconds = sorted(probes.seconds)
     return {
@@ -139,6 +162,7 @@ async def drill(args: argparse.Namespace) -> dict[str, object]:
         "seconds": args.seconds,
         "slow_header_clients": slow.summary(),
         "idle_clients": idle.summary(),
+        "oversized_headers": {"mebibytes": args.header_mib, "answer": headers_answer},
         "probes": {
             "answered": probes.answered,
             "failed": len(probes.failed),
@@ -155,6 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle", type=int, default=1000, help="connections that send nothing (default 1000)")
     parser.add_argument("--seconds", type=float, default=60, help="how long to hold them (default 60)")
     parser.add_argument("--byte-interval", type=float, default=1.0, help="seconds between slow bytes (default 1)")
+    parser.add_argument("--header-mib", type=int, default=0, help="then send this many MiB of headers (default 0)")
     parser.add_argument("--probe-interval", type=float, default=5.0, help="seconds between probes (default 5)")
     parser.add_argument("--probe-timeout", type=float, default=5.0, help="a probe's patience (default 5)")
     return parser.parse_args(argv)
