@@ -191,7 +191,7 @@ def test_nginx_fronts_the_api_with_the_repository_config() -> None:
     assert _bind_mounts(nginx)["/etc/nginx/nginx.conf"] == ("./deploy/nginx/nginx.conf", "ro")
     assert nginx["ports"] == ["${API_PORT:-8000}:8080"]
     assert "listen 8080" in (ROOT / "deploy/nginx/nginx.conf").read_text()
-    assert "server churn-api:8000;" in (ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert "server churn-api:8000 resolve;" in (ROOT / "deploy/nginx/nginx.conf").read_text()
 
 
 def test_no_secret_has_a_default() -> None:

@@ -58,8 +58,8 @@ def test_nginx_accepts_the_config(tmp_path: Path):
     nginx = shutil.which("nginx")
     if nginx is None:
         pytest.skip("nginx is not installed")
-    # The upstream name resolves on the compose network only.
+    # The upstream name resolves on the compose network only, and "resolve" needs nginx 1.27.3.
     config = tmp_path / "nginx.conf"
-    config.write_text(CONFIG.read_text().replace("server churn-api:8000;", "server 127.0.0.1:8000;"))
+    config.write_text(CONFIG.read_text().replace("server churn-api:8000 resolve;", "server 127.0.0.1:8000;"))
     result = subprocess.run([nginx, "-t", "-c", str(config)], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
