@@ -19,6 +19,10 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 APP_FACTORY = "app.main:create_app"
 RELOAD_DIR_ENV = "CHURN_RELOAD_DIR"
@@ -78,6 +82,37 @@ def apply_flags(args: argparse.Namespace) -> None:
             os.environ[variable] = str(value)
 
 
+def log_config(settings: Settings) -> dict[str, Any]:
+    """uvicorn's logging, plus the service's own log (model loaded, not ready and why), passwords masked."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = {**LOGGING_CONFIG, "loggers": {**LOGGING_CONFIG["loggers"]}}
+    config["loggers"]["app"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    config["filters"] = {"redact_secrets": {"()": "bundle.redaction.RedactSecrets"}}
+    config["handlers"] = {
+        name: {**handler, "filters": ["redact_secrets"]} for name, handler in LOGGING_CONFIG["handlers"].items()
+    }
+    return config
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.run`` (besides the app) for these settings."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "log_level": settings.log_level.lower(),
+        "log_config": log_config(settings),
+        "access_log": settings.access_log,
+        "loop": "uvloop",
+        "http": "httptools",
+        "limit_concurrency": settings.limit_concurrency,
+        "timeout_keep_alive": settings.timeout_keep_alive,
+        "backlog": settings.backlog,
+        "timeout_graceful_shutdown": 30,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     apply_flags(parse_args(argv))
     for variable in _ONE_THREAD:
@@ -99,27 +134,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         share_reloads(metrics_dir, settings.workers)
 
     import uvicorn
-    from uvicorn.config import LOGGING_CONFIG
-
-    # The service's own log (model loaded, not ready and why) goes where uvicorn's does.
-    log_config = {**LOGGING_CONFIG, "loggers": {**LOGGING_CONFIG["loggers"]}}
-    log_config["loggers"]["app"] = {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
 
     try:
         # The factory import string lets every worker build its own app (required for workers > 1).
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level.lower(),
-            log_config=log_config,
-            access_log=settings.access_log,
-            loop="uvloop",
-            http="httptools",
-            timeout_graceful_shutdown=30,
-        )
+        uvicorn.run(APP_FACTORY, factory=True, **uvicorn_options(settings))
     finally:
         if metrics_dir is not None and temporary:
             shutil.rmtree(metrics_dir, ignore_errors=True)

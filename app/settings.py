@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bundle.redaction import redact_url
 
 DEFAULT_RISK_BANDS = {"low": 0.0, "medium": 0.3, "high": 0.6}
 DEFAULT_PLAYBOOK = {
@@ -21,6 +25,10 @@ DEFAULT_PLAYBOOK = {
         "Review recent support tickets and resolve open issues",
     ],
 }
+
+
+# Keys that examples and templates use: a service started with one of them has no secret at all.
+PLACEHOLDER_KEYS = frozenset({"change-me", "changeme", "change_me", "secret", "password", "api-key", "apikey"})
 
 
 class Settings(BaseSettings):
@@ -54,6 +62,14 @@ class Settings(BaseSettings):
     # On SIGTERM: how long /ready answers 503 while requests are still answered, before the server
     # stops (see app.shutdown). Orchestrators stop routing within a readiness probe period or two.
     shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Connection handling, per worker (docs/deployment.md). Beyond ``limit_concurrency`` open connections
+    # or requests in flight, a request gets an immediate 503 instead of a place in an unbounded queue;
+    # uvicorn counts idle connections too, so set it only behind a proxy that bounds those (docker-compose's).
+    limit_concurrency: int | None = Field(default=None, ge=1)
+    # Seconds an idle keep-alive connection stays open after a response; a proxy must drop its own sooner.
+    timeout_keep_alive: int = Field(default=5, ge=1)
+    # Connections the kernel queues until a worker accepts them (capped by net.core.somaxconn).
+    backlog: int = Field(default=2048, ge=1)
 
     # Required by /admin/reload and /feedback; without it those endpoints refuse every call.
     api_key: SecretStr | None = None
@@ -86,6 +102,18 @@ class Settings(BaseSettings):
     drift_update_seconds: float = Field(default=5.0, gt=0)
     performance_window_days: int = Field(default=30, ge=1)
     performance_update_seconds: float = Field(default=30.0, gt=0)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Settings get logged and printed; the database password must not be.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "database_url" else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_is_not_a_placeholder(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and key.get_secret_value().strip().lower() in PLACEHOLDER_KEYS:
+            raise ValueError("the API key is a well-known placeholder: set a secret one (e.g. openssl rand -hex 32)")
+        return key
 
     @field_validator("risk_bands")
     @classmethod

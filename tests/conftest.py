@@ -26,7 +26,7 @@ from bundle.features import (
     fit_feature,
 )
 from bundle.manifest import Calibration, Manifest, library_versions, new_version, utc_now_iso
-from bundle.store import publish, staging_dir
+from bundle.store import publish, staging
 
 TARGET = "Churn"
 ID_COLUMN = "customerID"
@@ -212,28 +212,28 @@ def build_bundle(
     matrix = schema.encode(columns, len(frame)).matrix
     labels = (frame[TARGET].astype(str) == "Yes").to_numpy().astype(int)
     version = new_version()
-    staged = staging_dir(models_dir, version)
-    if family == "mlp":
-        artifact, artifact_format = "model.pt", "torchscript"
-        _save_torchscript_mlp(matrix, labels, staged / artifact, seed)
-    else:
-        artifact, artifact_format = "model.joblib", "joblib"
-        joblib.dump(_fit_estimator(family, matrix, labels, seed), staged / artifact)
-    manifest = Manifest(
-        version=version,
-        created_at=utc_now_iso(),
-        model_family=family,
-        artifact=artifact,
-        artifact_format=artifact_format,
-        schema=schema,
-        drift_reference=_drift_reference(schema, columns, np.linspace(0, 1, len(frame))),
-        threshold=0.4,
-        calibration=calibration or Calibration(),
-        metrics={"roc_auc": 0.8, "f1": 0.6},
-        training={"rows": len(frame), "seed": seed, "source": "synthetic test table"},
-        libraries=library_versions(),
-    )
-    return publish(staged, manifest, models_dir, make_current=make_current)
+    with staging(models_dir, version) as staged:
+        if family == "mlp":
+            artifact, artifact_format = "model.pt", "torchscript"
+            _save_torchscript_mlp(matrix, labels, staged / artifact, seed)
+        else:
+            artifact, artifact_format = "model.joblib", "joblib"
+            joblib.dump(_fit_estimator(family, matrix, labels, seed), staged / artifact)
+        manifest = Manifest(
+            version=version,
+            created_at=utc_now_iso(),
+            model_family=family,
+            artifact=artifact,
+            artifact_format=artifact_format,
+            schema=schema,
+            drift_reference=_drift_reference(schema, columns, np.linspace(0, 1, len(frame))),
+            threshold=0.4,
+            calibration=calibration or Calibration(),
+            metrics={"roc_auc": 0.8, "f1": 0.6},
+            training={"rows": len(frame), "seed": seed, "source": "synthetic test table"},
+            libraries=library_versions(),
+        )
+        return publish(staged, manifest, models_dir, make_current=make_current)
 
 
 # ---- fixtures -------------------------------------------------------------------------------------

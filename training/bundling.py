@@ -11,6 +11,7 @@ import numpy as np
 from bundle.drift_reference import DriftReference, FeatureReference, categorical_reference, numeric_reference
 from bundle.features import FeatureSchema
 from bundle.manifest import Calibration
+from bundle.redaction import redact_text
 from training.calibration import calibrate, calibration_summary, fit_calibration
 from training.cleaning import fingerprint
 from training.config import TrainingConfig
@@ -65,7 +66,7 @@ def drift_reference(schema: FeatureSchema, columns: dict[str, list[Any]], scores
 def data_summary(data: Any) -> dict[str, Any]:
     positives = int(data.y.sum())
     return {
-        "source": data.source,
+        "source": redact_text(data.source),  # the manifest is served by GET /metadata
         "rows": len(data.table),
         "columns": len(data.table.columns),
         "fingerprint": fingerprint(data.table),

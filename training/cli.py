@@ -39,7 +39,7 @@ examples:
   python -m training --data customers.parquet --threshold-strategy max_profit --offer-cost 20 --saved-value 300
   python -m training generate --schema bank --rows 10000 --out bank.csv
 
-exit status: 0 published; 1 every model family failed; 2 unusable input (one line on stderr)
+exit status: 0 published; 1 every model family failed or the bundle did not verify; 2 unusable input
 """
 
 
@@ -221,16 +221,21 @@ def summary_lines(result: TrainingResult) -> list[str]:
 def train(argv: Sequence[str]) -> int:
     args = training_parser().parse_args(list(argv))
     config = config_from_args(args)
+    from bundle.manifest import BundleError
+    from bundle.redaction import redact_text
     from training.data import TrainingDataError
     from training.pipeline import TrainingError, run_training
 
     try:
         result = run_training(config)
     except TrainingDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as exc:
-        print(f"training failed: {exc}", file=sys.stderr)
+        print(f"training failed: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except BundleError as exc:
+        print(f"publishing failed, nothing was published: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)

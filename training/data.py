@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from bundle.redaction import redact_text, redact_url
+
 CSV_DELIMITERS = (",", ";", "\t")
 SNIFF_BYTES = 64 * 1024
 SQL_URL = re.compile(r"^[a-z][a-z0-9+]*://", re.IGNORECASE)
@@ -122,16 +124,6 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 
 # ---- databases ------------------------------------------------------------------------------
-def redact_url(url: str) -> str:
-    """The URL with any password masked, for logs and the bundle manifest."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # unparsable URL: keep only the scheme, it may hold a password anywhere
-        return url.split("://", 1)[0] + "://..."
-
-
 def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.DataFrame, str]:
     import sqlalchemy
     from sqlalchemy import exc as sa_exc
@@ -186,7 +178,7 @@ def condense(exc: BaseException) -> str:
     # pandas wraps driver errors as "Execution failed on sql '...': <driver message>".
     first = re.sub(r"^Execution failed on sql .*?: (?=[^:]+$)", "", first)
     first = re.sub(r"\s*\(Background on this error at: .*\)$", "", first)
-    return first[:300]
+    return redact_text(first)[:300]  # drivers may echo the connection string
 
 
 # ---- checks on the target column ------------------------------------------------------------

@@ -26,7 +26,7 @@ import pandas as pd
 from bundle.features import FeatureSchema, FeatureSpec, fit_feature
 from bundle.manifest import Manifest, library_versions, new_version, utc_now_iso
 from bundle.scoring import load_raw_model
-from bundle.store import discard_staging, publish, staging_dir
+from bundle.store import discard_staging, publish, staging
 from training.cleaning import (
     CleaningReport,
     clean_feature_columns,
@@ -275,14 +275,8 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     data = prepare_data(config, watch)
     selection, search_rows, folds = choose_model(config, data, watch)
     version = new_version()
-    stage = staging_dir(model_dir, version)
-    try:
+    with staging(model_dir, version) as stage:
         return finish_bundle(config, data, selection, search_rows, folds, version, stage, watch)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
 
 
 def finish_bundle(

@@ -11,6 +11,7 @@ from app.api import PredictorDep
 from app.api.errors import MessageOut, json_response
 from app.api.schemas import feature_json_schema
 from app.serving.predictor import CUSTOMER_ID, Predictor, example_record
+from bundle.redaction import redact_data
 
 router = APIRouter(tags=["model"])
 
@@ -44,7 +45,7 @@ def describe(predictor: Predictor) -> dict[str, Any]:
         "explanation_method": predictor.explainer.method,
         "explanation": predictor.explainer.describe(),
         "metrics": manifest.metrics,
-        "training": manifest.training,
+        "training": redact_data(manifest.training),  # a bundle trained elsewhere may record a password
         "inputs": [_feature(predictor, spec.name) for spec in schema.features],
         "id_field": CUSTOMER_ID,
         "id_column": schema.id_column,

@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from app.serving.predictor import Predictor, build_predictor
 from app.settings import Settings
 from bundle.manifest import BundleError
+from bundle.store import bundle_path
 
 logger = logging.getLogger("app")
 
@@ -173,10 +174,7 @@ def parse_report(data: dict[str, Any] | None) -> WorkerReport | None:
 # ---- loading ------------------------------------------------------------------------------------
 def load_version(settings: Settings, version: str) -> Predictor:
     """Load, verify and warm exactly ``version``, whatever ``current`` names by now."""
-    if not version or "/" in version or version.startswith("."):
-        raise BundleError(f"{version!r} does not name a bundle")
-    if not (settings.model_dir / version).is_dir():
-        raise BundleError(f"bundle {version} does not exist in {settings.model_dir}")
+    bundle_path(settings.model_dir, version)
     predictor = build_predictor(settings, version)
     if predictor.version != version:
         raise BundleError(f"bundle directory {version} holds version {predictor.version}")
@@ -213,8 +211,22 @@ async def reload_service(app: FastAPI) -> Reloaded:
         # Off the event loop: a load takes seconds and requests keep being served meanwhile. The
         # service-wide lock is taken and released inside that one thread call, so a cancelled
         # request can never leave it held.
-        predictor, generation = await run_in_threadpool(load_current_and_announce, state.settings, state.worker_sync)
+        try:
+            predictor, generation = await run_in_threadpool(
+                load_current_and_announce, state.settings, state.worker_sync
+            )
+        except BundleError as exc:
+            serving = f"still serving {previous.version}" if previous else "no model is serving"
+            logger.error("reload failed, %s: %s", serving, exc)
+            raise
         swap_in(app, predictor)
+        logger.info(
+            "reloaded: model %s (%s) loaded, verified and warm in %.2f s (was %s)",
+            predictor.version,
+            predictor.manifest.model_family,
+            predictor.load_seconds,
+            previous.version if previous else "no model",
+        )
         state.reload_generation = generation
         if state.worker_sync is not None:
             state.worker_sync.report(generation, predictor.version)

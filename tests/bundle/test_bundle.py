@@ -4,54 +4,17 @@ import json
 import os
 from pathlib import Path
 
-import joblib
-import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from bundle import store as bundle_module
-from bundle.drift_reference import DriftReference, numeric_reference
-from bundle.features import FeatureSchema, fit_feature
-from bundle.manifest import BundleError, Manifest, new_version, utc_now_iso
+from bundle.manifest import BundleError
 from bundle.scoring import Scorer, load_raw_model
-from bundle.store import (
-    current_bundle_dir,
-    discard_staging,
-    list_bundles,
-    publish,
-    read_manifest,
-    staging_dir,
-    verify_bundle,
-)
-
-
-def _publish_tiny_bundle(models_dir: Path, seed: int = 0, make_current: bool = True) -> Path:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=200)
-    y = (x + rng.normal(scale=0.5, size=200) > 0).astype(int)
-    schema = FeatureSchema([fit_feature("x", "numeric", list(x))], target="Churn", positive_label=1)
-    matrix = schema.encode({"x": list(x)}, 200).matrix
-    staged = staging_dir(models_dir, "v")
-    joblib.dump(LogisticRegression().fit(matrix, y), staged / "model.joblib")
-    (staged / "report").mkdir()
-    (staged / "report" / "report.md").write_text("# report\n")
-    manifest = Manifest(
-        version=new_version(),
-        created_at=utc_now_iso(),
-        model_family="logistic_regression",
-        artifact="model.joblib",
-        artifact_format="joblib",
-        schema=schema,
-        drift_reference=DriftReference(
-            features=[numeric_reference("x", x)], score=numeric_reference("score", rng.random(200), kind="score")
-        ),
-        threshold=0.5,
-    )
-    return publish(staged, manifest, models_dir, make_current=make_current)
+from bundle.store import current_bundle_dir, list_bundles, read_manifest, verify_bundle
+from tests.bundle.tiny_bundle import publish_tiny_bundle
 
 
 def test_published_bundle_verifies_and_predicts(tmp_path):
-    published = _publish_tiny_bundle(tmp_path)
+    published = publish_tiny_bundle(tmp_path)
     assert current_bundle_dir(tmp_path) == published
     manifest = verify_bundle(published)
     assert set(manifest.files) == {"model.joblib", "report/report.md"}
@@ -66,7 +29,7 @@ def test_a_published_bundle_is_readable_by_other_users_as_the_umask_allows(tmp_p
 
     previous = os.umask(0o022)
     try:
-        published = _publish_tiny_bundle(tmp_path)
+        published = publish_tiny_bundle(tmp_path)
     finally:
         os.umask(previous)
     assert stat.S_IMODE(published.stat().st_mode) == 0o755  # not mkdtemp's private 0700
@@ -74,7 +37,7 @@ def test_a_published_bundle_is_readable_by_other_users_as_the_umask_allows(tmp_p
 
 
 def test_tampered_file_fails_verification_before_loading(tmp_path):
-    published = _publish_tiny_bundle(tmp_path)
+    published = publish_tiny_bundle(tmp_path)
     with (published / "model.joblib").open("ab") as handle:
         handle.write(b"tampered")
     with pytest.raises(BundleError, match=r"checksum mismatch for model\.joblib"):
@@ -82,14 +45,14 @@ def test_tampered_file_fails_verification_before_loading(tmp_path):
 
 
 def test_missing_listed_file_is_reported(tmp_path):
-    published = _publish_tiny_bundle(tmp_path)
+    published = publish_tiny_bundle(tmp_path)
     (published / "report" / "report.md").unlink()
     with pytest.raises(BundleError, match="missing"):
         verify_bundle(published)
 
 
 def test_malformed_manifest_is_reported(tmp_path):
-    published = _publish_tiny_bundle(tmp_path)
+    published = publish_tiny_bundle(tmp_path)
     (published / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         read_manifest(published)
@@ -110,7 +73,7 @@ def test_no_current_bundle_says_how_to_get_one(tmp_path):
 
 
 def test_crash_before_pointer_swap_keeps_previous_bundle_current(tmp_path, monkeypatch):
-    first = _publish_tiny_bundle(tmp_path, seed=1)
+    first = publish_tiny_bundle(tmp_path, seed=1)
     real_replace = os.replace
 
     def crash_on_pointer(src, dst):
@@ -120,7 +83,7 @@ def test_crash_before_pointer_swap_keeps_previous_bundle_current(tmp_path, monke
 
     monkeypatch.setattr(bundle_module.os, "replace", crash_on_pointer)
     with pytest.raises(KeyboardInterrupt):
-        _publish_tiny_bundle(tmp_path, seed=2)
+        publish_tiny_bundle(tmp_path, seed=2)
     monkeypatch.undo()
     assert current_bundle_dir(tmp_path) == first
     verify_bundle(first)
@@ -128,20 +91,20 @@ def test_crash_before_pointer_swap_keeps_previous_bundle_current(tmp_path, monke
 
 
 def test_crash_while_staging_leaves_nothing_visible(tmp_path, monkeypatch):
-    first = _publish_tiny_bundle(tmp_path, seed=1)
+    first = publish_tiny_bundle(tmp_path, seed=1)
     monkeypatch.setattr(bundle_module, "sha256_file", lambda path: (_ for _ in ()).throw(OSError("disk died")))
     with pytest.raises(OSError):
-        _publish_tiny_bundle(tmp_path, seed=2)
+        publish_tiny_bundle(tmp_path, seed=2)
     monkeypatch.undo()
     assert current_bundle_dir(tmp_path) == first
     assert list_bundles(tmp_path) == [first.name]
-    assert discard_staging(tmp_path)  # the half-built staging directory is cleaned up later
     assert list_bundles(tmp_path) == [first.name]
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".staging-")] == []
 
 
 def test_older_bundles_stay_after_a_new_publish(tmp_path):
-    first = _publish_tiny_bundle(tmp_path, seed=1)
-    second = _publish_tiny_bundle(tmp_path, seed=2)
+    first = publish_tiny_bundle(tmp_path, seed=1)
+    second = publish_tiny_bundle(tmp_path, seed=2)
     assert current_bundle_dir(tmp_path) == second
     verify_bundle(first)
     assert list_bundles(tmp_path) == sorted([first.name, second.name])

@@ -90,17 +90,43 @@ def test_docker_compose_config_validates_the_file(tmp_path: Path) -> None:
     command = _compose_command()
     if command is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    env = {**os.environ, "CHURN_WORKERS": "3", "CHURN_API_KEY": "s3cret"}
+    env = {**os.environ, "CHURN_WORKERS": "3", "CHURN_API_KEY": "s3cret", "GRAFANA_ADMIN_PASSWORD": "g3cret"}
     env.pop("COMPOSE_FILE", None)
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
+    result = _compose_config(command, env, tmp_path)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     api_env = resolved["services"]["churn-api"]["environment"]
     assert str(api_env["CHURN_WORKERS"]) == "3"
     assert api_env["CHURN_API_KEY"] == "s3cret"
-    assert set(resolved["services"]) == {"trainer", "churn-api", "prometheus", "grafana"}
+    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "g3cret"
+    assert set(resolved["services"]) == {"trainer", "churn-api", "nginx", "prometheus", "grafana"}
+
+
+@pytest.mark.parametrize("missing", ["CHURN_API_KEY", "GRAFANA_ADMIN_PASSWORD"])
+def test_docker_compose_refuses_to_start_without_a_secret(missing: str, tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env = {**os.environ, "CHURN_API_KEY": "s3cret", "GRAFANA_ADMIN_PASSWORD": "g3cret"}
+    env.pop(missing)
+    env.pop("COMPOSE_FILE", None)
+    result = _compose_config(command, env, tmp_path)
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr
+
+
+def _compose_config(command: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    # An empty env file instead of a developer's .env, so only the given environment counts.
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    return subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(empty), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 # ---- content ---------------------------------------------------------------------------------------
@@ -113,7 +139,8 @@ def test_api_service_runs_the_app_with_one_worker_setting_and_persistent_data() 
     assert env["CHURN_WORKERS"] == "${CHURN_WORKERS:-2}"
     assert env["CHURN_MODEL_DIR"] == "/app/models"
     assert env["CHURN_DATABASE_URL"] == "sqlite:////data/predictions.sqlite3"
-    assert env["CHURN_API_KEY"].startswith("${CHURN_API_KEY")
+    assert env["CHURN_API_KEY"].startswith("${CHURN_API_KEY:?")  # no default: compose refuses to start without it
+    assert "ports" not in api and api["expose"] == ["8000"]  # clients reach it through nginx only
     assert {"models:/app/models", "data:/data"} <= set(api["volumes"])
     assert api["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     probe = " ".join(api["healthcheck"]["test"])
@@ -158,10 +185,26 @@ def test_grafana_is_provisioned_from_the_repository() -> None:
     assert "http://127.0.0.1:3000/api/health" in grafana["healthcheck"]["test"]
 
 
+def test_nginx_fronts_the_api_with_the_repository_config() -> None:
+    nginx = _compose()["services"]["nginx"]
+    assert nginx["image"].startswith("nginx:")
+    assert _bind_mounts(nginx)["/etc/nginx/nginx.conf"] == ("./deploy/nginx/nginx.conf", "ro")
+    assert nginx["ports"] == ["${API_PORT:-8000}:8080"]
+    assert "listen 8080" in (ROOT / "deploy/nginx/nginx.conf").read_text()
+    assert "server churn-api:8000 resolve;" in (ROOT / "deploy/nginx/nginx.conf").read_text()
+
+
+def test_no_secret_has_a_default() -> None:
+    text = COMPOSE_FILE.read_text()
+    assert "change-me" not in text
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in text and "${CHURN_API_KEY:?" in text
+
+
 def test_every_long_running_service_has_a_healthcheck_and_published_port() -> None:
     services = _compose()["services"]
-    for name, container_port in (("churn-api", 8000), ("prometheus", 9090), ("grafana", 3000)):
+    for name in ("churn-api", "nginx", "prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"], name
-        assert any(str(port).endswith(f":{container_port}") for port in services[name]["ports"]), name
         assert services[name]["restart"] == "unless-stopped"
+    for name, container_port in (("nginx", 8080), ("prometheus", 9090), ("grafana", 3000)):
+        assert any(str(port).endswith(f":{container_port}") for port in services[name]["ports"]), name
     assert set(_compose()["volumes"]) == {"models", "data", "prometheus-data", "grafana-data"}

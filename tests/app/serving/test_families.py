@@ -169,7 +169,7 @@ def build_soft_vote_bundle(models_dir: Path) -> Path:
     """A published soft-vote bundle (logistic regression + LightGBM), laid out like ``python -m training``'s."""
     from bundle.manifest import Calibration, Manifest, library_versions, new_version, utc_now_iso
     from bundle.scoring import SoftVote
-    from bundle.store import publish, staging_dir
+    from bundle.store import publish, staging
     from tests.conftest import TARGET, _drift_reference, _fit_estimator, clean_frame, fit_schema, synthetic_customers
 
     frame = synthetic_customers(seed=1)
@@ -179,23 +179,23 @@ def build_soft_vote_bundle(models_dir: Path) -> Path:
     labels = (frame[TARGET].astype(str) == "Yes").to_numpy().astype(int)
     members = [(family, _fit_estimator(family, matrix, labels, 0), weight) for family, weight in VOTE_MEMBERS]
     version = new_version()
-    staged = staging_dir(models_dir, version)
-    joblib.dump(SoftVote(members), staged / "model.joblib")
-    manifest = Manifest(
-        version=version,
-        created_at=utc_now_iso(),
-        model_family="soft_vote",
-        artifact="model.joblib",
-        artifact_format="joblib",
-        schema=schema,
-        drift_reference=_drift_reference(schema, columns, np.linspace(0, 1, len(frame))),
-        threshold=0.4,
-        calibration=Calibration(method="platt", platt_a=1.1, platt_b=-0.2),
-        metrics={"roc_auc": 0.8},
-        training={"rows": len(frame), "seed": 0, "source": "synthetic test table"},
-        libraries=library_versions(),
-    )
-    return publish(staged, manifest, models_dir, make_current=True)
+    with staging(models_dir, version) as staged:
+        joblib.dump(SoftVote(members), staged / "model.joblib")
+        manifest = Manifest(
+            version=version,
+            created_at=utc_now_iso(),
+            model_family="soft_vote",
+            artifact="model.joblib",
+            artifact_format="joblib",
+            schema=schema,
+            drift_reference=_drift_reference(schema, columns, np.linspace(0, 1, len(frame))),
+            threshold=0.4,
+            calibration=Calibration(method="platt", platt_a=1.1, platt_b=-0.2),
+            metrics={"roc_auc": 0.8},
+            training={"rows": len(frame), "seed": 0, "source": "synthetic test table"},
+            libraries=library_versions(),
+        )
+        return publish(staged, manifest, models_dir, make_current=True)
 
 
 VOTE_MEMBERS = [("logistic_regression", 0.4), ("lightgbm", 0.6)]
