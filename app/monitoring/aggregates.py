@@ -1,0 +1,147 @@
+"""Hourly aggregates of the prediction log, kept in step with every insert, and read by the daily report.
+
+The writer adds the rows it has just inserted (only those: a replayed duplicate is not counted
+twice) in the same transaction, so the aggregates always match the log. Several workers add to the
+same hour's rows with an upsert that sums; keys go in sorted order so that concurrent
+transactions lock them in the same order. Latency is kept as a histogram of log-spaced buckets
+(``LATENCY_GROWTH`` apart) with each bucket's sum, so a percentile read back is within a few per
+cent of the exact one and exact when a bucket holds one value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from app.monitoring.log_store import hourly_table, latency_table
+
+SECONDS_PER_HOUR = 3600
+LATENCY_GROWTH = 1.04
+SMALLEST_LATENCY = 1e-6  # seconds; anything faster shares the first bucket
+_LOG_GROWTH = math.log(LATENCY_GROWTH)
+# Row fields the aggregates read: predicted_at, model_version, risk_band, predicted_churn, latency, batch size.
+_AGGREGATED_FIELDS = itemgetter(1, 2, 7, 6, 8, 9)
+
+
+def latency_bucket(seconds: float) -> int:
+    return math.floor(math.log(max(seconds, SMALLEST_LATENCY)) / _LOG_GROWTH)
+
+
+def add_rows(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add freshly inserted log rows (ROW_COLUMNS order) to the hourly aggregates."""
+    if not rows:
+        return
+    volume: dict[tuple[int, str, str], list[float]] = {}
+    latency: dict[tuple[int, bool, int], list[float]] = {}
+    # Records of one event share their time, version and latency: few distinct keys per batch.
+    for (at, version, band, churn, seconds, size), count in Counter(map(_AGGREGATED_FIELDS, rows)).items():
+        hour = int(at // SECONDS_PER_HOUR)
+        figures = volume.setdefault((hour, version, band), [0, 0, at, at])
+        figures[0] += count
+        figures[1] += count if churn else 0
+        figures[2], figures[3] = min(figures[2], at), max(figures[3], at)
+        histogram = latency.setdefault((hour, size > 1, latency_bucket(seconds)), [0, 0.0])
+        histogram[0] += count
+        histogram[1] += seconds * count
+    _upsert(
+        connection,
+        hourly_table,
+        [
+            {"hour": h, "model_version": v, "risk_band": b, "predictions": n, "predicted_churn": c, "first_at": f}
+            | {"last_at": last}
+            for (h, v, b), (n, c, f, last) in sorted(volume.items())
+        ],
+        sums=("predictions", "predicted_churn"),
+    )
+    _upsert(
+        connection,
+        latency_table,
+        [
+            {"hour": h, "batch": batch, "bucket": bucket, "predictions": n, "seconds": s}
+            for (h, batch, bucket), (n, s) in sorted(latency.items())
+        ],
+        sums=("predictions", "seconds"),
+    )
+
+
+def _upsert(connection: Connection, table: Table, values: list[dict[str, Any]], sums: Iterable[str]) -> None:
+    dialect = connection.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table).values(values)
+    least, greatest = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
+    update = {name: table.c[name] + statement.excluded[name] for name in sums}
+    if "first_at" in table.c:
+        update["first_at"] = least(table.c.first_at, statement.excluded.first_at)
+        update["last_at"] = greatest(table.c.last_at, statement.excluded.last_at)
+    keys = [column.name for column in table.primary_key.columns]
+    connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=update))
+
+
+def delete_before(connection: Connection, cutoff: float) -> None:
+    """Drop the aggregates of hours that ended before ``cutoff`` (retention)."""
+    hour = int(cutoff // SECONDS_PER_HOUR)
+    for table in (hourly_table, latency_table):
+        connection.execute(table.delete().where(table.c.hour < hour))
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+def _hours(table: Table, start: float, end: float) -> Any:
+    return (table.c.hour >= int(start // SECONDS_PER_HOUR)) & (table.c.hour < math.ceil(end / SECONDS_PER_HOUR))
+
+
+def volume_by_band(connection: Connection, start: float, end: float) -> dict[str, int]:
+    h = hourly_table.c
+    rows = connection.execute(
+        select(h.risk_band, func.sum(h.predictions))
+        .where(_hours(hourly_table, start, end))
+        .group_by(h.risk_band)
+        .order_by(h.risk_band)
+    )
+    return {band: int(count) for band, count in rows}
+
+
+def model_versions(connection: Connection, start: float, end: float) -> list[tuple[str, int, int, float, float]]:
+    """(version, predictions, predicted churn, first seen, last seen), first seen first."""
+    h = hourly_table.c
+    rows = connection.execute(
+        select(h.model_version, func.sum(h.predictions), func.sum(h.predicted_churn), func.min(h.first_at))
+        .add_columns(func.max(h.last_at))
+        .where(_hours(hourly_table, start, end))
+        .group_by(h.model_version)
+        .order_by(func.min(h.first_at))
+    )
+    return [(v, int(n), int(c or 0), float(first), float(last)) for v, n, c, first, last in rows]
+
+
+def latency_histograms(connection: Connection, start: float, end: float) -> dict[bool, list[tuple[int, int, float]]]:
+    """(bucket, predictions, seconds summed) by bucket, for batch records (True) and single calls (False)."""
+    t = latency_table.c
+    rows = connection.execute(
+        select(t.batch, t.bucket, func.sum(t.predictions), func.sum(t.seconds))
+        .where(_hours(latency_table, start, end))
+        .group_by(t.batch, t.bucket)
+        .order_by(t.bucket)
+    )
+    histograms: dict[bool, list[tuple[int, int, float]]] = {False: [], True: []}
+    for batch, bucket, count, seconds in rows:
+        histograms[bool(batch)].append((int(bucket), int(count), float(seconds)))
+    return histograms
+
+
+def percentile(histogram: Sequence[tuple[int, int, float]], q: float) -> float:
+    """The q-th percentile (numpy's linear definition) read from a bucketed histogram: its bucket's mean."""
+    total = sum(count for _, count, _ in histogram)
+    rank = math.floor(q / 100 * (total - 1))  # 0-based position of the value asked for
+    seen = 0
+    for _, count, seconds in histogram:
+        seen += count
+        if seen > rank:
+            return seconds / count
+    raise ValueError("empty histogram")
