@@ -136,12 +136,20 @@ def latency_histograms(connection: Connection, start: float, end: float) -> dict
 
 
 def percentile(histogram: Sequence[tuple[int, int, float]], q: float) -> float:
-    """The q-th percentile (numpy's linear definition) read from a bucketed histogram: its bucket's mean."""
+    """The q-th percentile read from a bucketed histogram, each value taken as its bucket's mean and
+    interpolated between neighbours as numpy's default (linear) method does."""
     total = sum(count for _, count, _ in histogram)
-    rank = math.floor(q / 100 * (total - 1))  # 0-based position of the value asked for
+    if total == 0:
+        raise ValueError("empty histogram")
+    rank = q / 100 * (total - 1)  # 0-based position of the value asked for
+    low, high = _value_at(histogram, math.floor(rank)), _value_at(histogram, math.ceil(rank))
+    return low + (high - low) * (rank - math.floor(rank))
+
+
+def _value_at(histogram: Sequence[tuple[int, int, float]], position: int) -> float:
     seen = 0
     for _, count, seconds in histogram:
         seen += count
-        if seen > rank:
+        if seen > position:
             return seconds / count
-    raise ValueError("empty histogram")
+    raise ValueError("position beyond the histogram")
