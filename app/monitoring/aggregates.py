@@ -11,11 +11,10 @@ cent of the exact one and exact when a bucket holds one value.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -26,49 +25,75 @@ SECONDS_PER_HOUR = 3600
 LATENCY_GROWTH = 1.04
 SMALLEST_LATENCY = 1e-6  # seconds; anything faster shares the first bucket
 _LOG_GROWTH = math.log(LATENCY_GROWTH)
-# Row fields the aggregates read: predicted_at, model_version, risk_band, predicted_churn, latency, batch size.
-_AGGREGATED_FIELDS = itemgetter(1, 2, 7, 6, 8, 9)
 
 
-def latency_bucket(seconds: float) -> int:
-    return math.floor(math.log(max(seconds, SMALLEST_LATENCY)) / _LOG_GROWTH)
+def latency_buckets(seconds: np.ndarray) -> np.ndarray:
+    """Each latency's log-spaced bucket."""
+    return np.floor(np.log(np.maximum(seconds, SMALLEST_LATENCY)) / _LOG_GROWTH).astype(np.int64)
 
 
 def add_rows(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     """Add freshly inserted log rows (ROW_COLUMNS order) to the hourly aggregates."""
     if not rows:
         return
-    volume: dict[tuple[int, str, str], list[float]] = {}
-    latency: dict[tuple[int, bool, int], list[float]] = {}
-    # Records of one event share their time, version and latency: few distinct keys per batch.
-    for (at, version, band, churn, seconds, size), count in Counter(map(_AGGREGATED_FIELDS, rows)).items():
-        hour = int(at // SECONDS_PER_HOUR)
-        figures = volume.setdefault((hour, version, band), [0, 0, at, at])
-        figures[0] += count
-        figures[1] += count if churn else 0
-        figures[2], figures[3] = min(figures[2], at), max(figures[3], at)
-        histogram = latency.setdefault((hour, size > 1, latency_bucket(seconds)), [0, 0.0])
-        histogram[0] += count
-        histogram[1] += seconds * count
-    _upsert(
-        connection,
-        hourly_table,
-        [
-            {"hour": h, "model_version": v, "risk_band": b, "predictions": n, "predicted_churn": c, "first_at": f}
-            | {"last_at": last}
-            for (h, v, b), (n, c, f, last) in sorted(volume.items())
-        ],
-        sums=("predictions", "predicted_churn"),
-    )
-    _upsert(
-        connection,
-        latency_table,
-        [
-            {"hour": h, "batch": batch, "bucket": bucket, "predictions": n, "seconds": s}
-            for (h, batch, bucket), (n, s) in sorted(latency.items())
-        ],
-        sums=("predictions", "seconds"),
-    )
+    # Column-wise with numpy: the monitor thread pays per batch, hardly per row.
+    columns = list(zip(*rows, strict=True))
+    at = np.asarray(columns[1], dtype=np.float64)
+    hours = (at // SECONDS_PER_HOUR).astype(np.int64)
+    # Keys come out sorted: concurrent writers lock the same rows in the same order.
+    _upsert(connection, hourly_table, _volume(columns, at, hours), sums=("predictions", "predicted_churn"))
+    _upsert(connection, latency_table, _latency(columns, hours), sums=("predictions", "seconds"))
+
+
+def _volume(columns: list[tuple[Any, ...]], at: np.ndarray, hours: np.ndarray) -> list[dict[str, Any]]:
+    versions, version_codes = _codes(columns[2])
+    bands, band_codes = _codes(columns[7])
+    first_hour = int(hours.min())
+    # One integer per (hour, version, band): grouping sorts plain integers.
+    keys = ((hours - first_hour) * len(versions) + version_codes) * len(bands) + band_codes
+    group_keys, group = np.unique(keys, return_inverse=True)
+    first, last = np.full(len(group_keys), np.inf), np.full(len(group_keys), -np.inf)
+    np.minimum.at(first, group, at)
+    np.maximum.at(last, group, at)
+    counts = np.bincount(group)
+    positives = np.bincount(group, weights=np.asarray(columns[6], dtype=bool))
+    volume = []
+    for i, key in enumerate(group_keys.tolist()):
+        rest, band = divmod(key, len(bands))
+        hour, version = divmod(rest, len(versions))
+        volume.append(
+            {"hour": hour + first_hour, "model_version": versions[version], "risk_band": bands[band]}
+            | {"predictions": int(counts[i]), "predicted_churn": int(positives[i])}
+            | {"first_at": float(first[i]), "last_at": float(last[i])}
+        )
+    return volume
+
+
+def _latency(columns: list[tuple[Any, ...]], hours: np.ndarray) -> list[dict[str, Any]]:
+    seconds = np.asarray(columns[8], dtype=np.float64)
+    buckets = latency_buckets(seconds)
+    batch = (np.asarray(columns[9], dtype=np.int64) > 1).astype(np.int64)
+    first_hour, first_bucket = int(hours.min()), int(buckets.min())
+    span = int(buckets.max()) - first_bucket + 1
+    keys = ((hours - first_hour) * 2 + batch) * span + (buckets - first_bucket)
+    group_keys, group = np.unique(keys, return_inverse=True)
+    counts, sums = np.bincount(group), np.bincount(group, weights=seconds)
+    latency = []
+    for i, key in enumerate(group_keys.tolist()):
+        rest, bucket = divmod(key, span)
+        hour, in_batch = divmod(rest, 2)
+        latency.append(
+            {"hour": hour + first_hour, "batch": bool(in_batch), "bucket": bucket + first_bucket}
+            | {"predictions": int(counts[i]), "seconds": float(sums[i])}
+        )
+    return latency
+
+
+def _codes(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct values (sorted) and each value's position among them."""
+    distinct = sorted(set(values))
+    position = {value: i for i, value in enumerate(distinct)}
+    return distinct, np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))
 
 
 def _upsert(connection: Connection, table: Table, values: list[dict[str, Any]], sums: Iterable[str]) -> None:

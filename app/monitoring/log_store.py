@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -144,10 +145,7 @@ def create_tables(engine: Engine) -> None:
 
 
 ROW_COLUMNS = tuple(column.name for column in predictions_table.columns)
-PREDICTION_ID_WIDTH = predictions_table.c.prediction_id.type.length
-MODEL_VERSION_WIDTH = predictions_table.c.model_version.type.length
 CUSTOMER_ID_WIDTH = predictions_table.c.customer_id.type.length
-RISK_BAND_WIDTH = predictions_table.c.risk_band.type.length
 
 
 # Rows per INSERT statement: 99 rows of 10 values stay within SQLite's oldest limit of 999 bound
@@ -198,12 +196,36 @@ def is_row_error(error: Exception) -> bool:
     return isinstance(error, DataError | IntegrityError | TypeError | ValueError)
 
 
-def fit_width(values: list[Any], width: int) -> tuple[list[Any], int]:
-    """``values`` with any text longer than ``width`` cut to it, and how many were cut."""
-    if max(map(len, filter(None, values)), default=0) <= width:
-        return values, 0
-    fitted = [value[:width] if value is not None and len(value) > width else value for value in values]
-    return fitted, sum(1 for value in values if value is not None and len(value) > width)
+# Text columns of a row (ROW_COLUMNS order) and their widths.
+_TEXT_COLUMNS = tuple(
+    (index, column.type.length)
+    for index, column in enumerate(predictions_table.columns)
+    if isinstance(column.type, String) and column.type.length
+)
+
+
+def fit_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
+    """``rows`` with any text longer than its column cut to fit, and how many values were cut.
+
+    One pass over each text column of the whole batch; rows are rebuilt only when a value is too long.
+    """
+    too_long = [
+        (index, width)
+        for index, width in _TEXT_COLUMNS
+        if max(map(len, filter(None, map(itemgetter(index), rows))), default=0) > width
+    ]
+    if not too_long:
+        return rows, 0
+    cut = 0
+    fitted = []
+    for row in rows:
+        values = list(row)
+        for index, width in too_long:
+            if values[index] is not None and len(values[index]) > width:
+                values[index] = values[index][:width]
+                cut += 1
+        fitted.append(tuple(values))
+    return fitted, cut
 
 
 def _json(record: dict[str, Any]) -> str:
@@ -211,36 +233,31 @@ def _json(record: dict[str, Any]) -> str:
     return orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
-def event_rows(event: PredictionEvent, latency: float | None) -> tuple[list[tuple[Any, ...]], int]:
-    """The table rows of a scored event in ROW_COLUMNS order, and how many values were cut to fit.
+def event_rows(event: PredictionEvent, latency: float | None) -> list[tuple[Any, ...]]:
+    """The table rows of a scored event, in ROW_COLUMNS order (raises on a malformed event).
 
     ``latency``: the request's, from its start to scoring done; None when unknown (the stages' sum).
-    Raises on a malformed event (columns of different lengths).
+    Text may be longer than its column: :func:`fit_rows` cuts a whole batch to fit.
     """
     if latency is None:
         latency = float(sum(event.stage_seconds.values()))
     size = event.size
     inputs = [_json(record) for record in event.records()]
-    ids, cut_ids = fit_width(event.prediction_ids, PREDICTION_ID_WIDTH)
-    customers, cut_customers = fit_width(event.customer_ids, CUSTOMER_ID_WIDTH)
-    bands, cut_bands = fit_width(event.risk_bands, RISK_BAND_WIDTH)
-    [version], cut_version = fit_width([event.model_version], MODEL_VERSION_WIDTH)
-    rows = list(
+    return list(
         zip(
-            ids,
+            event.prediction_ids,
             repeat(event.timestamp, size),
-            repeat(version, size),
-            customers,
+            repeat(event.model_version, size),
+            event.customer_ids,
             inputs,
             np.asarray(event.scores, dtype=np.float64).tolist(),
             np.asarray(event.decisions, dtype=bool).tolist(),
-            bands,
+            event.risk_bands,
             repeat(latency, size),
             repeat(size, size),
             strict=True,
         )
     )
-    return rows, cut_ids + cut_customers + cut_bands + cut_version * size
 
 
 @dataclass

@@ -29,6 +29,7 @@ from app.monitoring.log_store import (
     WriteReport,
     create_tables,
     event_rows,
+    fit_rows,
     insert_rows,
     is_row_error,
     logged_ids,
@@ -221,12 +222,10 @@ class LogWriter:
         rows: Rows = []
         for recorded in events:
             try:
-                event_table_rows, truncated = event_rows(recorded.event, recorded.latency)
+                rows.extend(event_rows(recorded.event, recorded.latency))
             except Exception as exc:  # a malformed event must not cost the others
                 self._lose(report, "invalid", len(recorded.event.prediction_ids), f"a malformed event: {exc}")
-                continue
-            rows.extend(event_table_rows)
-            report.truncated += truncated
+        rows, report.truncated = fit_rows(rows)
         return rows
 
     def ensure_tables(self) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.monitoring.aggregates import LATENCY_GROWTH, latency_bucket, percentile
+from app.monitoring.aggregates import LATENCY_GROWTH, latency_buckets, percentile
 
 
 def histogram(latencies: np.ndarray) -> list[tuple[int, int, float]]:
     buckets: dict[int, list[float]] = {}
-    for value in latencies.tolist():
-        figures = buckets.setdefault(latency_bucket(value), [0, 0.0])
+    for value, bucket in zip(latencies.tolist(), latency_buckets(latencies).tolist(), strict=True):
+        figures = buckets.setdefault(bucket, [0, 0.0])
         figures[0] += 1
         figures[1] += value
     return [(bucket, int(count), total) for bucket, (count, total) in sorted(buckets.items())]

@@ -32,7 +32,7 @@ def postgres() -> Iterator[throwaway_postgres.ThrowawayPostgres]:
 def logged(monitor: Monitor) -> dict[str, str | None]:
     with monitor.log.connection() as connection:
         p = predictions_table.c
-        return dict(connection.execute(select(p.prediction_id, p.customer_id)).tuples().all())
+        return {pid: customer for pid, customer in connection.execute(select(p.prediction_id, p.customer_id))}
 
 
 def counter(monitor: Monitor, name: str, **labels: str) -> float | None:
