@@ -43,6 +43,7 @@ from app.monitoring.throttled import ThrottledErrors, ThrottledLosses
 logger = logging.getLogger(__name__)
 
 REPLAY_BATCHES_PER_CALL = 5  # replay some each time, so a long backlog never stalls the live rows
+OUTAGE_PROBE_SECONDS = 5.0  # during an outage, how often a replay tries the database when nothing else does
 
 Rows = list[tuple[Any, ...]]
 
@@ -64,6 +65,7 @@ class LogWriter:
         self.engine = engine
         self._tables_ready = False
         self._outage_since: float | None = None
+        self._last_failure = 0.0
         self._errors = ThrottledErrors(logger)
         self._losses = ThrottledLosses(logger)
 
@@ -168,9 +170,12 @@ class LogWriter:
     def replay(self) -> WriteReport:
         """Write some spooled rows (of any process) to the log while the database takes them; never raises."""
         report = WriteReport()
-        if self._outage_since is not None or not self.spool.enabled:
-            return report  # the live writes find out when the database is back
+        if not self.spool.enabled:
+            return report
+        if self._outage_since is not None and time.monotonic() - self._last_failure < OUTAGE_PROBE_SECONDS:
+            return report  # the database failed moments ago: live writes (or a later probe) try it again
         try:
+            self._lose(report, "spool_unreadable", self.spool.salvage(), "torn spool files of a killed process")
             self._replay(report)
         except OSError as exc:
             self._errors.error("cannot read the prediction log spool %s: %s", self.spool.directory, exc)
@@ -198,6 +203,7 @@ class LogWriter:
     def _database_failed(self, error: Exception, report: WriteReport) -> None:
         report.errors += 1
         self._tables_ready = False  # a dropped table is recreated on the next write
+        self._last_failure = time.monotonic()
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             where = f"spooling rows to {self.spool.directory}" if self.spool.enabled else "no spool: rows are lost"

@@ -74,7 +74,7 @@ class Spool:
         if not self.enabled:
             return 0
         self.directory.mkdir(parents=True, exist_ok=True)
-        return self._salvage_partial_files()
+        return self.salvage()
 
     # ---- writing -------------------------------------------------------------------------------
     def write(self, rows: list[tuple[Any, ...]]) -> SpoolSegment | None:
@@ -147,8 +147,8 @@ class Spool:
             return sum(segment_rows(path) for path in self.directory.glob(f"*{SEALED}"))
         return 0
 
-    def _salvage_partial_files(self) -> int:
-        # A writer killed mid-write leaves a .part file; whole ones are sealed, torn ones counted lost.
+    def salvage(self) -> int:
+        """Seal the whole ``.part`` files of writers killed mid-write; rows of torn ones (deleted), lost."""
         lost = 0
         for path in self.directory.glob(f"*{PARTIAL}"):
             pid = _writer_pid(path)

@@ -121,3 +121,19 @@ def test_write_ahead_leaves_nothing_behind_once_the_rows_are_logged(tmp_path, ma
         assert monitor.write_log() == 10
         assert not [path for path in (tmp_path / "spool").rglob("*") if path.is_file()]
     assert figures(monitor)["spooled"] == 0
+
+
+def test_without_traffic_the_replay_itself_finds_the_database_back(tmp_path, manifest, monkeypatch):
+    from app.monitoring import log_writer
+
+    monitor = Monitor(outage_settings(tmp_path))
+    event = make_event(manifest, 12, seed=5)
+    with running(monitor):
+        monitor.model_loaded(manifest)
+        monitor.record(event)
+        assert monitor.write_log() == 0
+        (tmp_path / "down").mkdir()
+        assert monitor.log.replay() == 0  # the database failed moments ago: not tried again yet
+        monkeypatch.setattr(log_writer, "OUTAGE_PROBE_SECONDS", 0.0)
+        assert monitor.log.replay() == 12
+        assert log_ids(monitor) == set(event.prediction_ids)
