@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     prediction_log_batch_size: int = Field(default=2_000, ge=1)
     prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
     prediction_log_queue_size: int = Field(default=100_000, ge=1)
+    # Rows the log database cannot take now wait here, on local disk, until it takes them again (any
+    # worker of the deployment replays them, after a restart too); one subdirectory per database.
+    prediction_log_spool_dir: Path = Path("prediction-log-spool")
+    # The spool's budget, all workers together; past it rows are lost (counted). 0 turns the spool off.
+    prediction_log_spool_max_bytes: int = Field(default=1024**3, ge=0)
+    # "always": every batch is spooled before it is sent, so a killed worker loses only the rows it had
+    # not yet taken from its queue (at most CHURN_PREDICTION_LOG_FLUSH_SECONDS of them); "on_failure":
+    # only rows the database refused are spooled (one file write less per flush).
+    prediction_log_spool_mode: Literal["always", "on_failure"] = "always"
     drift_window_seconds: int = Field(default=3600, ge=10)
     drift_slot_seconds: int = Field(default=60, ge=1)
     drift_min_count: int = Field(default=200, ge=1)

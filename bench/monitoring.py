@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     bodies = {"script": script, "batch": work / "batch.json"}
 
     def database(name: str) -> dict[str, str]:
-        return {"CHURN_DATABASE_URL": f"sqlite:///{work / name}.sqlite3"}
+        return {"CHURN_DATABASE_URL": f"sqlite:///{work / name}.sqlite3", "CHURN_PREDICTION_LOG_SPOOL_DIR": str(work)}
 
     rows = []
     for _ in range(args.rounds):

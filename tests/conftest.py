@@ -261,6 +261,21 @@ def linear_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 API_KEY = "test-api-key"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prediction_log_spool_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Services started by tests spool their prediction log under a temp dir, never in the worktree."""
+    import os
+
+    directory = tmp_path_factory.mktemp("prediction-log-spool")
+    previous = os.environ.get("CHURN_PREDICTION_LOG_SPOOL_DIR")
+    os.environ["CHURN_PREDICTION_LOG_SPOOL_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["CHURN_PREDICTION_LOG_SPOOL_DIR"]
+    else:
+        os.environ["CHURN_PREDICTION_LOG_SPOOL_DIR"] = previous
+
+
 def service_settings(models_dir: Path, **overrides: Any) -> Any:
     """Settings for a test service: no monitoring side effects unless asked, a known API key."""
     from app.settings import Settings

@@ -1,9 +1,9 @@
-"""The prediction log's database side: tables, rows and the writer that stores them.
+"""The prediction log's database side: tables, engines, the rows of an event and their insert.
 
-``PredictionLog`` hands this module recorded prediction events. :class:`LogWriter` turns each
-record into a table row (its cleaned feature values as the ``inputs`` JSON) and inserts them in
-batches, trying again later when a failure may pass. It knows nothing of metrics: each call
-returns a :class:`WriteReport` for the caller to count.
+Each record becomes a table row (its cleaned feature values as the ``inputs`` JSON), its text
+fitted to the column widths so that no value can fail its whole insert. Beside the raw log, hourly
+aggregate tables (volume, decisions, a latency histogram) are what the daily report reads;
+``app.monitoring.aggregates`` keeps them in step with every insert.
 
 SQLite is the default (WAL journal and a busy timeout so several worker processes can write the
 same file); a ``postgresql://`` URL uses PostgreSQL through psycopg 3.
@@ -15,9 +15,9 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -34,22 +34,19 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
-    delete,
     event,
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from app.monitoring.events import PredictionEvent, RecordedEvent
-from app.monitoring.throttled import ThrottledErrors
+from app.monitoring.events import PredictionEvent
 
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 SECONDS_PER_DAY = 86_400
-MAX_WRITE_ATTEMPTS = 5  # tries per batch while the database reports errors that may pass
 
 metadata = MetaData()
 
@@ -77,6 +74,29 @@ outcomes_table = Table(
     Column("churned", Boolean, nullable=False),
     Column("received_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# Per UTC hour (UNIX seconds // 3600): what the daily report needs, at a cost that does not grow with traffic.
+hourly_table = Table(
+    "prediction_log_hourly",
+    metadata,
+    Column("hour", Integer, primary_key=True),
+    Column("model_version", String(128), primary_key=True),
+    Column("risk_band", String(64), primary_key=True),
+    Column("predictions", Integer, nullable=False),
+    Column("predicted_churn", Integer, nullable=False),
+    Column("first_at", Float, nullable=False),
+    Column("last_at", Float, nullable=False),
+)
+
+latency_table = Table(
+    "prediction_log_latency_hourly",
+    metadata,
+    Column("hour", Integer, primary_key=True),
+    Column("batch", Boolean, primary_key=True),  # records of /predict/batch calls, apart from single ones
+    Column("bucket", Integer, primary_key=True),  # log-spaced latency bucket (app.monitoring.aggregates)
+    Column("predictions", Integer, nullable=False),
+    Column("seconds", Float, nullable=False),  # latencies summed: the bucket's mean is its estimate
 )
 
 
@@ -125,6 +145,7 @@ def create_tables(engine: Engine) -> None:
 
 
 ROW_COLUMNS = tuple(column.name for column in predictions_table.columns)
+CUSTOMER_ID_WIDTH = predictions_table.c.customer_id.type.length
 
 
 # Rows per INSERT statement: 99 rows of 10 values stay within SQLite's oldest limit of 999 bound
@@ -148,30 +169,80 @@ def insert_statement(paramstyle: str, rows: int) -> str:
     return f"INSERT INTO prediction_log ({columns}) VALUES {values} ON CONFLICT (prediction_id) DO NOTHING"
 
 
-def insert_rows(connection: Any, engine: Engine, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with as few statements as the parameter limit allows."""
+def insert_rows(connection: Any, rows: list[tuple[Any, ...]]) -> int:
+    """Insert ``rows`` with as few statements as the parameter limit allows; rows actually inserted.
+
+    Fewer than ``len(rows)`` means some prediction ids were logged already (a replayed spool).
+    """
+    inserted = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        statement = insert_statement(engine.dialect.paramstyle, len(chunk))  # built once per size
-        connection.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
+        statement = insert_statement(connection.dialect.paramstyle, len(chunk))  # built once per size
+        inserted += connection.exec_driver_sql(statement, tuple(chain.from_iterable(chunk))).rowcount
+    return inserted
 
 
-def _may_pass(error: Exception) -> bool:
-    """Whether a failed write may succeed later: the database unreachable, locked, busy or missing a table."""
-    if isinstance(error, OperationalError):
-        return True
-    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+def logged_ids(connection: Any, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the log already holds."""
+    found: set[str] = set()
+    column = predictions_table.c.prediction_id
+    for start in range(0, len(ids), 500):
+        found.update(connection.execute(select(column).where(column.in_(ids[start : start + 500]))).scalars())
+    return found
+
+
+def is_row_error(error: Exception) -> bool:
+    """Whether a failed insert is the rows' fault (a value the column refuses), not the database's."""
+    return isinstance(error, DataError | IntegrityError | TypeError | ValueError)
+
+
+# Text columns of a row (ROW_COLUMNS order) and their widths.
+_TEXT_COLUMNS = tuple(
+    (index, column.type.length)
+    for index, column in enumerate(predictions_table.columns)
+    if isinstance(column.type, String) and column.type.length
+)
+
+
+def fit_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
+    """``rows`` with any text longer than its column cut to fit, and how many values were cut.
+
+    One pass over each text column of the whole batch; rows are rebuilt only when a value is too long.
+    """
+    too_long = [
+        (index, width)
+        for index, width in _TEXT_COLUMNS
+        if max(map(len, filter(None, map(itemgetter(index), rows))), default=0) > width
+    ]
+    if not too_long:
+        return rows, 0
+    cut = 0
+    fitted = []
+    for row in rows:
+        values = list(row)
+        for index, width in too_long:
+            if values[index] is not None and len(values[index]) > width:
+                values[index] = values[index][:width]
+                cut += 1
+        fitted.append(tuple(values))
+    return fitted, cut
+
+
+def _json(record: dict[str, Any]) -> str:
+    # A value JSON cannot hold (an odd object) is stored as its text rather than lose the record.
+    return orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def event_rows(event: PredictionEvent, latency: float | None) -> list[tuple[Any, ...]]:
     """The table rows of a scored event, in ROW_COLUMNS order (raises on a malformed event).
 
     ``latency``: the request's, from its start to scoring done; None when unknown (the stages' sum).
+    Text may be longer than its column: :func:`fit_rows` cuts a whole batch to fit.
     """
     if latency is None:
         latency = float(sum(event.stage_seconds.values()))
     size = event.size
-    inputs = [orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode() for record in event.records()]
+    inputs = [_json(record) for record in event.records()]
     return list(
         zip(
             event.prediction_ids,
@@ -196,137 +267,7 @@ class WriteReport:
     written: int = 0
     errors: int = 0  # failed database operations
     dropped: Counter[str] = field(default_factory=Counter)  # records given up, by reason
-    waiting: int = 0  # records kept for another try after this call
+    spooled: int = 0  # records left in the spool for a later replay
+    replayed: int = 0  # records of the spool written to the log (also counted in ``written``)
+    truncated: int = 0  # values cut to their column's width
     deleted: int = 0  # records removed by retention
-
-
-class LogWriter:
-    """Writes pending rows to the log database in batches; keeps failed batches for another try.
-
-    Rows whose write failed for a reason that may pass (the database unreachable, locked, a table
-    dropped under it) are written first next time, up to ``MAX_WRITE_ATTEMPTS`` tries and
-    ``queue_size`` rows; beyond that they are dropped. Any other failure drops that batch at once
-    (trying again could never succeed). Not thread-safe: one caller at a time.
-    """
-
-    def __init__(self, database_url: str, *, batch_size: int, queue_size: int, engine: Engine | None = None) -> None:
-        self.database_url = database_url
-        self.batch_size = batch_size
-        self.queue_size = queue_size
-        self.engine = engine
-        self._tables_ready = False
-        self._errors = ThrottledErrors(logger)
-        # Batches whose write failed for a reason that may pass, with their attempts so far.
-        self._retry: list[tuple[list[tuple[Any, ...]], int]] = []
-
-    def start(self) -> None:
-        # No database round trip here: a slow or absent database must not hold up the service start.
-        if self.engine is None:
-            self.engine = make_engine(self.database_url)
-
-    @property
-    def retry_records(self) -> int:
-        """Rows waiting for another try after a failed write."""
-        return sum(len(batch) for batch, _ in self._retry)
-
-    def write(self, events: Sequence[RecordedEvent]) -> WriteReport:
-        """Write the records of ``events`` (after the rows kept from failed writes); what happened, never raises."""
-        report = WriteReport()
-        rows = self._table_rows(events, report)
-        batches = self._retry + [
-            (rows[start : start + self.batch_size], 0) for start in range(0, len(rows), self.batch_size)
-        ]
-        self._retry = []
-        for position, (batch, attempts) in enumerate(batches):
-            error = self._write_batch(batch, report)
-            if error is None:
-                report.written += len(batch)
-                continue
-            if not _may_pass(error) or attempts + 1 >= MAX_WRITE_ATTEMPTS:
-                self._drop(batch, error, report)
-            else:
-                self._retry.append((batch, attempts + 1))
-            # The database is failing: keep the rest for the next try instead of failing each now.
-            self._retry.extend(batches[position + 1 :])
-            break
-        self._bound_retry(report)
-        report.waiting = self.retry_records
-        return report
-
-    def close(self) -> WriteReport:
-        """Give up the rows waiting for another try (nothing will try them again) and release the database."""
-        report = WriteReport()
-        for batch, _ in self._retry:
-            self._drop(batch, "the service stopped", report)
-        self._retry = []
-        if self.engine is not None:
-            self.engine.dispose()
-        return report
-
-    def _table_rows(self, events: Sequence[RecordedEvent], report: WriteReport) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
-        for recorded in events:
-            try:
-                rows.extend(event_rows(recorded.event, recorded.latency))
-            except Exception as exc:  # a malformed event must not cost the others
-                report.dropped["invalid"] += len(recorded.event.prediction_ids)
-                self._errors.error("cannot log a prediction event: %s", exc)
-        return rows
-
-    def _write_batch(self, rows: list[tuple[Any, ...]], report: WriteReport) -> Exception | None:
-        """Write one batch in one transaction; the exception when it failed (counted), else None."""
-        try:
-            if not self.ensure_tables(report):
-                raise OperationalError("creating the tables", {}, Exception("prediction log tables are not available"))
-            assert self.engine is not None
-            with self.engine.begin() as connection:
-                insert_rows(connection, self.engine, rows)
-        except Exception as exc:  # down, full, read-only, dropped table: count and carry on
-            report.errors += 1
-            self._errors.error("prediction log write of %d rows failed: %s", len(rows), exc)
-            self._tables_ready = False  # a dropped table is recreated on the next write
-            return exc
-        return None
-
-    def _drop(self, rows: list[tuple[Any, ...]], why: object, report: WriteReport) -> None:
-        report.dropped["write_error"] += len(rows)
-        self._errors.error("dropped %d prediction log rows after a failed write: %s", len(rows), why)
-
-    def _bound_retry(self, report: WriteReport) -> None:
-        """Keep at most ``queue_size`` rows waiting for another try, dropping the oldest first."""
-        while self._retry and self.retry_records > self.queue_size:
-            batch, _ = self._retry.pop(0)
-            self._drop(batch, "the retry backlog is full", report)
-
-    def ensure_tables(self, report: WriteReport | None = None) -> bool:
-        if self._tables_ready:
-            return True
-        if self.engine is None:
-            return False
-        try:
-            create_tables(self.engine)
-        except Exception as exc:
-            if report is not None:
-                report.errors += 1
-            self._errors.error("cannot create the prediction log tables: %s", exc)
-            return False
-        self._tables_ready = True
-        return True
-
-    def enforce_retention(self, now: float, retention_days: int) -> WriteReport:
-        """Delete predictions (and their outcomes) older than ``retention_days``."""
-        report = WriteReport(waiting=self.retry_records)
-        cutoff = now - retention_days * SECONDS_PER_DAY
-        if self.engine is None or not self.ensure_tables(report):
-            return report
-        expired = select(predictions_table.c.prediction_id).where(predictions_table.c.predicted_at < cutoff)
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(delete(outcomes_table).where(outcomes_table.c.prediction_id.in_(expired)))
-                result = connection.execute(delete(predictions_table).where(predictions_table.c.predicted_at < cutoff))
-        except Exception as exc:
-            report.errors += 1
-            self._errors.error("prediction log retention failed: %s", exc)
-            return report
-        report.deleted = int(result.rowcount or 0)
-        return report

@@ -138,6 +138,19 @@ class Metrics:
         self.log_queue = self._gauge(
             "churn_prediction_log_queue_size", "Predictions waiting to be written, all workers", "livesum"
         )
+        self.log_spooled = self._counter(
+            "churn_prediction_log_spooled_total", "Predictions the database could not take, kept in the local spool"
+        )
+        self.log_replayed = self._counter(
+            "churn_prediction_log_replayed_total", "Spooled predictions written to the log since"
+        )
+        self.log_truncated = self._counter(
+            "churn_prediction_log_truncated_total", "Logged values cut to their column's width"
+        )
+        # Every worker of a deployment sees the same spool directory.
+        self.log_spool_rows = self._gauge(
+            "churn_prediction_log_spool_rows", "Predictions waiting in the local spool", MOST_RECENT
+        )
 
     def _build_performance(self) -> None:
         recent = MOST_RECENT
@@ -158,7 +171,7 @@ class Metrics:
 
     def _initialise_known_series(self) -> None:
         # Series that exist from the start read 0 instead of being absent, so rate() and alerts work at once.
-        for reason in ("queue_full", "write_error", "invalid"):
+        for reason in ("queue_full", "write_error", "invalid", "spool_full", "spool_unreadable"):
             self.log_dropped.labels(reason=reason)
         for status in ("matched", "unknown", "duplicate"):
             self.feedback.labels(status=status)

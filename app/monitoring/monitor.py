@@ -54,8 +54,10 @@ class Monitor:
             settings.database_url,
             self.metrics,
             batch_size=settings.prediction_log_batch_size,
-            queue_size=settings.prediction_log_queue_size,
             retention_days=settings.prediction_log_retention_days,
+            spool_dir=settings.prediction_log_spool_dir,
+            spool_max_bytes=settings.prediction_log_spool_max_bytes,
+            write_ahead=settings.prediction_log_spool_mode == "always",
             clock=clock,
         )
         self.recorder = EventRecorder(

@@ -1,27 +1,32 @@
 """Durable log of every answered prediction: the writer, its metrics, retention and readers' access.
 
 The monitor's background thread hands recorded events to :meth:`PredictionLog.write`, which has
-:class:`~app.monitoring.log_store.LogWriter` insert their rows and counts what happened. A failed
-write is counted and logged, never raised (the prediction has already been answered); when the
-failure may pass (the database down, locked, missing its table) its rows are tried again at the
-next write.
+:class:`~app.monitoring.log_writer.LogWriter` insert their rows and counts what happened, and calls
+:meth:`PredictionLog.replay` to bring spooled rows (of this worker or a stopped one) into the log.
+A failed write is counted and logged, never raised (the prediction has already been answered):
+rows the database cannot take now wait in the local spool, one directory per database.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.monitoring.events import RecordedEvent
-from app.monitoring.log_store import LogWriter, WriteReport, create_tables, make_engine
+from app.monitoring.log_store import WriteReport, create_tables, make_engine
+from app.monitoring.log_writer import LogWriter
 from app.monitoring.metrics import Metrics
+from app.monitoring.spool import Spool
 from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
@@ -38,15 +43,18 @@ class PredictionLog:
         metrics: Metrics,
         *,
         batch_size: int,
-        queue_size: int,
         retention_days: int,
+        spool_dir: Path,
+        spool_max_bytes: int,
+        write_ahead: bool,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.database_url = database_url
         self.metrics = metrics
         self.batch_size = batch_size
-        self.queue_size = queue_size
         self.retention_days = retention_days
+        self.spool = Spool(spool_dir / database_key(database_url), spool_max_bytes)
+        self.write_ahead = write_ahead
         self.clock = clock
         self.engine: Engine | None = None
         self._writer: LogWriter | None = None
@@ -59,12 +67,16 @@ class PredictionLog:
         # No database round trip here: a slow or absent database must not hold up the service start.
         self.engine = make_engine(self.database_url)
         self._writer = LogWriter(
-            self.database_url, batch_size=self.batch_size, queue_size=self.queue_size, engine=self.engine
+            self.database_url,
+            batch_size=self.batch_size,
+            spool=self.spool,
+            write_ahead=self.write_ahead,
+            engine=self.engine,
         )
-        self._writer.start()
+        self._count(self._writer.start())
 
     def stop(self) -> None:
-        """Give up the rows still waiting for another try (counted) and release the database."""
+        """Release the database; rows it lacks stay in the spool for the next start (of any worker)."""
         with self._write_lock:
             if self._writer is not None:
                 self._count(self._writer.close())
@@ -72,12 +84,6 @@ class PredictionLog:
         self.metrics.log_queue.set(0)
         if self.engine is not None:
             self.engine.dispose()
-
-    @property
-    def retry_records(self) -> int:
-        """Rows kept for another try after a failed write."""
-        writer = self._writer
-        return writer.retry_records if writer is not None else 0
 
     def write(self, events: Sequence[RecordedEvent]) -> int:
         """Write the records of ``events`` (and any kept for another try); rows written. Never raises."""
@@ -93,14 +99,31 @@ class PredictionLog:
             self._count(report)
             return report.written
 
+    def replay(self) -> int:
+        """Write some spooled rows to the log if the database takes them again; rows replayed. Never raises."""
+        with self._write_lock:
+            if self._writer is None:
+                return 0
+            report = self._writer.replay()
+            self._count(report)
+            return report.replayed
+
     def _count(self, report: WriteReport) -> None:
-        if report.written:
-            self.metrics.log_written.inc(report.written)
-        if report.errors:
-            self.metrics.log_errors.inc(report.errors)
+        m = self.metrics
+        for counter, value in (
+            (m.log_written, report.written),
+            (m.log_errors, report.errors),
+            (m.log_spooled, report.spooled),
+            (m.log_replayed, report.replayed),
+            (m.log_truncated, report.truncated),
+        ):
+            if value:
+                counter.inc(value)
         for reason, count in report.dropped.items():
             if count:
-                self.metrics.log_dropped.labels(reason=reason).inc(count)
+                m.log_dropped.labels(reason=reason).inc(count)
+        if report.spooled or report.replayed or report.dropped:
+            self.metrics.log_spool_rows.set(self.spool.pending_rows())
 
     # ---- retention ---------------------------------------------------------------------------------
     def enforce_retention_if_due(self) -> None:
@@ -138,3 +161,9 @@ class PredictionLog:
         except SQLAlchemyError:
             self._tables_checked = False  # a table dropped under us is recreated on the next read
             raise
+
+
+def database_key(database_url: str) -> str:
+    """A short name for one log database (password left out): its rows' spool directory."""
+    url = make_url(database_url).render_as_string(hide_password=True)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]

@@ -127,7 +127,7 @@ class EventRecorder:
 
     def _queue_for_log(self, events: list[RecordedEvent]) -> None:
         # Bounded too: a database that stays slow or down must not grow the backlog without end.
-        backlog = self._unwritten_records() + self.log.retry_records
+        backlog = self._unwritten_records()
         dropped = 0
         for recorded in events:
             if backlog + recorded.event.size <= self.queue_size:
@@ -139,11 +139,11 @@ class EventRecorder:
             self._drop(dropped)
 
     def write_log(self) -> int:
-        """Write every processed event to the log (and rows kept for another try); rows written. Never raises."""
+        """Write every processed event to the log (the spool keeps what it cannot take); rows written. Never raises."""
         with self._write_lock:  # a write in progress elsewhere finishes first: the caller reads after it
             with self._process_lock:
                 events, self._unwritten = self._unwritten, []
-            if not events and not self.log.retry_records:
+            if not events:
                 return 0
             written = self.log.write(events)
             self._publish_backlog()
@@ -153,7 +153,7 @@ class EventRecorder:
         return sum(recorded.event.size for recorded in self._unwritten)
 
     def _publish_backlog(self) -> None:
-        self.metrics.log_queue.set(self._queued_records + self._unwritten_records() + self.log.retry_records)
+        self.metrics.log_queue.set(self._queued_records + self._unwritten_records())
 
     def _contain(self, where: str, step: Callable[[list[RecordedEvent]], object], events: list[RecordedEvent]) -> None:
         try:
@@ -184,4 +184,5 @@ class EventRecorder:
             self._wake.clear()
             self.process()
             self.write_log()
+            self.log.replay()
             self.log.enforce_retention_if_due()

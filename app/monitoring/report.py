@@ -1,9 +1,12 @@
 """The daily monitoring report: one UTC day of the prediction log, plus the current drift figures.
 
-Latency percentiles come from the latency logged with each prediction (request start to scoring
-done), over all predictions and apart for single-record calls and for batch records, whose records
-share their call's latency. Drift is the latest
-sliding-window figure, not the day's: the window is the monitoring view of "now".
+Volume, decisions, model versions and latency come from the log's hourly aggregates
+(``app.monitoring.aggregates``), so a report costs the same whatever the day's traffic. Latency
+percentiles are of the latency logged with each prediction (request start to scoring done), over
+all predictions and apart for single-record calls and for batch records, whose records share their
+call's latency; they are read from a log-spaced histogram, within a few per cent of the exact
+figure. Drift is the latest sliding-window figure, not the day's: the window is the monitoring view
+of "now".
 """
 
 from __future__ import annotations
@@ -11,12 +14,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import numpy as np
-from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.engine import Connection
 
+from app.monitoring import aggregates
 from app.monitoring.drift_stats import DriftSnapshot
-from app.monitoring.log_store import predictions_table
 from app.monitoring.performance import RealizedPerformance, labelled_predictions, realized_performance
 
 PERCENTILES = (50, 95, 99)
@@ -27,48 +28,25 @@ def day_bounds(day: date) -> tuple[float, float]:
     return start.timestamp(), (start + timedelta(days=1)).timestamp()
 
 
-def _volume_by_band(connection: Connection, start: float, end: float) -> dict[str, int]:
-    p = predictions_table.c
-    rows = connection.execute(
-        select(p.risk_band, func.count())
-        .where(p.predicted_at >= start, p.predicted_at < end)
-        .group_by(p.risk_band)
-        .order_by(p.risk_band)
-    )
-    return {band: int(count) for band, count in rows}
-
-
 def _model_versions(connection: Connection, start: float, end: float) -> list[dict[str, Any]]:
-    p = predictions_table.c
-    rows = connection.execute(
-        select(
-            p.model_version,
-            func.count(),
-            func.sum(cast(p.predicted_churn, Integer)),
-            func.min(p.predicted_at),
-            func.max(p.predicted_at),
-        )
-        .where(p.predicted_at >= start, p.predicted_at < end)
-        .group_by(p.model_version)
-        .order_by(func.min(p.predicted_at))
-    )
     return [
         {
             "version": version,
-            "predictions": int(count),
-            "predicted_churn": int(positives or 0),
+            "predictions": count,
+            "predicted_churn": positives,
             "first_seen": _iso(first),
             "last_seen": _iso(last),
         }
-        for version, count, positives, first, last in rows
+        for version, count, positives, first, last in aggregates.model_versions(connection, start, end)
     ]
 
 
-def _percentiles(latencies: np.ndarray) -> dict[str, float | None]:
-    if latencies.size == 0:
+def _percentiles(histogram: list[tuple[int, int, float]]) -> dict[str, float | None]:
+    total = sum(count for _, count, _ in histogram)
+    if total == 0:
         return {f"p{q}": None for q in PERCENTILES} | {"mean": None, "predictions": 0}
-    figures = {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(latencies, PERCENTILES), strict=True)}
-    return figures | {"mean": float(latencies.mean()), "predictions": int(latencies.size)}
+    figures = {f"p{q}": aggregates.percentile(histogram, q) for q in PERCENTILES}
+    return figures | {"mean": sum(seconds for _, _, seconds in histogram) / total, "predictions": total}
 
 
 def _latency(connection: Connection, start: float, end: float) -> dict[str, dict[str, float | None]]:
@@ -77,16 +55,17 @@ def _latency(connection: Connection, start: float, end: float) -> dict[str, dict
     Kept apart because a batch's records share their call's (much longer) latency and would
     otherwise dominate the percentiles of a day with a few large batches.
     """
-    p = predictions_table.c
-    rows = connection.execute(
-        select(p.latency_seconds, p.batch_size).where(p.predicted_at >= start, p.predicted_at < end)
-    ).all()
-    latencies = np.array([row[0] for row in rows], dtype=np.float64)
-    single = np.array([row[1] == 1 for row in rows], dtype=bool)
+    histograms = aggregates.latency_histograms(connection, start, end)
+    merged: dict[int, list[float]] = {}
+    for bucket, count, seconds in histograms[False] + histograms[True]:
+        figures = merged.setdefault(bucket, [0, 0.0])
+        figures[0] += count
+        figures[1] += seconds
+    every = [(bucket, int(count), seconds) for bucket, (count, seconds) in sorted(merged.items())]
     return {
-        "all": _percentiles(latencies),
-        "single": _percentiles(latencies[single]),
-        "batch": _percentiles(latencies[~single]),
+        "all": _percentiles(every),
+        "single": _percentiles(histograms[False]),
+        "batch": _percentiles(histograms[True]),
     }
 
 
@@ -102,7 +81,7 @@ def daily_report(
     now: float,
 ) -> dict[str, Any]:
     start, end = day_bounds(day)
-    volume = _volume_by_band(connection, start, end)
+    volume = aggregates.volume_by_band(connection, start, end)
     versions = _model_versions(connection, start, end)
     total = sum(volume.values())
     positives = sum(version["predicted_churn"] for version in versions)

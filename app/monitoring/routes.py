@@ -1,4 +1,4 @@
-"""Monitoring endpoints: GET /metrics, POST /feedback (API key), GET /monitoring/report."""
+"""Monitoring endpoints: GET /metrics, POST /feedback (API key), GET /monitoring/report (API key when one is set)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import logging
 from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.errors import MessageOut
-from app.api.security import ApiKeyRequired
+from app.api.security import API_KEY_HEADER, ApiKeyRequired, require_api_key
 from app.monitoring.feedback import FeedbackBody, FeedbackResult, outcomes_of
 
 if TYPE_CHECKING:
@@ -25,6 +26,15 @@ DISABLED_DETAIL = (
     "no metrics, prediction log, feedback or report"
 )
 DATABASE_UNAVAILABLE = "the prediction log database is unavailable; try again later"
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="When CHURN_API_KEY is set")
+
+
+def api_key_if_configured(request: Request, supplied: Annotated[str | None, Depends(_api_key_header)]) -> None:
+    """The API key check of ``require_api_key``, for reads that stay open on a server without a key."""
+    if request.app.state.settings.api_key is not None:
+        require_api_key(request, supplied)
+
+
 ReportDate = Annotated[date | None, Query(alias="date", description="UTC day as YYYY-MM-DD; today (UTC) when omitted")]
 
 
@@ -58,7 +68,11 @@ def build_router(monitor: Monitor) -> APIRouter:
     @router.get(
         "/monitoring/report",
         summary="Daily monitoring report (volume, latency, drift, realized performance)",
-        responses={503: {"model": MessageOut, "description": "The prediction log database is unavailable"}},
+        responses={
+            401: {"model": MessageOut, "description": "Missing or wrong X-API-Key (when CHURN_API_KEY is set)"},
+            503: {"model": MessageOut, "description": "The prediction log database is unavailable"},
+        },
+        dependencies=[Depends(api_key_if_configured)],
     )
     def report(day: ReportDate = None) -> dict[str, Any]:
         try:

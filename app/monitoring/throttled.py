@@ -22,3 +22,30 @@ class ThrottledErrors:
         if now - self._last_logged >= self.interval_s:
             self._last_logged = now
             self.logger.error(message, *args, **kwargs)
+
+
+class ThrottledLosses:
+    """Logs lost rows with their count at most once per ``interval_s``: the first loss at once, later
+    ones summed into the next line, so every lost row is told without flooding the log."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = ERROR_LOG_INTERVAL_S) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last_logged = float("-inf")
+        self._pending: dict[str, int] = {}
+        self._detail = ""
+
+    def add(self, reason: str, rows: int, detail: object) -> None:
+        if rows <= 0:
+            return
+        self._pending[reason] = self._pending.get(reason, 0) + rows
+        self._detail = self._detail or str(detail)
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        now = time.monotonic()
+        if self._pending and now - self._last_logged >= self.interval_s:
+            self._last_logged = now
+            counts = ", ".join(f"{rows} {reason}" for reason, rows in sorted(self._pending.items()))
+            self.logger.error("prediction log lost %s rows (%s)", counts, self._detail)
+            self._pending, self._detail = {}, ""

@@ -178,6 +178,7 @@ def single_events(event: PredictionEvent, timestamps: list[float] | None = None)
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'predictions.sqlite3'}",
+        "prediction_log_spool_dir": tmp_path / "spool",
         "api_key": API_KEY,
         "drift_update_seconds": 3600.0,  # tests trigger updates themselves
         "performance_update_seconds": 3600.0,

@@ -78,7 +78,7 @@ def test_service_traffic_reaches_every_monitoring_output(monitored: Any, custome
     ]
     assert len(body["unknown"]) == 1
 
-    report = monitored.get("/monitoring/report").json()
+    report = monitored.get("/monitoring/report", headers={"X-API-Key": API_KEY}).json()
     assert report["predictions"] == 320
     assert report["model_versions"][0]["version"] == version
     assert report["realized_performance"]["predictions_of_the_day"]["labelled_predictions"] == 2

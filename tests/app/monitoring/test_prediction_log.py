@@ -59,7 +59,7 @@ def test_rows_are_written_in_batches_off_the_request_path(tmp_path, manifest):
 
         @event.listens_for(monitor.log.engine, "before_cursor_execute")
         def count_inserts(conn, cursor, statement, parameters, context, executemany):
-            if statement.startswith("INSERT INTO prediction_log"):
+            if statement.startswith("INSERT INTO prediction_log ("):
                 # Many rows per statement, their parameters flattened into one tuple.
                 inserts.append((threading_name(), len(parameters) // len(ROW_COLUMNS)))
 
@@ -172,7 +172,9 @@ def test_unwritable_database_is_counted_and_never_raised(tmp_path, manifest):
         monitor.write_log()
     text_ = monitor.exposition().decode()
     assert metric_value(text_, "churn_prediction_log_errors_total") >= 1
-    assert dropped(monitor)["write_error"] == 3
+    assert metric_value(text_, "churn_prediction_log_spooled_total") == 3  # kept on disk, not lost
+    assert metric_value(text_, "churn_prediction_log_spool_rows") == 3
+    assert sum(dropped(monitor).values()) == 0
     assert metric_value(text_, "churn_prediction_log_written_total") == 0
 
 
@@ -188,10 +190,11 @@ def test_a_dropped_table_is_recreated_and_the_failed_rows_are_written_then(tmp_p
         with monitor.log.engine.begin() as connection:
             connection.execute(text("DROP TABLE prediction_log"))
         monitor.record(make_event(manifest, 4, seed=2))
-        assert monitor.write_log() == 0  # failed: kept for another try
-        assert metric_value(monitor.exposition().decode(), "churn_prediction_log_queue_size") == 4
+        assert monitor.write_log() == 0  # failed: spooled for another try
+        assert metric_value(monitor.exposition().decode(), "churn_prediction_log_spool_rows") == 4
         monitor.record(make_event(manifest, 5, seed=3))
-        assert monitor.write_log() == 9  # the table came back: the kept rows, then the new ones
+        assert monitor.write_log() == 5  # the table came back
+        assert monitor.log.replay() == 4  # then the spooled rows
         assert len(logged_rows(monitor)) == 9  # the first 2 went with the dropped table
     # At least the failed write (the performance refresh may also have met the missing table).
     assert metric_value(monitor.exposition().decode(), "churn_prediction_log_errors_total") >= 1
@@ -282,24 +285,6 @@ def test_postgresql_log_feedback_and_report(tmp_path):
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
-
-
-def test_rows_that_keep_failing_are_dropped_after_the_last_attempt(tmp_path, manifest):
-    from app.monitoring.log_store import MAX_WRITE_ATTEMPTS
-
-    monitor = Monitor(make_settings(tmp_path, prediction_log_flush_seconds=3600))
-    with running(monitor):
-        assert wait_until(lambda: monitor.performance.latest is not None)
-        monitor.model_loaded(manifest)
-        with monitor.log.engine.begin() as connection:
-            connection.execute(text("DROP TABLE prediction_log"))
-            # A view by the table's name: recreating the table fails every time, a transient-looking error.
-            connection.execute(text("CREATE VIEW prediction_log AS SELECT 1 AS prediction_id"))
-        monitor.record(make_event(manifest, 3, seed=1))
-        for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
-            assert monitor.write_log() == 0
-            assert dropped(monitor)["write_error"] == (3 if attempt == MAX_WRITE_ATTEMPTS else 0)
-    assert dropped(monitor)["write_error"] == 3  # counted once, not again at stop
 
 
 def test_a_malformed_event_is_counted_and_the_others_are_logged(tmp_path, manifest):
