@@ -222,6 +222,10 @@ class RecordCleaner:
 
     def clean(self, records: Sequence[Any]) -> tuple[CleanBatch, list[RecordError]]:
         """The valid records by column and the others' errors, both in input order."""
+        if len(records) == 1:
+            valid = self._valid_record(records[0])
+            if valid is not None:
+                return valid, []
         problems: dict[int, list[tuple[tuple[int, int], FieldError]]] = {}
         if set(map(type, records)) == {dict}:
             rows, positions = records, None
@@ -240,6 +244,27 @@ class RecordCleaner:
         if not problems:
             return CleanBatch(list(range(len(records))), ids, columns), []
         return self._split(records, rows, index_of, columns, ids, problems)
+
+    def _valid_record(self, record: Any) -> CleanBatch | None:
+        """One record by the same value rules, value by value; None at the first problem, which the
+        column path then words (a single prediction is mostly a valid record)."""
+        if record.__class__ is not dict or not record.keys() <= self.allowed:
+            return None
+        columns: dict[str, list[Any]] = {}
+        for name, cleaner in zip(self.names, self.columns, strict=True):
+            value = cleaner.clean_one(record.get(name))
+            if value.__class__ is InvalidValue or (value is None and name in self.required):
+                return None
+            columns[name] = [value]
+        customer_id = None
+        for key in self.id_keys:  # the preferred key first
+            value = record.get(key)
+            if value is None:
+                continue
+            if _id_problem(value) is not None:
+                return None
+            customer_id = str(value) if customer_id is None else customer_id
+        return CleanBatch([0], [customer_id], columns)
 
     def _clean_columns(self, rows: Sequence[dict[str, Any]], index_of: Any, problems: dict) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {}

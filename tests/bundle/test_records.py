@@ -201,3 +201,34 @@ def test_a_record_with_many_problems_lists_the_first_and_counts_the_rest() -> No
     assert len(listed) == MAX_ERRORS_PER_RECORD
     assert listed[-1]["msg"] == f"and {1000 - MAX_ERRORS_PER_RECORD + 1} more problems"
     assert len(errors[0].errors) == 1000  # every problem is still known to the caller
+
+
+RECORD_VALUES = st.fixed_dictionaries(
+    {},
+    optional={
+        "tenure": RAW_VALUES,
+        "balance": RAW_VALUES,
+        "plan": RAW_VALUES,
+        "partner": RAW_VALUES,
+        "customer_id": st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=3), st.just("c" * 300)),
+        "customerID": st.one_of(st.none(), st.integers(), st.text(max_size=3)),
+        "surprise": st.integers(),
+    },
+)
+
+
+@given(RECORD_VALUES)
+@settings(max_examples=300, deadline=None)
+def test_a_record_alone_cleans_exactly_as_in_a_batch(one: dict[str, Any]) -> None:
+    """A single record takes a value-by-value path; it must agree with the column path in every case."""
+    cleaner = RecordCleaner(schema_of(required=("tenure",)))
+    alone_batch, alone_errors = cleaner.clean([one])
+    batch, errors = cleaner.clean([one, record()])
+    assert [error.to_dict() for error in alone_errors] == [error.to_dict() for error in errors]
+    if alone_errors:
+        assert len(alone_batch) == 0
+        return
+    assert alone_batch.customer_ids == batch.customer_ids[:1]
+    for name, values in batch.columns.items():
+        assert alone_batch.columns[name] == values[:1]
+        assert type(alone_batch.columns[name][0]) is type(values[0])
