@@ -51,6 +51,8 @@ def has_live_owner(staging: Path) -> bool:
         handle = open(staging / STAGING_OWNER)  # noqa: SIM115 - closed below, releasing any lock taken
     except (FileNotFoundError, NotADirectoryError):
         return False
+    except PermissionError:
+        return True  # cannot tell: keep it
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
