@@ -26,9 +26,13 @@ STAGING_OWNER = ".owner"
 def model_dir_lock(models_dir: Path) -> Iterator[None]:
     """Hold the model directory's lock; waits while another process holds it."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / MODEL_DIR_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+    # Read-only is enough to lock, so a lock file another user created does not stand in the way.
+    fd = os.open(models_dir / MODEL_DIR_LOCK, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def claim(staging: Path) -> IO[str]:
@@ -47,6 +51,8 @@ def has_live_owner(staging: Path) -> bool:
         handle = open(staging / STAGING_OWNER)  # noqa: SIM115 - closed below, releasing any lock taken
     except (FileNotFoundError, NotADirectoryError):
         return False
+    except PermissionError:
+        return True  # cannot tell: keep it
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from bundle.locking import STAGING_OWNER, has_live_owner
+from bundle.locking import STAGING_OWNER, has_live_owner, model_dir_lock
 from bundle.manifest import BundleError
 from bundle.store import (
     current_bundle_dir,
     discard_staging,
     list_bundles,
     publish,
+    set_current,
     staging,
     verify_bundle,
     verify_staged,
@@ -89,6 +91,23 @@ def test_a_dead_runs_staging_is_discarded_and_a_live_ones_is_not(tmp_path):
     assert held.is_dir() and not has_live_owner(held)
     assert discard_staging(tmp_path) == [held]
     assert staging_dirs(tmp_path) == []
+
+
+def test_a_second_publisher_waits_for_the_lock(tmp_path):
+    published = publish_tiny_bundle(tmp_path, make_current=False)
+    switched = threading.Event()
+
+    def switch() -> None:
+        set_current(tmp_path, published.name)
+        switched.set()
+
+    with model_dir_lock(tmp_path):
+        other = threading.Thread(target=switch)
+        other.start()
+        assert not switched.wait(0.3)  # still waiting for the lock
+        assert not (tmp_path / "current").exists()
+    other.join()
+    assert switched.is_set() and current_bundle_dir(tmp_path) == published
 
 
 def test_a_pointer_file_left_by_a_crash_is_discarded(tmp_path):
