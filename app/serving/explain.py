@@ -34,6 +34,14 @@ import numpy as np
 from bundle.features import FeatureSchema
 from bundle.scoring import LOGIT_EPSILON, EnsembleModel, LinearModel, RawModel, logit
 
+# The log-odds of the bounds ``logit`` holds probabilities to.
+_LOWEST, _HIGHEST = (float(bound) for bound in logit(np.array([0.0, 1.0])))
+
+
+def _sigmoid(log_odds: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-log_odds))
+
+
 # Permutation pairs of the sampled method, and the most coalition rows scored in one model call.
 _PERMUTATION_PAIRS = 16
 _ROWS_PER_CALL = 65_536
@@ -105,8 +113,13 @@ class _Linear:
         self.base_value = float(reference @ model.coef + model.intercept)
 
     def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        log_odds, contributions = self.explain_log_odds(matrix)
+        return _sigmoid(log_odds), contributions
+
+    def explain_log_odds(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         contributions = self.model.logit_contributions(matrix, self.reference)
-        return self.model.raw_proba(matrix), np.add.reduceat(contributions, self.group_starts, axis=1)
+        log_odds = matrix @ self.model.coef + self.model.intercept
+        return log_odds, np.add.reduceat(contributions, self.group_starts, axis=1)
 
 
 class _Trees:
@@ -119,10 +132,16 @@ class _Trees:
         self.reference_output = float(model.shap_values(reference[None, :], reference, column_group, n_groups)[0][0])
         self.base_value = float(logit(np.array(self.reference_output))) if self.forest else self.reference_output
 
+    def explain_log_odds(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.forest:
+            probabilities, values = self.explain(matrix)
+            return logit(probabilities), values
+        return self.model.shap_values(matrix, self.reference, self.column_group, self.n_groups)  # margins
+
     def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outputs, values = self.model.shap_values(matrix, self.reference, self.column_group, self.n_groups)
         if not self.forest:
-            return 1.0 / (1.0 + np.exp(-outputs)), values
+            return _sigmoid(outputs), values
         step = outputs - self.reference_output
         # The logit's slope between p_ref and p; its derivative where the two (nearly) coincide.
         near = np.abs(step) < 1e-12
@@ -142,18 +161,25 @@ class _Vote:
         self.base_value = float(model.weights @ [member.base_value for member in members])
 
     def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        explained = [member.explain(matrix) for member in self.members]
-        scores = self.model.vote([scores for scores, _ in explained])
-        contributions = sum(
-            weight * part for weight, (_, part) in zip(self.model.weights.tolist(), explained, strict=True)
-        )
-        return scores, contributions
+        # The members' log-odds straight from their explanations, bounded as ``EnsembleModel.vote``
+        # bounds their probabilities; no round trip through probabilities.
+        log_odds: Any = 0.0
+        contributions: Any = 0.0
+        for weight, member in zip(self.model.weights.tolist(), self.members, strict=True):
+            member_log_odds, part = member.explain_log_odds(matrix)
+            log_odds = log_odds + weight * np.minimum(np.maximum(member_log_odds, _LOWEST), _HIGHEST)
+            contributions = contributions + weight * part
+        return _sigmoid(log_odds), contributions
 
 
 class _SampledPermutations:
     """Any other model: antithetic permutation sampling of the Shapley values (see the module docstring)."""
 
     method = "sampled_permutation_shap"
+
+    def explain_log_odds(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, contributions = self.explain(matrix)
+        return logit(probabilities), contributions
 
     def __init__(self, model: RawModel, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> None:
         self.model, self.reference, self.column_group, self.n_groups = model, reference, column_group, n_groups
