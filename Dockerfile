@@ -36,7 +36,8 @@ RUN python -m app.serving.trees
 ENV CHURN_HOST=0.0.0.0 \
     CHURN_PORT=8000 \
     CHURN_MODEL_DIR=/app/models \
-    CHURN_DATABASE_URL=sqlite:////data/predictions.sqlite3
+    CHURN_DATABASE_URL=sqlite:////data/predictions.sqlite3 \
+    CHURN_PREDICTION_LOG_SPOOL_DIR=/data/prediction-log-spool
 VOLUME ["/app/models", "/data"]
 EXPOSE 8000
 
