@@ -7,15 +7,19 @@ the drift counts and the prediction log, in that order. Readers that must see ev
 answered before them call :meth:`process` first (a scrape, a drift update), and :meth:`write_log`
 too when they read the log (feedback, the report).
 Both the queue and the log's backlog are bounded by ``prediction_log_queue_size`` records: what does
-not fit is dropped and counted, and the request never waits.
+not fit is dropped and counted, and the request never waits. The thread paces itself (a few hundred
+records, then a short pause), so under load requests lose a small, even share of the interpreter to
+it rather than stall behind a whole drain.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from app.monitoring.drift_monitor import DriftMonitor
@@ -25,6 +29,25 @@ from app.monitoring.prediction_log import PredictionLog
 from app.monitoring.throttled import ThrottledErrors
 
 logger = logging.getLogger(__name__)
+
+# The background thread's pace: records counted, and records written to the log, between pauses.
+PACED_RECORDS = 100
+PACED_LOG_RECORDS = 500
+PACE_PAUSE_SECONDS = 0.002
+
+
+def _chunks(events: list[RecordedEvent], records: int) -> Iterator[list[RecordedEvent]]:
+    """``events`` in consecutive runs of about ``records`` records each (an event is never split)."""
+    chunk: list[RecordedEvent] = []
+    size = 0
+    for recorded in events:
+        chunk.append(recorded)
+        size += recorded.event.size
+        if size >= records:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 class PredictionMetrics:
@@ -113,16 +136,22 @@ class EventRecorder:
         self.metrics.log_dropped.labels(reason="queue_full").inc(records)
         self._errors.error("monitoring queue is full (%d records): dropped %d", self.queue_size, records)
 
-    def process(self) -> None:
-        """Count everything queued in the metrics and drift, and pass it on to the log. Safe from any thread."""
+    def process(self, paced: bool = False) -> None:
+        """Count everything queued in the metrics and drift, and pass it on to the log. Safe from any thread.
+
+        ``paced`` (the background thread): a few records at a time with a pause between, so that under
+        load requests give up a small, even share of the interpreter rather than stall for a whole drain.
+        """
         with self._process_lock:
             with self._queue_lock:
                 events, self._queue = self._queue, []
                 self._queued_records = 0
-            if events:
-                self._contain("metrics", self.prediction_metrics.count, events)
-                self._contain("drift", self.drift.count, events)
-                self._queue_for_log(events)
+            for chunk in _chunks(events, PACED_RECORDS if paced else sys.maxsize):
+                self._contain("metrics", self.prediction_metrics.count, chunk)
+                self._contain("drift", self.drift.count, chunk)
+                self._queue_for_log(chunk)
+                if paced:
+                    time.sleep(PACE_PAUSE_SECONDS)
             self._publish_backlog()
 
     def _queue_for_log(self, events: list[RecordedEvent]) -> None:
@@ -138,14 +167,19 @@ class EventRecorder:
         if dropped:
             self._drop(dropped)
 
-    def write_log(self) -> int:
-        """Write every processed event to the log (the spool keeps what it cannot take); rows written. Never raises."""
+    def write_log(self, paced: bool = False) -> int:
+        """Write every processed event to the log (the spool keeps what it cannot take); rows written. Never raises.
+
+        ``paced``: in writes of a few hundred records with a pause between (see :meth:`process`).
+        """
         with self._write_lock:  # a write in progress elsewhere finishes first: the caller reads after it
             with self._process_lock:
                 events, self._unwritten = self._unwritten, []
-            if not events:
-                return 0
-            written = self.log.write(events)
+            written = 0
+            for chunk in _chunks(events, PACED_LOG_RECORDS if paced else sys.maxsize):
+                written += self.log.write(chunk)
+                if paced:
+                    time.sleep(PACE_PAUSE_SECONDS)
             self._publish_backlog()
             return written
 
@@ -182,7 +216,7 @@ class EventRecorder:
         while not self._stopping.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
-            self.process()
-            self.write_log()
+            self.process(paced=True)
+            self.write_log(paced=True)
             self.log.replay()
             self.log.enforce_retention_if_due()
