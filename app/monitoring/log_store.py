@@ -242,6 +242,22 @@ def event_rows(event: PredictionEvent, latency: float | None) -> list[tuple[Any,
     if latency is None:
         latency = float(sum(event.stage_seconds.values()))
     size = event.size
+    if size == 1:  # every /predict: one row, without the column-to-row machinery
+        inputs = _json({name: values[0] for name, values in event.columns.items()})
+        return [
+            (
+                event.prediction_ids[0],
+                event.timestamp,
+                event.model_version,
+                event.customer_ids[0],
+                inputs,
+                float(event.scores[0]),
+                bool(event.decisions[0]),
+                event.risk_bands[0],
+                latency,
+                1,
+            )
+        ]
     inputs = [_json(record) for record in event.records()]
     return list(
         zip(

@@ -303,3 +303,17 @@ def test_a_malformed_event_is_counted_and_the_others_are_logged(tmp_path, manife
     assert sorted(row["prediction_id"] for row in rows) == sorted(good[0].prediction_ids + good[1].prediction_ids)
     assert {round(row["latency_seconds"], 6) for row in rows} == {0.001, 0.002}
     assert dropped(monitor)["invalid"] == 2
+
+
+def test_a_single_record_event_gives_the_row_a_batch_gives_it():
+    manifest = make_manifest()
+    event = make_event(manifest, 3, seed=5)
+    alone = make_event(manifest, 1, seed=5)
+    for name in ("prediction_ids", "customer_ids", "risk_bands"):
+        setattr(alone, name, getattr(event, name)[:1])
+    alone.columns = {name: values[:1] for name, values in event.columns.items()}
+    alone.scores, alone.decisions, alone.timestamp = event.scores[:1], event.decisions[:1], event.timestamp
+    (single,) = event_rows(alone, 0.5)
+    first = event_rows(event, 0.5)[0]
+    assert single[:-1] == first[:-1] and single[-1] == 1  # all but batch_size, which is the call's
+    assert [type(value) for value in single[:-1]] == [type(value) for value in first[:-1]]
