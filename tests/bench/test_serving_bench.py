@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import serving
+from bench import serving, serving_steps
 from bench.loadgen import (
     QUANTILE_GRID,
     WRK_QUANTILES_MARKER,
@@ -235,12 +235,12 @@ def test_telco_records_are_typed_like_a_client_sends_them(tmp_path):
 
 # ---- the batch answer ------------------------------------------------------------------------
 def test_batch_answer_must_cover_every_record():
-    serving._check_batch_response(json.dumps({"count": 2, "failed": 0, "results": [{}, {}]}).encode(), 2)
-    serving._check_batch_response(b"[{}, {}]", 2)
+    serving_steps._check_batch_response(json.dumps({"count": 2, "failed": 0, "results": [{}, {}]}).encode(), 2)
+    serving_steps._check_batch_response(b"[{}, {}]", 2)
     with pytest.raises(BenchmarkError, match="1 results for 2"):
-        serving._check_batch_response(b'{"results": [{}]}', 2)
+        serving_steps._check_batch_response(b'{"results": [{}]}', 2)
     with pytest.raises(BenchmarkError, match="rejected 1 of 2"):
-        serving._check_batch_response(b'{"failed": 1, "results": [{}, {}]}', 2)
+        serving_steps._check_batch_response(b'{"failed": 1, "results": [{}, {}]}', 2)
 
 
 def test_missing_telco_file_skips_with_a_message(tmp_path, capsys):
@@ -267,8 +267,8 @@ def test_quick_and_full_runs_pair_monitoring_on_and_off():
 
 
 def test_pair_spread_shows_the_median_and_the_range():
-    assert serving._pair_range({"pair_ratios": [0.9, 0.8, 1.0]}) == "pairs: median 0.900, 0.800 to 1.00"
-    assert serving._pair_range({"pair_ratios": [0.9]}) == ""
+    assert serving_steps._pair_range({"pair_ratios": [0.9, 0.8, 1.0]}) == "pairs: median 0.900, 0.800 to 1.00"
+    assert serving_steps._pair_range({"pair_ratios": [0.9]}) == ""
 
 
 POST_SERVER = """\
@@ -298,7 +298,7 @@ def test_monitoring_pairs_alternate_two_services_and_total_their_requests(tmp_pa
         connections=2,
     )
     report = Report("Serving benchmark", "t", "c", {}, {})
-    bench = serving.Bench(opts, report, tmp_path)
+    bench = serving_steps.Bench(opts, report, tmp_path)
     services = []
     for name in ("on", "off"):
         port = free_port()
@@ -309,9 +309,9 @@ def test_monitoring_pairs_alternate_two_services_and_total_their_requests(tmp_pa
         summary = bench.monitoring_pairs(on, off)
     assert summary is report.runs["monitoring_pairs"]
     requests = summary["requests"]
-    assert len(requests[serving.OURS]) == len(requests[serving.OURS_OFF]) == 2
-    assert min(requests[serving.OURS] + requests[serving.OURS_OFF]) > 0
-    assert summary["ratio"] == pytest.approx(sum(requests[serving.OURS]) / sum(requests[serving.OURS_OFF]))
+    assert len(requests[serving_steps.OURS]) == len(requests[serving_steps.OURS_OFF]) == 2
+    assert min(requests[serving_steps.OURS] + requests[serving_steps.OURS_OFF]) > 0
+    assert summary["ratio"] == pytest.approx(sum(requests[serving_steps.OURS]) / sum(requests[serving_steps.OURS_OFF]))
     assert len(summary["pair_ratios"]) == 2
 
 
@@ -364,11 +364,12 @@ churn_requests_total 3
 
 
 def test_metrics_give_the_batch_route_and_stage_totals():
-    samples = serving.samples(METRICS)
+    samples = serving_steps.samples(METRICS)
     assert ("churn_requests_total", {}, 3.0) in samples
-    assert serving.metric_sums(METRICS, "/predict/batch") == {"request": 0.25, "validation": 0.125, "inference": 0.5}
+    sums = serving_steps.metric_sums(METRICS, "/predict/batch")
+    assert sums == {"request": 0.25, "validation": 0.125, "inference": 0.5}
     counted = METRICS + 'churn_http_request_duration_seconds_count{method="POST",route="/predict/batch"} 4.0\n'
-    assert serving.metric_sums(counted, "/predict/batch")["request_count"] == 4.0
+    assert serving_steps.metric_sums(counted, "/predict/batch")["request_count"] == 4.0
 
 
 def test_ratio_spread_over_rounds():
@@ -381,5 +382,5 @@ def test_ratio_spread_over_rounds():
             {"round": 1, "service": "ours", "requests_per_s": 250.0},
         ]
     }
-    assert serving._round_range(report, "ours", "reference") == "rounds: 10.0 to 15.0"
-    assert serving._round_range(report, "ours", "absent") == ""
+    assert serving_steps._round_range(report, "ours", "reference") == "rounds: 10.0 to 15.0"
+    assert serving_steps._round_range(report, "ours", "absent") == ""
