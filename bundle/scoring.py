@@ -57,9 +57,6 @@ class LinearModel:
     def raw_proba(self, matrix: np.ndarray) -> np.ndarray:
         return _sigmoid(matrix @ self.coef + self.intercept)
 
-    def logit_contributions(self, matrix: np.ndarray, centre: np.ndarray) -> np.ndarray:
-        return (matrix - centre) * self.coef
-
 
 class SklearnModel:
     def __init__(self, estimator: Any) -> None:

@@ -109,17 +109,21 @@ class _Linear:
 
     def __init__(self, model: LinearModel, reference: np.ndarray, column_group: np.ndarray, n_groups: int) -> None:
         self.model, self.reference = model, reference
-        self.group_starts = _group_starts(column_group, n_groups)
         self.base_value = float(reference @ model.coef + model.intercept)
+        # One product gives every feature's coef · x summed over its columns, and the log-odds last.
+        weights = np.zeros((reference.size, n_groups + 1))
+        weights[np.arange(reference.size), column_group] = model.coef
+        weights[:, -1] = model.coef
+        self.weights = weights
+        self.at_reference = reference @ weights[:, :-1]
 
     def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         log_odds, contributions = self.explain_log_odds(matrix)
         return _sigmoid(log_odds), contributions
 
     def explain_log_odds(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        contributions = self.model.logit_contributions(matrix, self.reference)
-        log_odds = matrix @ self.model.coef + self.model.intercept
-        return log_odds, np.add.reduceat(contributions, self.group_starts, axis=1)
+        products = matrix @ self.weights
+        return products[:, -1] + self.model.intercept, products[:, :-1] - self.at_reference
 
 
 class _Trees:
@@ -244,10 +248,6 @@ def _is_compiled_trees(model: RawModel) -> bool:
     # imports it (nor numba, over 100 MiB per worker).
     module = sys.modules.get("app.serving.trees")
     return module is not None and isinstance(model, module.CompiledTrees)
-
-
-def _group_starts(column_group: np.ndarray, n_groups: int) -> np.ndarray:
-    return np.searchsorted(column_group, np.arange(n_groups))
 
 
 def column_groups(schema: FeatureSchema) -> np.ndarray:
