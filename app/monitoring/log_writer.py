@@ -123,7 +123,7 @@ class LogWriter:
                 self._lose(report, "write_error", len(rows), f"the spool failed: {exc}")
             return None
         if segment is None and not ahead:
-            self._lose(report, "spool_full", len(rows), f"the spool {self.spool.directory} is full")
+            self._lose(report, "spool_full", len(rows), f"the spool {self.spool.directory} has no room")
         return segment
 
     def _insert_isolating(self, rows: Rows, report: WriteReport) -> tuple[Rows, Exception | None]:

@@ -86,7 +86,7 @@ class PredictionLog:
             self.engine.dispose()
 
     def write(self, events: Sequence[RecordedEvent]) -> int:
-        """Write the records of ``events`` (and any kept for another try); rows written. Never raises."""
+        """Write the records of ``events`` (the spool keeps what the database refuses); rows written. Never raises."""
         with self._write_lock:
             writer = self._writer
             if writer is None:  # not started, or stopped: nothing can write them
