@@ -103,9 +103,14 @@ class LogWriter:
             if segment is not None:
                 segment.remove()
             return
-        if segment is not None:  # already on disk: replayed later, duplicates and all
+        if segment is not None:  # already on disk: replayed later (rows logged meanwhile are skipped then)
+            if len(unwritten) < len(rows):
+                rest = self._spool(unwritten, report, ahead=True)
+                if rest is not None:  # keep only what is left, so refused rows are not counted twice
+                    segment.remove()
+                    segment = rest
             segment.release()
-            report.spooled += len(rows)
+            report.spooled += len(unwritten)
             return
         segment = self._spool(unwritten, report, ahead=False)
         if segment is not None:
