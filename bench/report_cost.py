@@ -40,6 +40,7 @@ def fill(database_url: str, rows: int, work: Path) -> None:
             recorded.event.timestamp = start_of_day + float(rng.uniform(0, 3600))
             recorded.latency = float(rng.lognormal(-7.0, 0.8))
         assert writer.write(events).written == len(events)
+    writer.refresh_statistics()  # as the service does every few minutes
     writer.close()
 
 

@@ -32,6 +32,7 @@ from app.monitoring.throttled import ThrottledErrors
 logger = logging.getLogger(__name__)
 
 RETENTION_CHECK_SECONDS = 3600.0
+STATISTICS_SECONDS = 600.0  # the readers' query plans follow the log's growth
 
 
 class PredictionLog:
@@ -60,6 +61,7 @@ class PredictionLog:
         self._writer: LogWriter | None = None
         self._write_lock = threading.Lock()  # one write at a time: the background, or a flush for feedback
         self._last_retention = 0.0
+        self._last_statistics = 0.0
         self._tables_checked = False  # by readers
         self._errors = ThrottledErrors(logger)
 
@@ -125,12 +127,18 @@ class PredictionLog:
         if report.spooled or report.replayed or report.dropped:
             self.metrics.log_spool_rows.set(self.spool.pending_rows())
 
-    # ---- retention ---------------------------------------------------------------------------------
-    def enforce_retention_if_due(self) -> None:
+    # ---- upkeep ------------------------------------------------------------------------------------
+    def upkeep_if_due(self) -> None:
+        """Retention (hourly) and the database's statistics (every few minutes), when their time comes."""
         now = self.clock()
         if now - self._last_retention >= RETENTION_CHECK_SECONDS:
             self._last_retention = now
             self.enforce_retention(now)
+        if now - self._last_statistics >= STATISTICS_SECONDS:
+            self._last_statistics = now
+            with self._write_lock:
+                if self._writer is not None:
+                    self._writer.refresh_statistics()
 
     def enforce_retention(self, now: float | None = None) -> int:
         """Delete predictions (and their outcomes) older than the retention period; rows deleted."""

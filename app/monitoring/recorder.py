@@ -185,4 +185,4 @@ class EventRecorder:
             self.process()
             self.write_log()
             self.log.replay()
-            self.log.enforce_retention_if_due()
+            self.log.upkeep_if_due()
