@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from app.monitoring.log_store import make_engine
+from app.monitoring.log_store import make_engine, outcomes_table, predictions_table
 from app.monitoring.log_writer import LogWriter
 from app.monitoring.report import daily_report
 from app.monitoring.spool import Spool
@@ -29,7 +29,7 @@ from bench.spool import synthetic_events
 BATCH = 5000
 
 
-def fill(database_url: str, rows: int, work: Path) -> None:
+def fill(database_url: str, rows: int, work: Path, labelled: int) -> None:
     writer = LogWriter(database_url, batch_size=BATCH, spool=Spool(work / "spool", 0), write_ahead=False)
     writer.start()
     start_of_day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
@@ -40,7 +40,15 @@ def fill(database_url: str, rows: int, work: Path) -> None:
             recorded.event.timestamp = start_of_day + float(rng.uniform(0, 3600))
             recorded.latency = float(rng.lognormal(-7.0, 0.8))
         assert writer.write(events).written == len(events)
-    writer.refresh_statistics()  # as the service does every few minutes
+    assert writer.engine is not None
+    with writer.engine.begin() as connection:  # outcomes for the first ``labelled`` predictions
+        ids = connection.execute(select(predictions_table.c.prediction_id).limit(labelled)).scalars().all()
+        if ids:
+            connection.execute(
+                outcomes_table.insert(),
+                [{"prediction_id": i, "churned": True, "received_at": 0.0, "updated_at": 0.0} for i in ids],
+            )
+    writer.refresh_statistics()  # as the service does every few minutes and after feedback
     writer.close()
 
 
@@ -63,14 +71,15 @@ def time_concurrent(engine: Engine, callers: int = 8) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="10000,300000", help="comma-separated log sizes to try")
+    parser.add_argument("--labelled", type=int, default=300, help="predictions given an outcome")
     args = parser.parse_args(argv)
-    print("| rows logged today | one report, median ms | slowest of 8 concurrent, ms |")
+    print(f"| rows logged today ({args.labelled} labelled) | one report, median ms | slowest of 8 concurrent, ms |")
     print("|---|---|---|")
     for rows in (int(value) for value in args.rows.split(",")):
         work = Path(tempfile.mkdtemp(prefix="churn-bench-report-"))
         try:
             url = f"sqlite:///{work / 'log.sqlite3'}"
-            fill(url, rows, work)
+            fill(url, rows, work, args.labelled)
             engine = make_engine(url)
             print(f"| {rows:,} | {time_report(engine):.1f} | {time_concurrent(engine):.1f} |", flush=True)
             engine.dispose()

@@ -140,6 +140,10 @@ class PredictionLog:
                 if self._writer is not None:
                     self._writer.refresh_statistics()
 
+    def statistics_due(self) -> None:
+        """Have the background refresh the database's statistics at its next pass (after new outcomes)."""
+        self._last_statistics = 0.0
+
     def enforce_retention(self, now: float | None = None) -> int:
         """Delete predictions (and their outcomes) older than the retention period; rows deleted."""
         now = self.clock() if now is None else now
