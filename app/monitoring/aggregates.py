@@ -10,16 +10,17 @@ cent of the exact one and exact when a bucket holds one value.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from app.monitoring.log_store import hourly_table, latency_table
+from app.monitoring.log_store import ROWS_PER_STATEMENT, hourly_table, latency_table
 
 SECONDS_PER_HOUR = 3600
 LATENCY_GROWTH = 1.04
@@ -41,11 +42,11 @@ def add_rows(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     at = np.asarray(columns[1], dtype=np.float64)
     hours = (at // SECONDS_PER_HOUR).astype(np.int64)
     # Keys come out sorted: concurrent writers lock the same rows in the same order.
-    _upsert(connection, hourly_table, _volume(columns, at, hours), sums=("predictions", "predicted_churn"))
-    _upsert(connection, latency_table, _latency(columns, hours), sums=("predictions", "seconds"))
+    _upsert(connection, hourly_table, _volume(columns, at, hours))
+    _upsert(connection, latency_table, _latency(columns, hours))
 
 
-def _volume(columns: list[tuple[Any, ...]], at: np.ndarray, hours: np.ndarray) -> list[dict[str, Any]]:
+def _volume(columns: list[tuple[Any, ...]], at: np.ndarray, hours: np.ndarray) -> list[tuple[Any, ...]]:
     versions, version_codes = _codes(columns[2])
     bands, band_codes = _codes(columns[7])
     first_hour = int(hours.min())
@@ -61,15 +62,12 @@ def _volume(columns: list[tuple[Any, ...]], at: np.ndarray, hours: np.ndarray) -
     for i, key in enumerate(group_keys.tolist()):
         rest, band = divmod(key, len(bands))
         hour, version = divmod(rest, len(versions))
-        volume.append(
-            {"hour": hour + first_hour, "model_version": versions[version], "risk_band": bands[band]}
-            | {"predictions": int(counts[i]), "predicted_churn": int(positives[i])}
-            | {"first_at": float(first[i]), "last_at": float(last[i])}
-        )
+        key = (hour + first_hour, versions[version], bands[band])
+        volume.append((*key, int(counts[i]), int(positives[i]), float(first[i]), float(last[i])))
     return volume
 
 
-def _latency(columns: list[tuple[Any, ...]], hours: np.ndarray) -> list[dict[str, Any]]:
+def _latency(columns: list[tuple[Any, ...]], hours: np.ndarray) -> list[tuple[Any, ...]]:
     seconds = np.asarray(columns[8], dtype=np.float64)
     buckets = latency_buckets(seconds)
     batch = (np.asarray(columns[9], dtype=np.int64) > 1).astype(np.int64)
@@ -82,10 +80,7 @@ def _latency(columns: list[tuple[Any, ...]], hours: np.ndarray) -> list[dict[str
     for i, key in enumerate(group_keys.tolist()):
         rest, bucket = divmod(key, span)
         hour, in_batch = divmod(rest, 2)
-        latency.append(
-            {"hour": hour + first_hour, "batch": bool(in_batch), "bucket": bucket + first_bucket}
-            | {"predictions": int(counts[i]), "seconds": float(sums[i])}
-        )
+        latency.append((hour + first_hour, bool(in_batch), bucket + first_bucket, int(counts[i]), float(sums[i])))
     return latency
 
 
@@ -96,17 +91,39 @@ def _codes(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return distinct, np.fromiter(map(position.__getitem__, values), dtype=np.int64, count=len(values))
 
 
-def _upsert(connection: Connection, table: Table, values: list[dict[str, Any]], sums: Iterable[str]) -> None:
-    dialect = connection.dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(values)
-    least, greatest = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
-    update = {name: table.c[name] + statement.excluded[name] for name in sums}
-    if "first_at" in table.c:
-        update["first_at"] = least(table.c.first_at, statement.excluded.first_at)
-        update["last_at"] = greatest(table.c.last_at, statement.excluded.last_at)
+def _upsert(connection: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    """Add ``rows`` (in the table's column order) to the table's rows of the same keys."""
+    dialect = connection.dialect
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        statement = upsert_statement(table.name, dialect.name, dialect.paramstyle, len(chunk))
+        connection.exec_driver_sql(statement, tuple(chain.from_iterable(chunk)))
+
+
+@functools.lru_cache(maxsize=32)
+def upsert_statement(table_name: str, dialect: str, paramstyle: str, rows: int) -> str:
+    """Plain SQL that inserts ``rows`` aggregate rows, adding counts and sums to existing ones.
+
+    Written for the driver directly, like the log's insert: SQLAlchemy would compile it anew each time.
+    """
+    table = {t.name: t for t in (hourly_table, latency_table)}[table_name]
+    mark = "?" if paramstyle == "qmark" else "%s"
+    columns = [column.name for column in table.columns]
     keys = [column.name for column in table.primary_key.columns]
-    connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=update))
+    least, greatest = ("LEAST", "GREATEST") if dialect == "postgresql" else ("min", "max")
+    combine = {"first_at": least, "last_at": greatest}
+    updates = [
+        f"{name} = {combine[name]}({table_name}.{name}, excluded.{name})"
+        if name in combine
+        else f"{name} = {table_name}.{name} + excluded.{name}"
+        for name in columns
+        if name not in keys
+    ]
+    values = ", ".join([f"({', '.join([mark] * len(columns))})"] * rows)
+    return (
+        f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES {values} "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
+    )
 
 
 def delete_before(connection: Connection, cutoff: float) -> None:

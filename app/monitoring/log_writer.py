@@ -43,6 +43,7 @@ from app.monitoring.throttled import ThrottledErrors, ThrottledLosses
 logger = logging.getLogger(__name__)
 
 REPLAY_BATCHES_PER_CALL = 5  # replay some each time, so a long backlog never stalls the live rows
+SQLITE_ANALYSIS_LIMIT = 400  # rows ANALYZE samples per index: sizes are what the planner needs
 OUTAGE_PROBE_SECONDS = 5.0  # during an outage, how often a replay tries the database when nothing else does
 
 Rows = list[tuple[Any, ...]]
@@ -103,9 +104,14 @@ class LogWriter:
             if segment is not None:
                 segment.remove()
             return
-        if segment is not None:  # already on disk: replayed later, duplicates and all
+        if segment is not None:  # already on disk: replayed later (rows logged meanwhile are skipped then)
+            if len(unwritten) < len(rows):
+                rest = self._spool(unwritten, report, ahead=True)
+                if rest is not None:  # keep only what is left, so refused rows are not counted twice
+                    segment.remove()
+                    segment = rest
             segment.release()
-            report.spooled += len(rows)
+            report.spooled += len(unwritten)
             return
         segment = self._spool(unwritten, report, ahead=False)
         if segment is not None:
@@ -123,7 +129,7 @@ class LogWriter:
                 self._lose(report, "write_error", len(rows), f"the spool failed: {exc}")
             return None
         if segment is None and not ahead:
-            self._lose(report, "spool_full", len(rows), f"the spool {self.spool.directory} is full")
+            self._lose(report, "spool_full", len(rows), f"the spool {self.spool.directory} has no room")
         return segment
 
     def _insert_isolating(self, rows: Rows, report: WriteReport) -> tuple[Rows, Exception | None]:
@@ -247,7 +253,22 @@ class LogWriter:
         self._tables_ready = True
         return True
 
-    # ---- retention ---------------------------------------------------------------------------------
+    # ---- upkeep -----------------------------------------------------------------------------------
+    def refresh_statistics(self) -> None:
+        """Tell SQLite's planner the tables' sizes (PostgreSQL's autovacuum does it by itself).
+
+        Without them it reads a day's predictions to find the few with an outcome, instead of the
+        other way round, and the daily report's cost grows with the day's traffic.
+        """
+        if self.engine is None or self.engine.dialect.name != "sqlite" or not self.ensure_tables():
+            return
+        try:
+            with self.engine.begin() as connection:
+                connection.exec_driver_sql(f"PRAGMA analysis_limit = {SQLITE_ANALYSIS_LIMIT}")
+                connection.exec_driver_sql("ANALYZE")
+        except Exception as exc:
+            self._errors.error("prediction log statistics failed: %s", exc)
+
     def enforce_retention(self, now: float, retention_days: int) -> WriteReport:
         """Delete predictions (their outcomes and aggregates) older than ``retention_days``."""
         report = WriteReport()

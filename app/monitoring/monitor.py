@@ -172,6 +172,7 @@ class Monitor:
         """Join outcomes to logged predictions and refresh the realized metrics (SQLAlchemyError: 503)."""
         self.write_log()
         result = apply_outcomes(self.log.connection, outcomes, self.clock())
+        self.log.statistics_due()  # the planner learns of the outcomes before the next report
         for status, count in status_counts(result).items():
             if count:
                 self.metrics.feedback.labels(status=status).inc(count)

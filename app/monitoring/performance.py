@@ -44,11 +44,14 @@ class LabelledData:
 def labelled_predictions(connection: Connection, start: float, end: float) -> LabelledData:
     """Score, decision and outcome of every labelled prediction made in [start, end)."""
     p, o = predictions_table.c, outcomes_table.c
-    rows = connection.execute(
-        select(p.score, p.predicted_churn, o.churned)
-        .join(outcomes_table, o.prediction_id == p.prediction_id)
-        .where(p.predicted_at >= start, p.predicted_at < end)
-    ).all()
+    if connection.execute(select(o.prediction_id).limit(1)).first() is None:
+        rows = []  # no outcome yet: nothing to join, whatever the traffic
+    else:
+        rows = connection.execute(
+            select(p.score, p.predicted_churn, o.churned)
+            .join(outcomes_table, o.prediction_id == p.prediction_id)
+            .where(p.predicted_at >= start, p.predicted_at < end)
+        ).all()
     return LabelledData(
         scores=np.array([row[0] for row in rows], dtype=np.float64),
         decisions=np.array([bool(row[1]) for row in rows], dtype=bool),

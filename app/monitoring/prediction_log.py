@@ -32,6 +32,7 @@ from app.monitoring.throttled import ThrottledErrors
 logger = logging.getLogger(__name__)
 
 RETENTION_CHECK_SECONDS = 3600.0
+STATISTICS_SECONDS = 600.0  # the readers' query plans follow the log's growth
 
 
 class PredictionLog:
@@ -60,6 +61,7 @@ class PredictionLog:
         self._writer: LogWriter | None = None
         self._write_lock = threading.Lock()  # one write at a time: the background, or a flush for feedback
         self._last_retention = 0.0
+        self._last_statistics = 0.0
         self._tables_checked = False  # by readers
         self._errors = ThrottledErrors(logger)
 
@@ -86,7 +88,7 @@ class PredictionLog:
             self.engine.dispose()
 
     def write(self, events: Sequence[RecordedEvent]) -> int:
-        """Write the records of ``events`` (and any kept for another try); rows written. Never raises."""
+        """Write the records of ``events`` (the spool keeps what the database refuses); rows written. Never raises."""
         with self._write_lock:
             writer = self._writer
             if writer is None:  # not started, or stopped: nothing can write them
@@ -125,12 +127,22 @@ class PredictionLog:
         if report.spooled or report.replayed or report.dropped:
             self.metrics.log_spool_rows.set(self.spool.pending_rows())
 
-    # ---- retention ---------------------------------------------------------------------------------
-    def enforce_retention_if_due(self) -> None:
+    # ---- upkeep ------------------------------------------------------------------------------------
+    def upkeep_if_due(self) -> None:
+        """Retention (hourly) and the database's statistics (every few minutes), when their time comes."""
         now = self.clock()
         if now - self._last_retention >= RETENTION_CHECK_SECONDS:
             self._last_retention = now
             self.enforce_retention(now)
+        if now - self._last_statistics >= STATISTICS_SECONDS:
+            self._last_statistics = now
+            with self._write_lock:
+                if self._writer is not None:
+                    self._writer.refresh_statistics()
+
+    def statistics_due(self) -> None:
+        """Have the background refresh the database's statistics at its next pass (after new outcomes)."""
+        self._last_statistics = 0.0
 
     def enforce_retention(self, now: float | None = None) -> int:
         """Delete predictions (and their outcomes) older than the retention period; rows deleted."""

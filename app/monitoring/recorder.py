@@ -219,4 +219,4 @@ class EventRecorder:
             self.process(paced=True)
             self.write_log(paced=True)
             self.log.replay()
-            self.log.enforce_retention_if_due()
+            self.log.upkeep_if_due()

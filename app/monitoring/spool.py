@@ -82,9 +82,11 @@ class Spool:
 
         Raises OSError when the disk fails.
         """
+        if not self.enabled:
+            return None
         payload = orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)
         data = b"%s %d %d\n%s" % (MAGIC, len(rows), zlib.crc32(payload), payload)
-        if not self.enabled or self.used_bytes() + len(data) > self.max_bytes:
+        if self.used_bytes() + len(data) > self.max_bytes:
             return None
         name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence)}-{len(rows)}"
         partial, sealed = self.directory / f"{name}{PARTIAL}", self.directory / f"{name}{SEALED}"

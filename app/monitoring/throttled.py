@@ -47,5 +47,5 @@ class ThrottledLosses:
         if self._pending and now - self._last_logged >= self.interval_s:
             self._last_logged = now
             counts = ", ".join(f"{rows} {reason}" for reason, rows in sorted(self._pending.items()))
-            self.logger.error("prediction log lost %s rows (%s)", counts, self._detail)
+            self.logger.error("prediction log lost rows (%s): %s", counts, self._detail)
             self._pending, self._detail = {}, ""

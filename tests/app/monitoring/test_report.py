@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, event
 
@@ -74,3 +75,28 @@ def test_the_report_is_open_on_a_server_without_a_key(tmp_path):
     monitor = slow_monitor(tmp_path, api_key=None)
     with TestClient(build_app(monitor.settings, monitor, make_manifest())) as client:
         assert client.get("/monitoring/report").status_code == 200
+
+
+def test_aggregates_rebuilt_from_the_log_give_the_same_report(tmp_path):
+    from app.monitoring.log_store import hourly_table, latency_table
+    from app.monitoring.rebuild_aggregates import rebuild
+
+    monitor = slow_monitor(tmp_path)
+    manifest = make_manifest()
+    with TestClient(build_app(monitor.settings, monitor, manifest)) as client:
+        for seed in range(3):
+            monitor.record(make_event(manifest, 50, seed=seed, timestamp=DAY.timestamp() + 5000 * seed))
+        monitor.write_log()
+        before = client.get("/monitoring/report", params={"date": "2026-03-14"}, headers=AUTH).json()
+        with monitor.log.connection() as connection:  # a log written before the aggregates existed
+            connection.execute(delete(hourly_table))
+            connection.execute(delete(latency_table))
+        assert rebuild(monitor.log.engine, chunk_rows=40) == 150
+        after = client.get("/monitoring/report", params={"date": "2026-03-14"}, headers=AUTH).json()
+    assert before["predictions"] == 150
+    latency_before, latency_after = before.pop("latency_seconds"), after.pop("latency_seconds")
+    assert {k: v for k, v in before.items() if k != "generated_at"} == {
+        k: v for k, v in after.items() if k != "generated_at"
+    }
+    assert latency_after["batch"]["predictions"] == latency_before["batch"]["predictions"] == 150
+    assert latency_after["batch"]["p50"] == pytest.approx(latency_before["batch"]["p50"])  # summed in another order
