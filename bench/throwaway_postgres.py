@@ -17,9 +17,19 @@ BINARIES = ("initdb", "pg_ctl", "postgres")
 USER = "churn"
 
 
+def binary(name: str) -> str | None:
+    """A PostgreSQL server binary: on the PATH, or where Debian's packages put it (newest version)."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    candidates = [path for path in Path("/usr/lib/postgresql").glob(f"*/bin/{name}") if path.parts[-3].isdigit()]
+    candidates.sort(key=lambda path: int(path.parts[-3]))
+    return str(candidates[-1]) if candidates else None
+
+
 def available() -> bool:
     """Whether the PostgreSQL server binaries are installed (and, as root, a postgres user exists)."""
-    if any(shutil.which(name) is None for name in BINARIES):
+    if any(binary(name) is None for name in BINARIES):
         return False
     return os.geteuid() != 0 or _system_user() is not None
 
@@ -70,8 +80,9 @@ class ThrowawayPostgres:
             subprocess.run(stop, capture_output=True, check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def _command(self, *args: str) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", *args] if self._owner is not None else list(args)
+    def _command(self, program: str, *args: str) -> list[str]:
+        command = [binary(program) or program, *args]
+        return ["runuser", "-u", "postgres", "--", *command] if self._owner is not None else command
 
     def _run(self, *args: str) -> None:
         subprocess.run(self._command(*args), check=True, capture_output=True, text=True)
