@@ -180,7 +180,7 @@ def choose_winner(candidates: list[Candidate], vote: Candidate | None) -> tuple[
         return vote, (
             f"the equal vote of {' and '.join(m['family'] for m in vote.params['members'])} "
             f"(cross-validated ROC-AUC {vote.cv_roc_auc:.4f}) is within one standard error of the best "
-            f"({best.family}: {best.cv_roc_auc:.4f} ± {standard_error(best):.4f}) and varies less"
+            f"({best.family}, {best.stage}: {best.cv_roc_auc:.4f} ± {standard_error(best):.4f}) and varies less"
         )
     return best, f"highest cross-validated ROC-AUC ({best.cv_roc_auc:.4f})"
 
