@@ -84,11 +84,10 @@ def run_training_process(args: list[str], model_dir: Path, log: Path) -> dict[st
     from bundle.store import current_bundle_dir, verify_bundle
 
     manifest = verify_bundle(current_bundle_dir(model_dir))
-    winner = next(row for row in manifest.leaderboard if row["family"] == manifest.model_family)
     run.update(
         bundle=str(current_bundle_dir(model_dir)),
         winner=manifest.model_family,
-        params=winner["params"],
+        params=manifest.training["winner"]["params"],
         calibration=manifest.calibration.method,
         threshold=manifest.threshold,
         test_metrics={k: v for k, v in manifest.metrics.items() if isinstance(v, (int, float))},

@@ -205,8 +205,11 @@ class FeatureSchema:
 
 
 # ---- fitting (training only; lives here so the parameters are defined beside their use) -------
-MAX_ENCODED_CATEGORIES = 100
+MAX_ENCODED_CATEGORIES = 200
 MAX_LISTED_CATEGORIES = 500
+# A category seen on this many training rows has enough of them to learn its own effect from,
+# whatever the table's size; smaller tables ask for 0.2% of their rows (at least 5).
+ROWS_TO_LEARN_A_CATEGORY = 20
 
 
 def fit_feature(
@@ -286,6 +289,11 @@ def _one_spelling_per_case(present: list[Any]) -> list[Any]:
     return [best[str(value).casefold()] for value in present]
 
 
+def category_min_count(n_rows: int) -> int:
+    """Training rows a category needs to earn a one-hot column of its own."""
+    return min(ROWS_TO_LEARN_A_CATEGORY, max(5, int(0.002 * n_rows)))
+
+
 def _fit_categorical(spec: FeatureSpec, present: list[Any], n: int, max_encoded: int) -> None:
     present = _one_spelling_per_case(present)
     unique, counts = np.unique(np.asarray(present, dtype=object).astype(str), return_counts=True)
@@ -293,8 +301,7 @@ def _fit_categorical(spec: FeatureSpec, present: list[Any], n: int, max_encoded:
     ranked = [(str(unique[i]), int(counts[i])) for i in order]
     spec.impute = ranked[0][0] if ranked else ""
     spec.categories = sorted(value for value, _ in ranked[:MAX_LISTED_CATEGORIES])
-    # A category earns its own column when it is common enough to learn from.
-    min_count = max(5, int(0.002 * n))
+    min_count = category_min_count(n)
     spec.encoded = sorted(value for value, count in ranked[:max_encoded] if count >= min_count)
     # Always present: rare training values and values never seen in training share this column.
     spec.other_bucket = True

@@ -379,6 +379,7 @@ def report_context(version: str, data: PreparedData, selection: Any, decision: A
         "roles": data.roles.report(),
         "leaderboard": selection.leaderboard,
         "winner": selection.winner.family,
+        "winner_stage": selection.winner.stage,
         "winner_reason": selection.reason,
         "threshold": decision.threshold,
         "calibration": decision.summary,

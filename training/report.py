@@ -202,7 +202,7 @@ def successful(entry: Mapping[str, Any]) -> bool:
 
 
 def ranking_score(entry: Mapping[str, Any]) -> float | None:
-    """What the leaderboard is ordered by: cross-validated ROC-AUC (how the winner is picked)."""
+    """What the leaderboard is ordered by: cross-validated ROC-AUC."""
     for key in ("cv_roc_auc",):
         if is_number(entry.get(key)):
             return float(entry[key])
@@ -220,9 +220,14 @@ def ranked_leaderboard(context: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return sorted(entries, key=key)
 
 
+def is_winner(entry: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
+    """The served candidate: its family, and its stage when the context names one (two soft votes may compete)."""
+    stage = context.get("winner_stage")
+    return entry.get("family") == context.get("winner") and (stage is None or entry.get("stage") == stage)
+
+
 def winner_entry(context: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    winner = context.get("winner")
-    return next((entry for entry in ranked_leaderboard(context) if entry.get("family") == winner), None)
+    return next((entry for entry in ranked_leaderboard(context) if is_winner(entry, context)), None)
 
 
 # ---- charts ----------------------------------------------------------------------------------------
@@ -361,8 +366,8 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
     for index, entry in enumerate(entries):
         ok = successful(entry)
         cv = f"{fmt(entry.get('cv_roc_auc'))} ± {fmt(entry.get('cv_roc_auc_std'))}" if ok else MISSING
-        is_winner = entry.get("family") == context.get("winner") and ok
-        status = "winner" if is_winner else ("ok" if ok else f"failed: {entry.get('error')}")
+        served = ok and is_winner(entry, context)
+        status = "winner" if served else ("ok" if ok else f"failed: {entry.get('error')}")
         rows.append(
             [
                 str(index + 1) if ok else MISSING,
@@ -377,7 +382,7 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
                 status,
             ]
         )
-        if is_winner:
+        if served:
             highlight.add(index)
         if not ok:
             failed.add(index)
@@ -385,7 +390,8 @@ def leaderboard_section(context: Mapping[str, Any]) -> list[Block]:
         "Every candidate tried, best cross-validated ROC-AUC first. CV ROC-AUC is the mean over the "
         "cross-validation fits on the development rows (± its standard deviation over fits); the out-of-fold "
         "log loss is before calibration. Families close to the best default are tuned, the others keep "
-        "their default; a blend is listed only when it beat the best single candidate out of fold."
+        "their default; a blend is listed only when it beat the best single candidate out of fold; the equal "
+        "vote of the linear model and the best tree model is served when it is within one standard error of the best."
     )
     return [*blocks, Text(text), Table(headers, rows, highlight, failed)]
 

@@ -20,6 +20,7 @@ from bundle.features import (
     DroppedColumn,
     FeatureKind,
     FeatureValueError,
+    category_min_count,
     clean_boolean,
     clean_category,
     clean_numeric,
@@ -360,7 +361,7 @@ def is_sequence_identifier(name: str, profile: ColumnProfile, numbers: np.ndarra
 def categorical_role(name: str, profile: ColumnProfile) -> ColumnRole:
     if profile.all_unique:
         return dropped(name, "identifier", "a different value on (almost) every row: identifies rows, predicts nothing")
-    min_count = max(5, int(0.002 * profile.n_rows))
+    min_count = category_min_count(profile.n_rows)
     ranked = profile.counts.most_common(MAX_ENCODED_CATEGORIES)
     covered = sum(count for _, count in ranked if count >= min_count) / profile.n_present
     if covered < HIGH_CARDINALITY_COVERAGE:

@@ -9,7 +9,12 @@
    when its cross-validated ROC-AUC beats the best single candidate's. Averaging models whose errors
    differ lowers the variance of the served scores, so a blend that is ahead out of fold is kept even
    by a small margin; one that is not ahead never is.
-4. The highest cross-validated ROC-AUC wins; ties go to the candidate found first.
+4. Vote: the linear model and the best tree model, weighted equally, form one more candidate. Their
+   errors differ most, and equal weights fit nothing to the folds, so this vote is the lower-variance
+   choice: it wins whenever its cross-validated ROC-AUC is within one standard error of the best
+   candidate's (the folds cannot tell the two apart, and on small or noisy tables the apparent best
+   is often the luckiest).
+5. Otherwise the highest cross-validated ROC-AUC wins; ties go to the candidate found first.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ BLEND_WEIGHT_STEP = 0.1
 MAX_BLEND_MEMBERS = 3
 BLENDABLE = ("logistic_regression", "random_forest", "xgboost", "lightgbm")  # the soft vote's joblib members
 MIN_BUDGET_SHARE = 0.25  # a family behind schedule still gets this share of its nominal tuning time
+LINEAR = "logistic_regression"
+TREES = ("xgboost", "lightgbm", "random_forest")
+EQUAL_VOTE = "equal vote"  # the stage of the linear-and-tree vote
 
 Say = Callable[[str], None]
 
@@ -142,6 +150,41 @@ def best_blend(candidates: list[Candidate], y: np.ndarray, folds: Folds) -> Cand
     return Candidate(SOFT_VOTE, best, "blended", trials=1, seconds=time.perf_counter() - started)
 
 
+def linear_and_tree_vote(candidates: list[Candidate], y: np.ndarray, folds: Folds) -> Candidate | None:
+    """The equal-weight soft vote of the linear model and the best tree model; None without both."""
+    linear = next((c for c in candidates if c.family == LINEAR), None)
+    trees = [c for c in candidates if c.family in TREES]
+    if linear is None or not trees:
+        return None
+    members = [linear, max(trees, key=lambda c: c.cv_roc_auc)]
+    weights = (0.5, 0.5)
+    oof = blended_scores(members, weights)
+    params = {
+        "members": [
+            {"family": m.family, "params": m.params, "weight": w} for m, w in zip(members, weights, strict=True)
+        ]
+    }
+    cross_validated = CrossValidated(params=params, fold_roc_auc=fold_scores(y, oof, folds), oof=oof)
+    return Candidate(SOFT_VOTE, cross_validated, EQUAL_VOTE, trials=1, seconds=0.0)
+
+
+def standard_error(candidate: Candidate) -> float:
+    """Standard error of a candidate's mean cross-validated ROC-AUC over its fits."""
+    return candidate.cv_roc_auc_std / np.sqrt(len(candidate.cross_validated.fold_roc_auc))
+
+
+def choose_winner(candidates: list[Candidate], vote: Candidate | None) -> tuple[Candidate, str]:
+    """The equal vote when it is within one standard error of the best candidate, else the best; and why."""
+    best = max(candidates, key=lambda c: c.cv_roc_auc)  # max keeps the first of equals
+    if vote is not None and vote is not best and vote.cv_roc_auc >= best.cv_roc_auc - standard_error(best):
+        return vote, (
+            f"the equal vote of {' and '.join(m['family'] for m in vote.params['members'])} "
+            f"(cross-validated ROC-AUC {vote.cv_roc_auc:.4f}) is within one standard error of the best "
+            f"({best.family}, {best.stage}: {best.cv_roc_auc:.4f} ± {standard_error(best):.4f}) and varies less"
+        )
+    return best, f"highest cross-validated ROC-AUC ({best.cv_roc_auc:.4f})"
+
+
 def select_model(
     families: tuple[str, ...],
     X: np.ndarray,
@@ -195,11 +238,12 @@ def select_model(
     if blend is not None:
         candidates.append(blend)
         say(f"{SOFT_VOTE}: CV ROC-AUC {blend.cv_roc_auc:.4f}")
-    winner = max(candidates, key=lambda c: c.cv_roc_auc)  # max keeps the first of equals
+    vote = linear_and_tree_vote(candidates, y, folds)
+    if vote is not None:
+        candidates.append(vote)
+        say(f"{SOFT_VOTE} ({EQUAL_VOTE}): CV ROC-AUC {vote.cv_roc_auc:.4f}")
+    winner, why = choose_winner(candidates, vote)
     fits = folds.describe()
-    reason = (
-        f"highest cross-validated ROC-AUC ({winner.cv_roc_auc:.4f}, mean of {fits['fits']} fits: "
-        f"{fits['folds']} folds x {fits['repeats']} repeats)"
-    )
+    reason = f"{why}; means of {fits['fits']} fits: {fits['folds']} folds x {fits['repeats']} repeats"
     leaderboard = [c.leaderboard_entry(y) for c in candidates] + failures
     return Selection(winner, candidates, leaderboard, reason, budgets)

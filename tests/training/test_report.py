@@ -17,6 +17,7 @@ from training.report import (
     hanley_mcneil_interval,
     rank_auc,
     wilson_interval,
+    winner_entry,
     write_report,
 )
 from training.threshold import choose_threshold
@@ -172,3 +173,15 @@ def test_a_gap_within_fold_noise_is_called_a_practical_tie() -> None:
     sentence = comparison_sentence(winner, runner_up)
     assert "lightgbm" in sentence and "gap (0.002)" in sentence and "practically tied" in sentence
     assert "only candidate" in comparison_sentence(winner, None)
+
+
+def test_the_winner_is_told_apart_from_another_soft_vote_by_its_stage() -> None:
+    leaderboard = [
+        {"family": "soft_vote", "stage": "blended", "cv_roc_auc": 0.853, "cv_roc_auc_std": 0.01},
+        {"family": "soft_vote", "stage": "equal vote", "cv_roc_auc": 0.852, "cv_roc_auc_std": 0.01},
+        {"family": "xgboost", "stage": "tuned", "cv_roc_auc": 0.851, "cv_roc_auc_std": 0.01},
+    ]
+    context = {"leaderboard": leaderboard, "winner": "soft_vote", "winner_stage": "equal vote"}
+
+    assert winner_entry(context) is leaderboard[1]
+    assert winner_entry({"leaderboard": leaderboard, "winner": "xgboost"}) is leaderboard[2]

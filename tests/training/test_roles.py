@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bundle.features import ROWS_TO_LEARN_A_CATEGORY, category_min_count, fit_feature
 from training.cleaning import clean_table
 from training.data import TrainingDataError
 from training.roles import RoleSet, infer_feature_roles, infer_target, target_vector
@@ -238,3 +239,19 @@ def test_unique_whole_numbers_named_as_references_are_identifiers_not_features()
 
     assert report["account_number"]["role"] == report["PhoneNo"]["role"] == "dropped (identifier)"
     assert report["balance"]["role"] == "numeric"
+
+
+def test_a_category_seen_on_enough_rows_gets_its_own_column_on_a_large_table() -> None:
+    rng = np.random.default_rng(0)
+    n = 30_000
+    reps = [f"rep{i:03d}" for i in range(150)]  # about 200 rows each: 0.7% of the table
+    levels = rng.choice(reps, n).tolist()
+    levels[:25] = ["rare-but-learnable"] * 25  # below 0.2% of the rows, above ROWS_TO_LEARN_A_CATEGORY
+    levels[25:28] = ["too-rare"] * 3
+
+    spec = fit_feature("sales_rep", "categorical", levels)
+
+    assert set(reps) <= set(spec.encoded) and "rare-but-learnable" in spec.encoded
+    assert "too-rare" not in spec.encoded and spec.other_bucket
+    assert category_min_count(n) == ROWS_TO_LEARN_A_CATEGORY
+    assert category_min_count(1_000) == 5  # small tables: 0.2% of rows, at least 5
