@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # not yet taken from its queue (at most CHURN_PREDICTION_LOG_FLUSH_SECONDS of them); "on_failure":
     # only rows the database refused are spooled (one file write less per flush).
     prediction_log_spool_mode: Literal["always", "on_failure"] = "always"
+    # "journal": every answered row is also appended to this worker's journal file before the answer
+    # leaves, so a worker killed with -9 loses nothing it answered (see app.monitoring.journal); it costs
+    # each request a serialisation and a system call. "flush": a kill loses up to one flush interval.
+    prediction_log_durability: Literal["flush", "journal"] = "flush"
     drift_window_seconds: int = Field(default=3600, ge=10)
     drift_slot_seconds: int = Field(default=60, ge=1)
     drift_min_count: int = Field(default=200, ge=1)

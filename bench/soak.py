@@ -2,6 +2,7 @@
 
     python -m bench.soak --minutes 10            # run on demand, never in CI
     python -m bench.soak --minutes 2 --rate 100 --spool-mode on_failure
+    python -m bench.soak --minutes 10 --durability journal   # nothing answered is lost to the kill
 
 Starts a throwaway PostgreSQL (initdb + pg_ctl in a temp dir) and ``python -m app --workers 2``
 logging to it, sends single-record ``POST /predict`` calls at half the sustainable rate (measured
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "CHURN_DATABASE_URL": postgres.url,
             "CHURN_PREDICTION_LOG_SPOOL_DIR": str(spool_dir),
             "CHURN_PREDICTION_LOG_SPOOL_MODE": args.spool_mode,
+            "CHURN_PREDICTION_LOG_DURABILITY": args.durability,
             "CHURN_PREDICTION_LOG_FLUSH_SECONDS": str(args.flush_seconds),
             "CHURN_LOG_LEVEL": "warning",
         }
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "minutes": args.minutes,
             "rate_per_s": round(rate, 1),
             "spool_mode": args.spool_mode,
+            "durability": args.durability,
             "flush_seconds": args.flush_seconds,
             "events": events,
             "answered": len(answered),
@@ -251,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--outage-seconds", type=float, default=30.0)
     parser.add_argument("--spool-mode", choices=["always", "on_failure"], default="always")
     parser.add_argument("--flush-seconds", type=float, default=1.0, help="CHURN_PREDICTION_LOG_FLUSH_SECONDS")
+    durability = "CHURN_PREDICTION_LOG_DURABILITY"
+    parser.add_argument("--durability", choices=["flush", "journal"], default="flush", help=durability)
     parser.add_argument("--drain-seconds", type=float, default=120.0, help="how long to wait for the spool to drain")
     parser.add_argument("--model-dir", type=Path, help="a models directory with a current bundle (default: train one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (service log) for inspection")

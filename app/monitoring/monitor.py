@@ -58,6 +58,7 @@ class Monitor:
             spool_dir=settings.prediction_log_spool_dir,
             spool_max_bytes=settings.prediction_log_spool_max_bytes,
             write_ahead=settings.prediction_log_spool_mode == "always",
+            journal=settings.prediction_log_durability == "journal",
             clock=clock,
         )
         self.recorder = EventRecorder(

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.monitoring.events import RecordedEvent
+from app.monitoring.journal import Journal
 from app.monitoring.log_store import WriteReport, create_tables, make_engine
 from app.monitoring.log_writer import LogWriter
 from app.monitoring.metrics import Metrics
@@ -48,6 +49,7 @@ class PredictionLog:
         spool_dir: Path,
         spool_max_bytes: int,
         write_ahead: bool,
+        journal: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.database_url = database_url
@@ -55,6 +57,7 @@ class PredictionLog:
         self.batch_size = batch_size
         self.retention_days = retention_days
         self.spool = Spool(spool_dir / database_key(database_url), spool_max_bytes)
+        self.journal = Journal(self.spool.directory / "journal") if journal else None
         self.write_ahead = write_ahead
         self.clock = clock
         self.engine: Engine | None = None
@@ -76,9 +79,13 @@ class PredictionLog:
             engine=self.engine,
         )
         self._count(self._writer.start())
+        if self.journal is not None:
+            self.journal.start(self.spool)
 
     def stop(self) -> None:
         """Release the database; rows it lacks stay in the spool for the next start (of any worker)."""
+        if self.journal is not None:
+            self.journal.stop()
         with self._write_lock:
             if self._writer is not None:
                 self._count(self._writer.close())

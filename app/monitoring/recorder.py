@@ -24,6 +24,8 @@ from typing import Any
 
 from app.monitoring.drift_monitor import DriftMonitor
 from app.monitoring.events import PredictionEvent, RecordedEvent
+from app.monitoring.journal import Journal, JournalFile
+from app.monitoring.log_store import event_rows
 from app.monitoring.metrics import Metrics
 from app.monitoring.prediction_log import PredictionLog
 from app.monitoring.throttled import ThrottledErrors
@@ -111,6 +113,7 @@ class EventRecorder:
         self._queued_records = 0
         self._queue_lock = threading.Lock()
         self._unwritten: list[RecordedEvent] = []  # counted, not yet handed to the log
+        self._journal_files: list[JournalFile] = []  # rotated out; removed once their rows are written
         self._process_lock = threading.Lock()  # events reach metrics, drift and log in the order recorded
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -121,16 +124,26 @@ class EventRecorder:
     def record(self, event: PredictionEvent, latency: float | None) -> None:
         """Queue ``event`` for the background; drop and count it when the queue is full. Never blocks."""
         size = len(event.prediction_ids)
+        journal = self.log.journal
         with self._queue_lock:
             queued = self._queued_records + size
             accepted = queued <= self.queue_size
             if accepted:
+                if journal is not None:  # before the answer leaves; in the file the next drain rotates out
+                    self._journal(journal, event, latency)
                 self._queue.append(RecordedEvent(event, latency))
                 self._queued_records = queued
         if not accepted:
             self._drop(size)
         elif queued >= self.batch_size:
             self._wake.set()
+
+    def _journal(self, journal: Journal, event: PredictionEvent, latency: float | None) -> None:
+        try:
+            journal.append(event_rows(event, latency))
+        except (OSError, TypeError, ValueError) as exc:  # the row still reaches the log the usual way
+            self.metrics.monitoring_errors.labels(where="journal").inc()
+            self._errors.error("cannot append to the prediction log journal: %s", exc)
 
     def _drop(self, records: int) -> None:
         self.metrics.log_dropped.labels(reason="queue_full").inc(records)
@@ -146,6 +159,9 @@ class EventRecorder:
             with self._queue_lock:
                 events, self._queue = self._queue, []
                 self._queued_records = 0
+                journal = self.log.journal.rotate() if self.log.journal is not None and events else None
+            if journal is not None:
+                self._journal_files.append(journal)
             for chunk in _chunks(events, PACED_RECORDS if paced else sys.maxsize):
                 self._contain("metrics", self.prediction_metrics.count, chunk)
                 self._contain("drift", self.drift.count, chunk)
@@ -175,11 +191,14 @@ class EventRecorder:
         with self._write_lock:  # a write in progress elsewhere finishes first: the caller reads after it
             with self._process_lock:
                 events, self._unwritten = self._unwritten, []
+                journal_files, self._journal_files = self._journal_files, []
             written = 0
             for chunk in _chunks(events, PACED_LOG_RECORDS if paced else sys.maxsize):
                 written += self.log.write(chunk)
                 if paced:
                     time.sleep(PACE_PAUSE_SECONDS)
+            for journal_file in journal_files:  # their rows are in the log or the spool (or counted lost)
+                journal_file.remove()
             self._publish_backlog()
             return written
 
