@@ -6,10 +6,9 @@ loads ``POST /predict`` with wrk, then times a few 10,000-record ``POST /predict
     flock /tmp/churn-bench.lock python -m bench.monitoring --model-dir DIR --data TELCO_CSV \
         --floor ../shared/peers/fastapi_floor
 
-``--http`` picks the HTTP metrics candidates: the service's own middleware, or
-prometheus-fastapi-instrumentator or starlette-exporter swapped in by a factory defined here (behind a
-request clock that keeps the in-flight gauge and the log's start time), or none (the request clock
-alone). Every run is compared with monitoring off and with the FastAPI floor,
+``--http`` picks the HTTP metrics candidates: the service's own (prometheus-fastapi-instrumentator
+behind its request clock), starlette-exporter or a hand-written middleware swapped in by a factory
+defined here, or none (the request clock alone). Every run is compared with monitoring off and with the FastAPI floor,
 measured in the same run; ``--rounds`` repeats the whole set, interleaved.
 """
 
@@ -37,74 +36,80 @@ from bench.loadgen import (
 )
 
 HTTP_VARIANT_ENV = "CHURN_BENCH_HTTP_METRICS"
-HTTP_VARIANTS = ("service", "instrumentator", "starlette_exporter", "none")
+HTTP_VARIANTS = ("service", "handwritten", "starlette_exporter", "none")
 REPO = Path(__file__).resolve().parents[1]
+INSTRUMENTATOR_MIDDLEWARE = "PrometheusInstrumentatorMiddleware"
 
 
 # ---- the service with another HTTP metrics middleware ----------------------------------------------
-class RequestClock:
-    """What the library candidates do not do: the in-flight gauge and the start time the log records."""
+class HandWrittenHttpMetrics:
+    """The hand-written candidate: one pure ASGI middleware on prometheus_client's public API that
+    counts, times and tracks requests and sets the start time the prediction log records."""
 
     def __init__(self, app: Any, registry: Any) -> None:
-        from prometheus_client import Gauge
+        from prometheus_client import Counter, Gauge, Histogram
+
+        from app.monitoring.metrics import LATENCY_BUCKETS
 
         self.app = app
+        self.requests = Counter("churn_http_requests_total", "r", ("route", "method", "status"), registry=registry)
+        self.duration = Histogram(
+            "churn_http_request_duration_seconds", "d", ("route", "method"), buckets=LATENCY_BUCKETS, registry=registry
+        )
         self.in_flight = Gauge("churn_http_requests_in_flight", "f", registry=registry, multiprocess_mode="livesum")
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        from app.monitoring.http import request_started_at
+        from app.monitoring.http import STANDARD_METHODS, request_started_at
 
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        status = 500
+
+        async def send_noting_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         token = request_started_at.set(time.time())
+        started = time.perf_counter()
         self.in_flight.inc()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_noting_status)
         finally:
             self.in_flight.dec()
             request_started_at.reset(token)
+            route = getattr(scope.get("route"), "path_format", "none")  # FastAPI puts the matched route there
+            method = scope["method"] if scope["method"] in STANDARD_METHODS else "other"
+            self.requests.labels(route, method, str(status)).inc()
+            self.duration.labels(route, method).observe(time.perf_counter() - started)
 
 
 def http_variant_app() -> Any:
     """The service's app with its HTTP metrics middleware replaced by the variant named in the environment."""
-    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client import CollectorRegistry
     from starlette.middleware import Middleware
 
     from app.main import create_app
-    from app.monitoring.http import HttpMetrics
+    from app.monitoring.http import RequestClock
     from app.monitoring.metrics import LATENCY_BUCKETS
 
     variant = os.environ[HTTP_VARIANT_ENV]
     app = create_app()
     if variant == "service":
         return app
-    registry = CollectorRegistry()
-    # Starlette builds its middleware stack at the first request, from this public list (outermost first).
-    kept = [m for m in app.user_middleware if m.cls is not HttpMetrics]
-    kept.insert(0, Middleware(RequestClock, registry=registry))
-    if variant == "starlette_exporter":
+    # Starlette builds its middleware stack at the first request, from this public list (outermost
+    # first: the request clock stays in front).
+    kept = [m for m in app.user_middleware if m.cls.__name__ != INSTRUMENTATOR_MIDDLEWARE]
+    if variant == "handwritten":
+        kept = [m for m in kept if m.cls is not RequestClock]
+        kept.insert(0, Middleware(HandWrittenHttpMetrics, registry=CollectorRegistry()))
+    elif variant == "starlette_exporter":
         from starlette_exporter import PrometheusMiddleware
 
         options = {"prefix": "churn_http", "app_name": "churn", "buckets": LATENCY_BUCKETS, "group_paths": True}
         kept.insert(1, Middleware(PrometheusMiddleware, **options))
-    elif variant == "instrumentator":
-        from prometheus_fastapi_instrumentator import Instrumentator
-
-        requests = Counter("churn_http_requests_total", "r", ("route", "method", "status"), registry=registry)
-        duration = Histogram(
-            "churn_http_request_duration_seconds", "d", ("route", "method"), buckets=LATENCY_BUCKETS, registry=registry
-        )
-
-        def count_and_time(info: Any) -> None:
-            requests.labels(info.modified_handler, info.method, info.modified_status).inc()
-            duration.labels(info.modified_handler, info.method).observe(info.modified_duration)
-
-        app.user_middleware = kept
-        instrumentator = Instrumentator(should_group_status_codes=False, registry=registry)
-        instrumentator.add(count_and_time)
-        instrumentator.instrument(app)  # adds its middleware innermost of the user ones
-        return app
     app.user_middleware = kept
     return app
 
