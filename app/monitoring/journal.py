@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from app.monitoring.spool import Spool
+from app.monitoring.spool import Spool, lock_if_free
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def recover(directory: Path, spool: Spool) -> int:
     """Move the rows of journal files whose writer is gone into ``spool``; rows moved."""
     moved = 0
     for path in sorted(directory.glob(f"*{SUFFIX}")):
-        descriptor = _lock_if_free(path)
+        descriptor = lock_if_free(path)
         if descriptor is None:
             continue  # a live worker's
         try:
@@ -126,16 +126,3 @@ def read_rows(path: Path) -> list[tuple[Any, ...]]:
         except orjson.JSONDecodeError:
             continue
     return rows
-
-
-def _lock_if_free(path: Path) -> int | None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(descriptor)
-        return None
-    return descriptor

@@ -120,7 +120,7 @@ class Spool:
         A segment that cannot be read is deleted and yields the number of rows it held instead.
         """
         for path in sorted(self.directory.glob(f"*{SEALED}")) if self.enabled else ():
-            descriptor = _lock(path)
+            descriptor = lock_if_free(path)
             if descriptor is None:
                 continue
             try:
@@ -156,7 +156,7 @@ class Spool:
             pid = _writer_pid(path)
             if pid is None or pid == os.getpid() or process_exists(pid):
                 continue
-            descriptor = _lock(path)
+            descriptor = lock_if_free(path)
             if descriptor is None:
                 continue
             try:
@@ -184,7 +184,7 @@ def _writer_pid(path: Path) -> int | None:
     return int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
 
 
-def _lock(path: Path) -> int | None:
+def lock_if_free(path: Path) -> int | None:
     """An exclusive lock on ``path`` if nobody holds one and the file is still there, else None."""
     try:
         descriptor = os.open(path, os.O_RDONLY)
