@@ -171,7 +171,7 @@ class Metrics:
 
     def _initialise_known_series(self) -> None:
         # Series that exist from the start read 0 instead of being absent, so rate() and alerts work at once.
-        for reason in ("queue_full", "write_error", "invalid", "spool_full", "spool_unreadable"):
+        for reason in ("queue_full", "write_error", "invalid", "spool_full", "spool_unreadable", "worker_killed"):
             self.log_dropped.labels(reason=reason)
         for status in ("matched", "unknown", "duplicate"):
             self.feedback.labels(status=status)

@@ -215,6 +215,7 @@ class Monitor:
     def _housekeeping(self) -> None:
         try:
             self.metrics.sweep_dead_workers()
+            self.log.settle_ledgers()
             self.drift.remove_stale(self.clock())
             self.metrics.set_memory()
         except Exception as exc:

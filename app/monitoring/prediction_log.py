@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.monitoring.events import RecordedEvent
 from app.monitoring.journal import Journal
+from app.monitoring.ledger import Ledger, settle
 from app.monitoring.log_store import WriteReport, create_tables, make_engine
 from app.monitoring.log_writer import LogWriter
 from app.monitoring.metrics import Metrics
@@ -58,6 +59,8 @@ class PredictionLog:
         self.retention_days = retention_days
         self.spool = Spool(spool_dir / database_key(database_url), spool_max_bytes)
         self.journal = Journal(self.spool.directory / "journal") if journal else None
+        # Without the journal a killed worker loses its unflushed rows: the ledgers count them.
+        self.ledger = None if journal else Ledger(self.spool.directory / "ledger")
         self.write_ahead = write_ahead
         self.clock = clock
         self.engine: Engine | None = None
@@ -81,11 +84,16 @@ class PredictionLog:
         self._count(self._writer.start())
         if self.journal is not None:
             self.journal.start(self.spool)
+        if self.ledger is not None:
+            self.settle_ledgers()
+            self.ledger.start()
 
     def stop(self) -> None:
         """Release the database; rows it lacks stay in the spool for the next start (of any worker)."""
         if self.journal is not None:
             self.journal.stop()
+        if self.ledger is not None:
+            self.ledger.stop()
         with self._write_lock:
             if self._writer is not None:
                 self._count(self._writer.close())
@@ -135,6 +143,15 @@ class PredictionLog:
             self.metrics.log_spool_rows.set(self.spool.pending_rows())
 
     # ---- upkeep ------------------------------------------------------------------------------------
+    def settle_ledgers(self) -> int:
+        """Count the answered rows that workers which died never accounted for; rows counted."""
+        if self.ledger is None:
+            return 0
+        lost = settle(self.ledger.directory)
+        if lost:
+            self.metrics.log_dropped.labels(reason="worker_killed").inc(lost)
+        return lost
+
     def upkeep_if_due(self) -> None:
         """Retention (hourly) and the database's statistics (every few minutes), when their time comes."""
         now = self.clock()

@@ -124,7 +124,9 @@ class EventRecorder:
     def record(self, event: PredictionEvent, latency: float | None) -> None:
         """Queue ``event`` for the background; drop and count it when the queue is full. Never blocks."""
         size = len(event.prediction_ids)
-        journal = self.log.journal
+        journal, ledger = self.log.journal, self.log.ledger
+        if ledger is not None:
+            ledger.answered(size)
         with self._queue_lock:
             queued = self._queued_records + size
             accepted = queued <= self.queue_size
@@ -146,6 +148,7 @@ class EventRecorder:
             self._errors.error("cannot append to the prediction log journal: %s", exc)
 
     def _drop(self, records: int) -> None:
+        self._accounted(records)
         self.metrics.log_dropped.labels(reason="queue_full").inc(records)
         self._errors.error("monitoring queue is full (%d records): dropped %d", self.queue_size, records)
 
@@ -195,12 +198,17 @@ class EventRecorder:
             written = 0
             for chunk in _chunks(events, PACED_LOG_RECORDS if paced else sys.maxsize):
                 written += self.log.write(chunk)
+                self._accounted(sum(recorded.event.size for recorded in chunk))  # written, spooled or counted lost
                 if paced:
                     time.sleep(PACE_PAUSE_SECONDS)
             for journal_file in journal_files:  # their rows are in the log or the spool (or counted lost)
                 journal_file.remove()
             self._publish_backlog()
             return written
+
+    def _accounted(self, records: int) -> None:
+        if self.log.ledger is not None:
+            self.log.ledger.accounted(records)
 
     def _unwritten_records(self) -> int:
         return sum(recorded.event.size for recorded in self._unwritten)
