@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from app.monitoring.spool import Spool, lock_if_free
+from app.monitoring.spool import Spool, abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +94,7 @@ class Journal:
 def recover(directory: Path, spool: Spool) -> int:
     """Move the rows of journal files whose writer is gone into ``spool``; rows moved."""
     moved = 0
-    for path in sorted(directory.glob(f"*{SUFFIX}")):
-        descriptor = lock_if_free(path)
-        if descriptor is None:
-            continue  # a live worker's
+    for path in abandoned(directory, f"*{SUFFIX}"):
         try:
             rows = read_rows(path)
             segment = spool.write(rows) if rows else None
@@ -110,8 +107,6 @@ def recover(directory: Path, spool: Spool) -> int:
             path.unlink()
         except OSError as exc:
             logger.error("prediction log journal: cannot recover %s: %s", path, exc)
-        finally:
-            os.close(descriptor)
     if moved:
         logger.warning("prediction log journal: %d answered rows of a stopped worker recovered into the spool", moved)
     return moved

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.monitoring.spool import lock_if_free
+from app.monitoring.spool import abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +77,7 @@ class Ledger:
 def settle(directory: Path) -> int:
     """Count what workers that died left unaccounted; records lost (removes their ledgers)."""
     lost = 0
-    for path in sorted(directory.glob(f"*{SUFFIX}")):
-        descriptor = lock_if_free(path)
-        if descriptor is None:
-            continue  # a live worker's
+    for path in abandoned(directory, f"*{SUFFIX}"):
         try:
             data = path.read_bytes()
             if len(data) >= 2 * _SLOT.size:
@@ -96,6 +93,4 @@ def settle(directory: Path) -> int:
             path.unlink()
         except OSError as exc:
             logger.error("prediction log: cannot settle the ledger %s: %s", path, exc)
-        finally:
-            os.close(descriptor)
     return lost

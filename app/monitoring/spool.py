@@ -184,6 +184,19 @@ def _writer_pid(path: Path) -> int | None:
     return int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
 
 
+def abandoned(directory: Path, pattern: str) -> Iterator[Path]:
+    """Files matching ``pattern`` whose writer is gone (their lock is free), oldest name first, each
+    locked for the caller while it handles it; a live writer's files are passed over."""
+    for path in sorted(directory.glob(pattern)):
+        descriptor = lock_if_free(path)
+        if descriptor is None:
+            continue
+        try:
+            yield path
+        finally:
+            os.close(descriptor)
+
+
 def lock_if_free(path: Path) -> int | None:
     """An exclusive lock on ``path`` if nobody holds one and the file is still there, else None."""
     try:
