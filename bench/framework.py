@@ -18,7 +18,6 @@ import asyncio
 import importlib.util
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,48 +25,21 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
+from bench.worker import time_calls
+
 REPO = Path(__file__).resolve().parents[1]
 FLOOR = REPO.parent / "shared" / "peers" / "fastapi_floor" / "app.py"
 REQUEST = REPO.parent / "shared" / "peers" / "plain_reference" / "request.json"
 NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False}
 
 
-async def call(app: Any, body: bytes) -> int:
-    """One POST /predict through the ASGI interface; the response status."""
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
-    }  # fmt: skip
-    received, status = False, []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        if received:
-            await asyncio.sleep(3600)
-        received = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            status.append(message["status"])
-
-    await app(scope, receive, send)
-    return status[0]
-
-
 async def cpu_per_request(app: Any, body: bytes, requests: int, rounds: int) -> float:
-    for _ in range(200):
-        if await call(app, body) != 200:
-            raise SystemExit("the app did not answer 200")
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.process_time()
-        for _ in range(requests):
-            await call(app, body)
-        best = min(best, (time.process_time() - started) / requests)
-    return best * 1e6
+    """Process CPU per ``POST /predict`` in microseconds, the least of ``rounds`` rounds of ``requests``."""
+    figures = [
+        await time_calls(app, "/predict", body, requests, warmups=200 if first else 0)
+        for first in [True] + [False] * (rounds - 1)
+    ]
+    return min(figure["worker_cpu_ms"] for figure in figures) * 1e3
 
 
 async def endpoint(request: Request) -> Response:

@@ -103,9 +103,9 @@ async def _drive(app: Any, batch_body: bytes, single_body: bytes, calls: int, re
     if started["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"the application did not start: {started}")
     figures: dict[str, float] = {}
-    batch = await _time_calls(app, "/predict/batch", batch_body, calls, warmups=2)
+    batch = await time_calls(app, "/predict/batch", batch_body, calls, warmups=2)
     figures.update({f"batch_{key}": value for key, value in batch.items()})
-    single = await _time_calls(app, "/predict", single_body, requests, warmups=500)
+    single = await time_calls(app, "/predict", single_body, requests, warmups=500)
     figures.update({f"single_{key}": value for key, value in single.items()})
     await inbox.put({"type": "lifespan.shutdown"})
     await outbox.get()
@@ -113,7 +113,8 @@ async def _drive(app: Any, batch_body: bytes, single_body: bytes, calls: int, re
     return figures
 
 
-async def _time_calls(app: Any, path: str, body: bytes, calls: int, warmups: int) -> dict[str, float]:
+async def time_calls(app: Any, path: str, body: bytes, calls: int, warmups: int) -> dict[str, float]:
+    """``calls`` POSTs of ``body`` to ``path`` through the ASGI interface (after ``warmups``), each held to a 200."""
     chunks = [body[start : start + 65_536] for start in range(0, len(body), 65_536)] or [b""]
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
