@@ -29,6 +29,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_service(port: int, workers: int, models_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``python -m app`` on ``port`` with its output (stdout and stderr) readable from the process."""
+    flags = ["--port", str(port), "--workers", str(workers), "--model-dir", str(models_dir)]
+    command = [sys.executable, "-m", "app", *flags]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def wait_until_ready(base_url: str, process: subprocess.Popen[Any], timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,15 +67,7 @@ def running_service(linear_models_dir: Path, tmp_path: Path) -> Any:
         "CHURN_METRICS_MULTIPROC_DIR": str(metrics_dir),
         "CHURN_SHUTDOWN_DRAIN_SECONDS": "0",
     }
-    flags = ["--port", str(port), "--workers", "2", "--model-dir", str(linear_models_dir)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", *flags],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_service(port, 2, linear_models_dir, env)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base_url, process)
@@ -176,15 +175,7 @@ def test_sigterm_turns_ready_off_answers_during_the_drain_then_exits_with_every_
         "CHURN_SHUTDOWN_DRAIN_SECONDS": "3",
         "CHURN_LOG_LEVEL": "info",
     }
-    flags = ["--port", str(port), "--workers", "1", "--model-dir", str(linear_models_dir)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", *flags],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_service(port, 1, linear_models_dir, env)
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base_url, process)
