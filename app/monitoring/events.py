@@ -46,3 +46,4 @@ class RecordedEvent:
 
     event: PredictionEvent
     latency: float | None  # request start to scoring done; None when recorded outside a request
+    rows: list[tuple[Any, ...]] | None = None  # its log rows, when the journal already made them

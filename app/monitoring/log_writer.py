@@ -234,7 +234,8 @@ class LogWriter:
         rows: Rows = []
         for recorded in events:
             try:
-                rows.extend(event_rows(recorded.event, recorded.latency))
+                made = recorded.rows  # by the journal, on the request path
+                rows.extend(made if made is not None else event_rows(recorded.event, recorded.latency))
             except Exception as exc:  # a malformed event must not cost the others
                 self._lose(report, "invalid", len(recorded.event.prediction_ids), f"a malformed event: {exc}")
         rows, report.truncated = fit_rows(rows)

@@ -131,21 +131,25 @@ class EventRecorder:
             queued = self._queued_records + size
             accepted = queued <= self.queue_size
             if accepted:
-                if journal is not None:  # before the answer leaves; in the file the next drain rotates out
-                    self._journal(journal, event, latency)
-                self._queue.append(RecordedEvent(event, latency))
+                # Before the answer leaves; in the file the next drain rotates out. The writer reuses the rows.
+                rows = self._journal(journal, event, latency) if journal is not None else None
+                self._queue.append(RecordedEvent(event, latency, rows))
                 self._queued_records = queued
         if not accepted:
             self._drop(size)
         elif queued >= self.batch_size:
             self._wake.set()
 
-    def _journal(self, journal: Journal, event: PredictionEvent, latency: float | None) -> None:
+    def _journal(self, journal: Journal, event: PredictionEvent, latency: float | None) -> list[tuple[Any, ...]] | None:
+        """The event's log rows, appended to the journal; None when that failed (the writer makes them again)."""
         try:
-            journal.append(event_rows(event, latency))
+            rows = event_rows(event, latency)
+            journal.append(rows)
         except (OSError, TypeError, ValueError) as exc:  # the row still reaches the log the usual way
             self.metrics.monitoring_errors.labels(where="journal").inc()
             self._errors.error("cannot append to the prediction log journal: %s", exc)
+            return None
+        return rows
 
     def _drop(self, records: int) -> None:
         self._accounted(records)
