@@ -25,8 +25,10 @@ from app.api import api_routes
 from app.api import schemas as request_schema
 from app.api.errors import install_error_handlers
 from app.monitoring import create_monitor
+from app.serving.challenger import Routing
 from app.serving.predictor import build_predictor
-from app.serving.reload import WorkerSync, follow_reloads
+from app.serving.reload import WorkerSync, follow_reloads, load_challenger_or_reason, swap_in_challenger
+from app.serving.shadow import ShadowRunner
 from app.settings import Settings, get_settings
 from app.shutdown import Drain
 from bundle.manifest import BundleError
@@ -58,6 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor = monitor
     app.state.predictor = None
     app.state.model_error = "the model is still loading"
+    app.state.routing = Routing.from_settings(settings)
+    app.state.challenger = None
+    app.state.challenger_error = None
+    app.state.shadow = ShadowRunner(monitor.shadow, settings.shadow_queue_size) if monitor.enabled else None
     # One reload at a time in this worker, whether asked for here or announced by another worker.
     app.state.reload_lock = asyncio.Lock()
     app.state.batch_slots = asyncio.Semaphore(settings.max_concurrent_batches)
@@ -83,6 +89,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     monitor = app.state.monitor
     await monitor.start()
+    shadow = app.state.shadow
+    if shadow is not None:
+        shadow.start()
     sync = join_workers(app, settings)
     await load_at_startup(app, settings)
     follower = start_following(app, sync)
@@ -95,6 +104,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await stop_following(follower, sync)
+        if shadow is not None:
+            await asyncio.to_thread(shadow.stop)
         await monitor.stop()
 
 
@@ -107,6 +118,8 @@ def join_workers(app: FastAPI, settings: Settings) -> WorkerSync | None:
     # Read before loading: a reload announced while this worker loads ``current`` is still followed.
     announcement = sync.read_announcement()
     app.state.reload_generation = announcement.generation if announcement else 0
+    if announcement is not None:  # how the challenger takes part now, which may differ from the settings
+        app.state.routing = announcement.routing
     return sync
 
 
@@ -138,6 +151,9 @@ async def load_at_startup(app: FastAPI, settings: Settings) -> None:
     app.state.predictor = predictor
     app.state.model_error = None
     app.state.monitor.model_loaded(predictor.manifest)
+    routing = app.state.routing
+    challenger, error = await run_in_threadpool(load_challenger_or_reason, settings, routing)
+    swap_in_challenger(app, challenger, error, routing)
     logger.info(
         "ready: model %s (%s) from %s loaded, verified and warm in %.2f s",
         predictor.version,

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     # POST /feedback bodies (read before the API key is checked) and admin calls are bounded too.
     max_feedback_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
+    # The challenger (the bundle ``<model_dir>/challenger`` names) beside the champion: "shadow" scores a
+    # share of calls with it off the caller's path, "canary" lets it answer a share of customers (by a
+    # stable hash of customer_id), "off" does not load it. POST /admin/challenger changes both at run time.
+    challenger_mode: Literal["off", "shadow", "canary"] = "off"
+    challenger_share: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Calls waiting for the challenger in shadow; beyond it they are skipped (counted), never waited for.
+    shadow_queue_size: int = Field(default=1_000, ge=1)
+
     # Monitoring. Off removes metrics, drift and the prediction log from the request path.
     monitoring_enabled: bool = True
     database_url: str = "sqlite:///predictions.sqlite3"

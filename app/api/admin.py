@@ -8,15 +8,17 @@ new version, so it tells what the whole service serves.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api import MonitorDep
 from app.api.errors import MessageOut, json_response
-from app.api.schemas import ReloadOut
+from app.api.schemas import ChallengerOut, ReloadOut
 from app.api.security import ApiKeyRequired
+from app.serving.challenger import Routing, describe_challenger
 from app.serving.reload import Reloaded, WorkerReport, await_workers, reload_service
 from bundle.manifest import BundleError
 
@@ -32,6 +34,7 @@ class WorkerOut(BaseModel):
 
 class ServiceReloadOut(ReloadOut):
     workers: list[WorkerOut]
+    challenger: ChallengerOut | None = None
     detail: str | None = None
 
 
@@ -53,9 +56,43 @@ ADMIN_MAX_BODY_BYTES = 64 * 1024
     },
 )
 async def reload_model(request: Request, _: ApiKeyRequired, monitor: MonitorDep) -> Response:
+    return await reload_everywhere(request, monitor, None)
+
+
+class ChallengerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "shadow", "canary"] = Field(
+        description="off: champion alone; shadow: the challenger also scores calls, never answers; canary: it answers"
+    )
+    share: float = Field(1.0, ge=0.0, le=1.0, description="shadow: share of calls; canary: share of customers")
+
+
+@router.post(
+    "/admin/challenger",
+    max_body_size=ADMIN_MAX_BODY_BYTES,
+    summary="Set how the challenger takes part (shadow, canary share or off), in every worker",
+    description=(
+        "Reloads what ``current`` and ``challenger`` name with the new routing, like /admin/reload. A challenger "
+        "that fails verification or warm-up is refused (``challenger.error`` says why) and the champion serves alone."
+    ),
+    responses={
+        200: {"model": ServiceReloadOut},
+        202: {"model": ServiceReloadOut},
+        401: {"model": MessageOut},
+        403: {"model": MessageOut},
+        409: {"model": MessageOut, "description": "The champion's bundle is unusable; nothing changed"},
+        500: {"model": ServiceReloadOut},
+    },
+)
+async def set_challenger(request: Request, routing: ChallengerIn, _: ApiKeyRequired, monitor: MonitorDep) -> Response:
+    return await reload_everywhere(request, monitor, Routing(routing.mode, routing.share))
+
+
+async def reload_everywhere(request: Request, monitor: Any, routing: Routing | None) -> Response:
     app = request.app
     try:
-        reloaded = await reload_service(app)
+        reloaded = await reload_service(app, routing)
     except BundleError as exc:
         monitor.reload_attempted(False)
         serving = app.state.predictor
@@ -63,12 +100,17 @@ async def reload_model(request: Request, _: ApiKeyRequired, monitor: MonitorDep)
         return json_response({"detail": f"reload failed, {still}: {exc}"}, status.HTTP_409_CONFLICT)
     # Counted once per reload of the service, not once per worker that follows it.
     monitor.reload_attempted(True)
-    return reload_answer(reloaded, await await_workers(app, reloaded))
+    state = app.state
+    challenger = describe_challenger(state.challenger, state.routing, state.challenger_error)
+    return reload_answer(reloaded, await await_workers(app, reloaded), challenger)
 
 
-def reload_answer(reloaded: Reloaded, reports: list[WorkerReport]) -> Response:
+def reload_answer(
+    reloaded: Reloaded, reports: list[WorkerReport], challenger: dict[str, Any] | None = None
+) -> Response:
     """200 when every worker serves the new version; 500 when one failed to; 202 when one is still loading."""
     body = {
+        "challenger": challenger,
         "status": "reloaded",
         "model_version": reloaded.predictor.version,
         "previous_version": reloaded.previous_version,

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from app.api.errors import json_response
 from app.api.schemas import HealthOut, ReadyOut
+from app.serving.challenger import describe_challenger
 
 router = APIRouter(tags=["health"])
 
@@ -30,4 +31,6 @@ async def ready(request: Request) -> Response:
     if predictor is None:
         reason = request.app.state.model_error or "the model is still loading"
         return json_response({"status": "not ready", "reason": reason}, status.HTTP_503_SERVICE_UNAVAILABLE)
-    return json_response({"status": "ready", "model_version": predictor.version})
+    state = request.app.state
+    challenger = describe_challenger(state.challenger, state.routing, state.challenger_error)
+    return json_response({"status": "ready", "model_version": predictor.version, "challenger": challenger})

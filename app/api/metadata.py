@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api import PredictorDep
 from app.api.errors import MessageOut, json_response
 from app.api.schemas import feature_json_schema
+from app.serving.challenger import describe_challenger
 from app.serving.predictor import CUSTOMER_ID, Predictor, example_record
 from bundle.redaction import redact_data
 
@@ -21,8 +22,11 @@ router = APIRouter(tags=["model"])
     summary="Model name, version, framework, feature schema, threshold, risk bands and training metrics",
     responses={503: {"model": MessageOut}},
 )
-async def metadata(predictor: PredictorDep) -> Response:
-    return json_response(describe(predictor))
+async def metadata(request: Request, predictor: PredictorDep) -> Response:
+    state = request.app.state
+    described = describe(predictor)
+    described["challenger"] = describe_challenger(state.challenger, state.routing, state.challenger_error)
+    return json_response(described)
 
 
 def describe(predictor: Predictor) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from starlette.requests import ClientDisconnect
 from app.api import MonitorDep, PredictorDep, SettingsDep, serving_predictor
 from app.api.errors import MessageOut, RequestProblem, field_problem, json_response
 from app.api.schemas import BatchOut, PredictionOut, ValidationErrorOut
-from app.serving.predictor import Predictor, RecordError
+from app.serving.challenger import Challenger, Models, ScoredPart, merged_results, score_parts
+from app.serving.predictor import RecordError
 from bundle.records import excerpt
 
 router = APIRouter(tags=["prediction"])
@@ -147,13 +148,18 @@ async def predict(request: Request) -> Response:
     # The state is read here rather than through dependencies: resolving them costs as much as the
     # prediction itself. On the event loop: one prediction costs less than a thread hand-over.
     predictor, state = serving_predictor(request), request.app.state
-    monitor, settings = state.monitor, state.settings
+    monitor, settings, challenger = state.monitor, state.settings, state.challenger
     record = parse_json(await read_body(request, settings.max_body_bytes))
-    outcome = predictor.predict_records([record])
+    canary = challenger is not None and challenger.answers(record)
+    outcome = (challenger.predictor if canary else predictor).predict_records([record])
     if outcome.errors or outcome.scored is None:
         errors = [error.to_dict(("body",)) for error in outcome.errors[0].listed_errors()]
         raise RequestProblem(status.HTTP_422_UNPROCESSABLE_CONTENT, errors)
+    if canary:
+        outcome.event.role = "challenger"
     monitor.record(outcome.event)
+    if challenger is not None and not canary and challenger.shadows_this_call():
+        state.shadow.submit(challenger, [record], outcome.scored)
     return json_response(outcome.scored.dicts()[0])
 
 
@@ -173,12 +179,21 @@ async def predict_batch(
     ] = False,
 ) -> Response:
     # One batch at a time per worker (by default): the others wait before their body is in memory.
-    async with request.app.state.batch_slots:
+    state = request.app.state
+    challenger: Challenger | None = state.challenger
+    async with state.batch_slots:
         body = await read_body(request, settings.max_body_bytes)
         # Off the event loop: a large batch must not hold up /health and /predict.
-        content, event = await run_in_threadpool(_score_batch, predictor, body, settings.max_batch_size, reasons)
-    if event is not None:
-        monitor.record(event)
+        content, parts = await run_in_threadpool(
+            _score_batch, Models(predictor, challenger), body, settings.max_batch_size, reasons
+        )
+    for part in parts:
+        if part.outcome.event is not None:
+            monitor.record(part.outcome.event)
+    if challenger is not None and challenger.shadows_this_call():
+        champion = parts[0]
+        if champion.answered_by is predictor and champion.outcome.scored is not None:
+            state.shadow.submit(challenger, champion.records, champion.outcome.scored)
     return Response(content, media_type="application/json")
 
 
@@ -208,21 +223,22 @@ def cyclic_gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _score_batch(predictor: Predictor, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, Any]:
+def _score_batch(models: Models, body: bytes, max_batch_size: int, reasons: bool) -> tuple[bytes, list[ScoredPart]]:
     with cyclic_gc_paused():
-        outcome = predictor.predict_records(_batch_records(body, max_batch_size), explain=reasons)
-        count = outcome.count
-        failed = len(outcome.errors)
+        records = _batch_records(body, max_batch_size)
+        parts = score_parts(models, records, reasons)
+        results = merged_results(parts, len(records), _error_dict)
+        failed = sum(len(part.outcome.errors) for part in parts)
         content = orjson.dumps(
             {
-                "model_version": predictor.version,
-                "count": count,
-                "succeeded": count - failed,
+                "model_version": models.champion.version,
+                "count": len(records),
+                "succeeded": len(records) - failed,
                 "failed": failed,
-                "results": outcome.result_dicts(_error_dict),
+                "results": results,
             }
         )
-    return content, outcome.event
+    return content, parts
 
 
 def _batch_records(body: bytes, max_batch_size: int) -> list[Any]:

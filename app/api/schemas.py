@@ -160,10 +160,18 @@ class HealthOut(BaseModel):
     status: str
 
 
+class ChallengerOut(BaseModel):
+    mode: str = Field(description="off, shadow (scored beside the champion, never answers) or canary")
+    share: float = Field(description="shadow: share of calls scored; canary: share of customers answered")
+    version: str | None = Field(None, description="the challenger taking part, if any")
+    error: str | None = Field(None, description="why the configured challenger was refused")
+
+
 class ReadyOut(BaseModel):
     status: str
     model_version: str | None = None
     reason: str | None = None
+    challenger: ChallengerOut | None = None
 
 
 class ReloadOut(BaseModel):

@@ -28,6 +28,7 @@ class PredictionEvent:
     unseen: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) categories not seen in training
     out_of_range: list[tuple[int, str]] = field(default_factory=list)  # (row, feature) numbers outside training's
     stage_seconds: dict[str, float] = field(default_factory=dict)  # validation, features, inference, explanation
+    role: str = "champion"  # the answering model's role: "challenger" for a canary's answers
 
     @property
     def size(self) -> int:

@@ -76,6 +76,20 @@ outcomes_table = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+# What a challenger in shadow answered for a logged prediction (same prediction id, its own version).
+shadow_table = Table(
+    "shadow_log",
+    metadata,
+    Column("prediction_id", String(64), primary_key=True),
+    Column("model_version", String(128), primary_key=True),
+    Column("predicted_at", Float, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("predicted_churn", Boolean, nullable=False),
+    Column("risk_band", String(64), nullable=False),
+    Column("latency_seconds", Float, nullable=False),  # the challenger's scoring time for the call
+    Index("ix_shadow_log_predicted_at", "predicted_at"),
+)
+
 # Per UTC hour (UNIX seconds // 3600): what the daily report needs, at a cost that does not grow with traffic.
 hourly_table = Table(
     "prediction_log_hourly",

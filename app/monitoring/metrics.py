@@ -58,6 +58,7 @@ class Metrics:
         self._build_drift()
         self._build_prediction_log()
         self._build_performance()
+        self._build_challenger()
         self._build_process()
         self._initialise_known_series()
 
@@ -161,6 +162,33 @@ class Metrics:
         self.realized_f1 = self._gauge("churn_realized_f1", "F1 on labelled predictions", recent)
         self.realized_count = self._gauge(
             "churn_realized_labelled_predictions", "Labelled predictions behind the realized metrics", recent
+        )
+
+    def _build_challenger(self) -> None:
+        self.role_predictions = self._counter(
+            "churn_role_predictions_total",
+            "Scored records by model version and role (champion answers; challenger in shadow or canary)",
+            ("model_version", "role"),
+        )
+        self.challenger_errors = self._counter(
+            "churn_challenger_errors_total",
+            "Calls the challenger did not score: failed (it raised), skipped (its queue was full), refused records",
+            ("model_version", "reason"),
+        )
+        self.challenger_disagreements = self._counter(
+            "churn_challenger_disagreements_total",
+            "Records the challenger in shadow decided otherwise than the champion",
+            ("model_version",),
+        )
+        self.challenger_duration = self._histogram(
+            "churn_challenger_duration_seconds",
+            "The challenger's scoring time per call",
+            LATENCY_BUCKETS,
+            ("model_version",),
+        )
+        # livemax: a challenger takes part while any live worker has it loaded.
+        self.challenger_info = self._gauge(
+            "churn_challenger_info", "The loaded challenger and its mode (value 1)", "livemax", ("version", "mode")
         )
 
     def _build_process(self) -> None:

@@ -31,6 +31,7 @@ from app.monitoring.prediction_log import PredictionLog
 from app.monitoring.recorder import EventRecorder
 from app.monitoring.report import daily_report
 from app.monitoring.routes import build_disabled_router, build_router
+from app.monitoring.shadow_log import ShadowLog
 from app.monitoring.throttled import ThrottledErrors
 from app.settings import Settings
 from bundle.manifest import Manifest
@@ -69,9 +70,11 @@ class Monitor:
             batch_size=settings.prediction_log_batch_size,
             flush_seconds=settings.prediction_log_flush_seconds,
         )
+        self.shadow = ShadowLog(self.metrics, self.log)
         self.performance = PerformanceTracker(self.metrics, self.log, settings.performance_window_days, clock)
         self.router: APIRouter = build_router(self)
         self._model_labels: tuple[str, str, str, str] | None = None
+        self._challenger_labels: tuple[str, str] | None = None
         self._stopping = threading.Event()
         self._performance_due = threading.Event()
         self._thread: threading.Thread | None = None
@@ -130,6 +133,16 @@ class Monitor:
         self.drift.model_loaded(manifest)
         self.metrics.model_ready.set(1)
         self.update_drift()
+
+    def challenger_loaded(self, version: str | None, mode: str) -> None:
+        """The challenger taking part changed (None: the champion serves alone)."""
+        labels = (version, mode) if version is not None else None
+        old, self._challenger_labels = self._challenger_labels, labels
+        if old is not None and old != labels:
+            self.metrics.challenger_info.labels(*old).set(0)
+            self.metrics.retire_series(self.metrics.challenger_info, old)
+        if labels is not None:
+            self.metrics.challenger_info.labels(*labels).set(1)
 
     def model_unavailable(self, reason: str) -> None:
         logger.warning("model unavailable: %s", reason)
@@ -253,6 +266,9 @@ class NullMonitor:
         return None
 
     def reload_attempted(self, ok: bool) -> None:
+        return None
+
+    def challenger_loaded(self, version: str | None, mode: str) -> None:
         return None
 
     def record(self, event: PredictionEvent) -> None:

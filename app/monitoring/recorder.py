@@ -63,8 +63,10 @@ class PredictionMetrics:
         m = self.metrics
         bands: Counter[tuple[str, str]] = Counter()
         churned: Counter[str] = Counter()
+        roles: Counter[tuple[str, str]] = Counter()
         for recorded in events:
             event = recorded.event
+            roles[event.model_version, event.role] += event.size
             bands.update((band, event.model_version) for band in event.risk_bands)
             churned[event.model_version] += int(event.decisions.sum())
             for stage, seconds in event.stage_seconds.items():
@@ -80,6 +82,8 @@ class PredictionMetrics:
             m.predictions.labels(band, version).inc(count)
         for version, count in churned.items():
             m.predicted_churn.labels(version).inc(count)
+        for (version, role), count in roles.items():
+            m.role_predictions.labels(version, role).inc(count)
 
     def _count_warnings(self, event: PredictionEvent) -> None:
         counts = Counter((name, "imputed") for _, name in event.imputed)

@@ -27,13 +27,14 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.serving.challenger import Challenger, Routing, load_challenger
 from app.serving.predictor import Predictor, build_predictor
 from app.settings import Settings
 from bundle.manifest import BundleError
@@ -54,6 +55,8 @@ class Announcement:
 
     generation: int
     version: str
+    challenger: str | None = None  # the challenger's version, None when none takes part
+    routing: Routing = field(default_factory=Routing)
 
 
 @dataclass(frozen=True)
@@ -125,15 +128,28 @@ class WorkerSync:
         if data is None:
             return None
         try:
-            return Announcement(generation=int(data["generation"]), version=str(data["version"]))
+            challenger = data.get("challenger")
+            routing = Routing(**data["routing"]) if isinstance(data.get("routing"), dict) else Routing()
+            return Announcement(
+                generation=int(data["generation"]),
+                version=str(data["version"]),
+                challenger=str(challenger) if challenger is not None else None,
+                routing=routing,
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
-    def announce(self, version: str) -> Announcement:
+    def announce(self, version: str, challenger: str | None = None, routing: Routing | None = None) -> Announcement:
         """Publish the next generation; call it with ``service_wide_lock`` held so generations never collide."""
         previous = self.read_announcement()
-        announcement = Announcement(generation=(previous.generation if previous else 0) + 1, version=version)
-        write_json_atomically(self.announcement_path, asdict(announcement))
+        announcement = Announcement(
+            generation=(previous.generation if previous else 0) + 1,
+            version=version,
+            challenger=challenger,
+            routing=routing or Routing(),
+        )
+        data = {**asdict(announcement), "routing": announcement.routing.as_dict()}
+        write_json_atomically(self.announcement_path, data)
         return announcement
 
     def report(self, generation: int, model_version: str | None, error: str | None = None) -> None:
@@ -181,13 +197,48 @@ def load_version(settings: Settings, version: str) -> Predictor:
     return predictor
 
 
-def load_current_and_announce(settings: Settings, sync: WorkerSync | None) -> tuple[Predictor, int]:
-    """The new predictor and its reload generation (0 when there is nobody to tell)."""
+@dataclass(frozen=True)
+class Loaded:
+    """What a reload loaded: the champion, the challenger (or why not), and its generation."""
+
+    predictor: Predictor
+    challenger: Challenger | None
+    challenger_error: str | None
+    generation: int  # 0 when there is nobody to tell
+
+
+def load_challenger_or_reason(
+    settings: Settings, routing: Routing, version: str | None = None
+) -> tuple[Challenger | None, str | None]:
+    """The challenger, or None and why it was refused; its failure never fails the champion's reload."""
+    try:
+        return load_challenger(settings, routing, version), None
+    except BundleError as exc:
+        logger.error("challenger refused, the champion serves alone: %s", exc)
+        return None, str(exc)
+
+
+def load_current_and_announce(settings: Settings, sync: WorkerSync | None, routing: Routing) -> Loaded:
+    """Load the champion ``current`` names and the challenger, and tell the other workers."""
     if sync is None:
-        return build_predictor(settings), 0
+        predictor = build_predictor(settings)
+        return Loaded(predictor, *load_challenger_or_reason(settings, routing), 0)
     with sync.service_wide_lock():
         predictor = build_predictor(settings)
-        return predictor, sync.announce(predictor.version).generation
+        challenger, error = load_challenger_or_reason(settings, routing)
+        announced = sync.announce(predictor.version, challenger.version if challenger else None, routing)
+        return Loaded(predictor, challenger, error, announced.generation)
+
+
+def swap_in_challenger(app: FastAPI, challenger: Challenger | None, error: str | None, routing: Routing) -> None:
+    """Make ``challenger`` the one taking part (None: the champion serves alone)."""
+    state = app.state
+    state.routing = routing
+    if challenger is not None and routing.mode == "shadow" and state.shadow is None:
+        challenger, error = None, "shadow mode needs monitoring on (CHURN_MONITORING_ENABLED=true)"
+    state.challenger = challenger
+    state.challenger_error = error
+    state.monitor.challenger_loaded(challenger.version if challenger else None, routing.mode)
 
 
 def swap_in(app: FastAPI, predictor: Predictor) -> None:
@@ -199,27 +250,29 @@ def swap_in(app: FastAPI, predictor: Predictor) -> None:
 
 
 # ---- the worker that takes the request ------------------------------------------------------------
-async def reload_service(app: FastAPI) -> Reloaded:
-    """Load what ``current`` names, swap it in here and announce it to the other workers.
+async def reload_service(app: FastAPI, routing: Routing | None = None) -> Reloaded:
+    """Load what ``current`` (and ``challenger``) name, swap them in here and announce them to the other workers.
 
-    Raises BundleError, with nothing announced and the old model serving everywhere, when the
-    bundle is unusable.
+    ``routing``: how the challenger takes part from now on (default: as now). Raises BundleError,
+    with nothing announced and the old model serving everywhere, when the champion's bundle is
+    unusable; a refused challenger leaves the champion serving alone (``challenger_error`` says why).
     """
     state = app.state
+    routing = routing or state.routing
     async with state.reload_lock:
         previous = state.predictor
         # Off the event loop: a load takes seconds and requests keep being served meanwhile. The
         # service-wide lock is taken and released inside that one thread call, so a cancelled
         # request can never leave it held.
         try:
-            predictor, generation = await run_in_threadpool(
-                load_current_and_announce, state.settings, state.worker_sync
-            )
+            loaded = await run_in_threadpool(load_current_and_announce, state.settings, state.worker_sync, routing)
         except BundleError as exc:
             serving = f"still serving {previous.version}" if previous else "no model is serving"
             logger.error("reload failed, %s: %s", serving, exc)
             raise
+        predictor, generation = loaded.predictor, loaded.generation
         swap_in(app, predictor)
+        swap_in_challenger(app, loaded.challenger, loaded.challenger_error, routing)
         logger.info(
             "reloaded: model %s (%s) loaded, verified and warm in %.2f s (was %s)",
             predictor.version,
@@ -287,9 +340,26 @@ async def apply_announcement(app: FastAPI, announcement: Announcement) -> None:
                 predictor.manifest.model_family,
                 predictor.load_seconds,
             )
+    await follow_challenger(app, announcement)
     state.reload_generation = announcement.generation
     current = state.predictor
     state.worker_sync.report(announcement.generation, current.version if current else None, error)
+
+
+async def follow_challenger(app: FastAPI, announcement: Announcement) -> None:
+    """Take part with exactly the challenger and routing another worker announced."""
+    state = app.state
+    serving: Challenger | None = state.challenger
+    wanted = announcement.challenger if announcement.routing.mode != "off" else None
+    if serving is not None and serving.version == wanted:
+        if serving.routing != announcement.routing:
+            swap_in_challenger(app, Challenger(serving.predictor, announcement.routing), None, announcement.routing)
+        return
+    if wanted is None:
+        swap_in_challenger(app, None, None, announcement.routing)
+        return
+    challenger, error = await run_in_threadpool(load_challenger_or_reason, state.settings, announcement.routing, wanted)
+    swap_in_challenger(app, challenger, error, announcement.routing)
 
 
 def keep_serving_after_failed_follow(app: FastAPI, announcement: Announcement, error: str) -> None:

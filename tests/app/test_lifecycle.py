@@ -52,7 +52,11 @@ def test_health_and_ready_when_a_bundle_is_loaded(serve: Any, models_dir: Path) 
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "model_version": current_bundle_dir(models_dir).name}
+    assert ready.json() == {
+        "status": "ready",
+        "model_version": current_bundle_dir(models_dir).name,
+        "challenger": {"mode": "off", "share": 1.0, "version": None, "error": None},
+    }
 
 
 def test_missing_bundle_keeps_the_process_up_but_not_ready(
