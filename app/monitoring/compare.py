@@ -261,65 +261,68 @@ def paired_replicates(
     """Every figure of each model on each bootstrap draw; both models see the same draws."""
     rng = np.random.default_rng(seed)
     n = y.size
+    ranked = [RankedScores.of(y, p, d) for p, d in sides]
     block = max(1, _BLOCK_CELLS // n)
     parts: list[list[dict[str, np.ndarray]]] = [[], []]
     for start in range(0, resamples, block):
         counts = draw_counts(rng, n, min(block, resamples - start))
-        for side, (p, d) in enumerate(sides):
-            parts[side].append(weighted_figures(y, p, d, counts, profit))
+        for side, scores in enumerate(ranked):
+            parts[side].append(scores.weighted_figures(counts, profit))
     return [{name: np.concatenate([part[name] for part in side]) for name in side[0]} for side in parts]
 
 
 def draw_counts(rng: np.random.Generator, n: int, draws: int) -> np.ndarray:
     """How often each of ``n`` rows is picked in each of ``draws`` bootstrap samples of size ``n``."""
     picks = rng.integers(0, n, size=(draws, n)) + (np.arange(draws) * n)[:, None]
-    return np.bincount(picks.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float64)
+    # float32 holds every count and every per-score sum exactly (they are whole numbers below 2**24).
+    return np.bincount(picks.ravel(), minlength=draws * n).reshape(draws, n).astype(np.float32)
 
 
-def weighted_figures(
-    y: np.ndarray, p: np.ndarray, d: np.ndarray, weights: np.ndarray, profit: ProfitTerms | None
-) -> dict[str, np.ndarray]:
-    """Each figure once per row of ``weights`` (rows weighted like scikit-learn's ``sample_weight``)."""
-    positives = weights @ y.astype(np.float64)
-    flagged = weights @ d.astype(np.float64)
-    hits = weights @ (y & d).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        figures = {
-            "roc_auc": weighted_roc_auc(y, p, weights),
-            "pr_auc": weighted_average_precision(y, p, weights),
-            "precision": np.where(flagged > 0, hits / flagged, np.nan),
-            "recall": np.where(positives > 0, hits / positives, np.nan),
-        }
-    if profit is not None:
-        figures["expected_profit"] = profit.acceptance_rate * profit.saved_value * hits - profit.offer_cost * flagged
-    return figures
+@dataclass
+class RankedScores:
+    """One model's labelled rows grouped by distinct score, highest first, split by outcome.
 
+    ``indicator`` (rows x 2 groups, sparse) sums any row weights into the churners' and the stayers'
+    weight at each distinct score, so a whole block of bootstrap draws is one sparse product.
+    """
 
-def _class_weights_by_score(y: np.ndarray, p: np.ndarray, weights: np.ndarray, descending: bool):
-    """Per distinct score (in order): the weight of churners and of stayers at that score, per weight row."""
-    order = np.argsort(-p if descending else p, kind="stable")
-    sorted_p = p[order]
-    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])
-    sorted_w, sorted_y = weights[:, order], y[order].astype(np.float64)
-    churned = np.add.reduceat(sorted_w * sorted_y, starts, axis=1)
-    stayed = np.add.reduceat(sorted_w * (1.0 - sorted_y), starts, axis=1)
-    return churned, stayed
+    indicator: Any
+    groups: int
+    flagged_groups: int  # the highest-scoring groups are the flagged ones (probability >= threshold)
 
+    @classmethod
+    def of(cls, y: np.ndarray, p: np.ndarray, flagged: np.ndarray) -> RankedScores:
+        from scipy import sparse
 
-def weighted_roc_auc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC-AUC per weight row: the chance a churner outscores a stayer, ties counting half (NaN with one class)."""
-    churned, stayed = _class_weights_by_score(y, p, weights, descending=False)
-    stayed_below = np.cumsum(stayed, axis=1) - stayed
-    pairs = churned.sum(axis=1) * stayed.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(pairs > 0, (churned * (stayed_below + 0.5 * stayed)).sum(axis=1) / pairs, np.nan)
+        distinct, group = np.unique(-p, return_inverse=True)  # ascending -p: highest score first
+        columns = group + np.where(y, 0, distinct.size)
+        ones = np.ones(p.size, dtype=np.float32)
+        indicator = sparse.csr_array((ones, (np.arange(p.size), columns)), shape=(p.size, 2 * distinct.size))
+        return cls(indicator, int(distinct.size), int(np.unique(p[flagged]).size))
 
-
-def weighted_average_precision(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average precision per weight row: precision at each distinct score, weighted by the recall it adds."""
-    churned, stayed = _class_weights_by_score(y, p, weights, descending=True)
-    caught, flagged = np.cumsum(churned, axis=1), np.cumsum(churned + stayed, axis=1)
-    total = churned.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(flagged > 0, caught / flagged, 0.0)
-        return np.where(total > 0, (churned * precision).sum(axis=1) / total, np.nan)
+    def weighted_figures(self, weights: np.ndarray, profit: ProfitTerms | None) -> dict[str, np.ndarray]:
+        """Each figure once per row of ``weights`` (rows weighted like scikit-learn's ``sample_weight``)."""
+        sums = np.asarray(weights @ self.indicator, dtype=np.float64)  # draws x (churners' groups, stayers' groups)
+        churned, stayed = sums[:, : self.groups], sums[:, self.groups :]
+        caught, stayed_above = np.cumsum(churned, axis=1), np.cumsum(stayed, axis=1)
+        seen = caught + stayed_above
+        positives, negatives = caught[:, -1], stayed_above[:, -1]
+        last = self.flagged_groups - 1
+        hits = caught[:, last] if last >= 0 else np.zeros(len(weights))
+        flagged = seen[:, last] if last >= 0 else np.zeros(len(weights))
+        stayed_below = negatives[:, None] - stayed_above
+        with np.errstate(divide="ignore", invalid="ignore"):
+            figures = {
+                # The chance a churner outscores a stayer, ties counting half: the area under the ROC curve.
+                "roc_auc": (churned * (stayed_below + 0.5 * stayed)).sum(axis=1) / (positives * negatives),
+                # Precision at each distinct score, weighted by the recall it adds.
+                "pr_auc": (churned * np.where(seen > 0, caught / seen, 0.0)).sum(axis=1) / positives,
+                "precision": np.where(flagged > 0, hits / flagged, np.nan),
+                "recall": hits / positives,
+            }
+        figures = {name: np.where(np.isfinite(values), values, np.nan) for name, values in figures.items()}
+        if profit is not None:
+            figures["expected_profit"] = (
+                profit.acceptance_rate * profit.saved_value * hits - profit.offer_cost * flagged
+            )
+        return figures

@@ -16,11 +16,10 @@ from app.monitoring.compare import (
     WORSE,
     ModelScores,
     ProfitTerms,
+    RankedScores,
     compare_models,
     draw_counts,
     labels_needed,
-    weighted_average_precision,
-    weighted_roc_auc,
 )
 
 
@@ -68,12 +67,26 @@ def test_point_figures_match_scikit_learn_on_the_labelled_rows() -> None:
 def test_each_bootstrap_draw_scores_like_scikit_learn_with_the_draw_counts_as_weights() -> None:
     y, propensity = customers(300, seed=4)
     p = np.round(scores(propensity, 1.0, seed=5), 2)  # rounded: many tied scores
+    flagged = p >= 0.55
     counts = draw_counts(np.random.default_rng(0), y.size, 25)
-    auc, ap = weighted_roc_auc(y, p, counts), weighted_average_precision(y, p, counts)
+    terms = ProfitTerms(saved_value=100.0, offer_cost=10.0)
+    figures = RankedScores.of(y.astype(bool), p, flagged).weighted_figures(counts, terms)
     for row, weights in enumerate(counts):
-        assert auc[row] == pytest.approx(roc_auc_score(y, p, sample_weight=weights), abs=1e-12)
-        assert ap[row] == pytest.approx(average_precision_score(y, p, sample_weight=weights), abs=1e-12)
+        assert figures["roc_auc"][row] == pytest.approx(roc_auc_score(y, p, sample_weight=weights), abs=1e-12)
+        assert figures["pr_auc"][row] == pytest.approx(average_precision_score(y, p, sample_weight=weights), abs=1e-12)
+        assert figures["precision"][row] == pytest.approx(precision_score(y, flagged, sample_weight=weights))
+        assert figures["recall"][row] == pytest.approx(recall_score(y, flagged, sample_weight=weights))
+        hits, contacted = np.sum(weights * (y == 1) * flagged), np.sum(weights * flagged)
+        assert figures["expected_profit"][row] == pytest.approx(100.0 * hits - 10.0 * contacted)
     assert np.all(counts.sum(axis=1) == y.size)
+
+
+def test_a_draw_without_churners_or_flags_gives_undefined_figures() -> None:
+    y, p = np.array([True, False, False]), np.array([0.9, 0.2, 0.1])
+    weights = np.array([[0.0, 2.0, 1.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    figures = RankedScores.of(y, p, p >= 0.95).weighted_figures(weights, None)
+    assert np.isnan(figures["roc_auc"][0]) and np.isnan(figures["pr_auc"][0]) and np.isnan(figures["recall"][0])
+    assert np.isnan(figures["precision"]).all() and figures["roc_auc"][1] == 1.0
 
 
 def test_the_bootstrap_is_seeded() -> None:
