@@ -6,19 +6,14 @@ Stages: the **champion** is the bundle ``current`` names (the one the service lo
 other published bundle has no stage.
 
 Every change takes the model directory's lock, refuses with the reason when the target bundle does
-not verify (every checksum, as loading does), writes what it is about to do to a journal file, applies
-it (pointer files replaced atomically, bundle directories renamed), appends the record to
-:mod:`bundle.history` and only then removes the journal. A change interrupted part way is finished
-by the next change anyone makes, so each pointer always names a verified bundle and the history
-records every change exactly once. The service picks up a new champion on ``POST /admin/reload``.
+not verify (every checksum, as loading does) and goes through :mod:`bundle.stage_journal`: a change
+interrupted part way is finished by the next one anyone makes, so each pointer always names a
+verified bundle and :mod:`bundle.history` records every change exactly once. The service picks up a
+new champion on ``POST /admin/reload``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,12 +31,8 @@ from bundle.history import (
 )
 from bundle.locking import model_dir_lock
 from bundle.manifest import CHALLENGER, CURRENT, MANIFEST, BundleError
+from bundle.stage_journal import ARCHIVE_DIR, StageJournal
 from bundle.store import bundle_path, check_version_name, list_bundles, read_manifest, read_pointer, verify_bundle
-from bundle.store import write_pointer as write_pointer_file
-
-ARCHIVE_DIR = ".archive"
-JOURNAL = ".registry-change.json"
-POINTER_OF_STAGE = {CHAMPION: CURRENT, CHALLENGER_STAGE: CHALLENGER}
 
 
 class RegistryError(BundleError):
@@ -72,6 +63,7 @@ class ModelRegistry:
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = Path(models_dir)
+        self.journal = StageJournal(self.models_dir)
 
     # ---- reading (never writes, takes no lock) ------------------------------------------------
     def champion(self) -> str | None:
@@ -90,7 +82,7 @@ class ModelRegistry:
 
     def entries(self) -> list[BundleEntry]:
         """Every published and archived bundle, oldest first."""
-        champion, challenger = self._pointer_or_none(CURRENT), self._pointer_or_none(CHALLENGER)
+        champion, challenger = pointer_or_none(self.models_dir, CURRENT), pointer_or_none(self.models_dir, CHALLENGER)
         stages = {champion: CHAMPION, challenger: CHALLENGER_STAGE}
         found = [describe(self.models_dir / v, stages.get(v)) for v in list_bundles(self.models_dir)]
         found += [describe(self.archive_dir / v, ARCHIVED) for v in list_bundles(self.archive_dir)]
@@ -107,12 +99,6 @@ class ModelRegistry:
     def archive_dir(self) -> Path:
         return self.models_dir / ARCHIVE_DIR
 
-    def _pointer_or_none(self, name: str) -> str | None:
-        try:
-            return read_pointer(self.models_dir, name) if self.models_dir.is_dir() else None
-        except BundleError:
-            return None
-
     # ---- changing ----------------------------------------------------------------------------
     def promote(self, version: str, reason: str | None) -> dict[str, Any]:
         """Make ``version`` the champion; the one it replaces becomes the rollback target."""
@@ -122,7 +108,7 @@ class ModelRegistry:
                 raise RegistryError(f"{version} is already the champion")
             self._verify_live(version, "promote")
             event = new_event("promote", CHAMPION, version, champion, version, reason)
-            return self._commit(event, self._champion_pointers(version))
+            return self.journal.commit(event, self._champion_pointers(version))
 
     def rollback(self, reason: str | None) -> dict[str, Any]:
         """Make the previous champion (from the history) the champion again."""
@@ -132,7 +118,7 @@ class ModelRegistry:
                 raise RegistryError("the history names no earlier champion to roll back to")
             self._verify_live(previous, "roll back to")
             event = new_event("rollback", CHAMPION, previous, champion, previous, reason)
-            return self._commit(event, self._champion_pointers(previous))
+            return self.journal.commit(event, self._champion_pointers(previous))
 
     def set_challenger(self, version: str, reason: str | None) -> dict[str, Any]:
         with self._changing():
@@ -143,7 +129,7 @@ class ModelRegistry:
                 raise RegistryError(f"{version} is already the challenger")
             self._verify_live(version, "make challenger")
             event = new_event("challenger", CHALLENGER_STAGE, version, before, version, reason)
-            return self._commit(event, {CHALLENGER: version})
+            return self.journal.commit(event, {CHALLENGER: version})
 
     def clear_challenger(self, reason: str | None) -> dict[str, Any]:
         with self._changing():
@@ -151,7 +137,7 @@ class ModelRegistry:
             if before is None:
                 raise RegistryError("there is no challenger to clear")
             event = new_event("clear-challenger", CHALLENGER_STAGE, before, before, None, reason)
-            return self._commit(event, {CHALLENGER: None})
+            return self.journal.commit(event, {CHALLENGER: None})
 
     def archive(self, versions: list[str], reason: str | None, delete: bool = False) -> list[dict[str, Any]]:
         """Move ``versions`` to the archive (or delete them); never the champion, challenger or rollback target."""
@@ -161,25 +147,25 @@ class ModelRegistry:
                 check_version_name(version)
                 if version in protected:
                     raise RegistryError(f"{version} is the {protected[version]}; it cannot be archived")
-                if not self._stored_at(version):
+                if not stored_at(self.models_dir, version):
                     raise RegistryError(f"no bundle {version!r} in {self.models_dir}")
-                if not delete and self._stored_at(version) == self.archive_dir:
+                if not delete and stored_at(self.models_dir, version) == self.archive_dir:
                     raise RegistryError(f"{version} is already archived")
             action, after = ("delete", "deleted") if delete else ("archive", ARCHIVED)
             events = []
             for version in versions:
-                before = ARCHIVED if self._stored_at(version) == self.archive_dir else None
-                events.append(self._commit(new_event(action, ARCHIVED, version, before, after, reason), {}))
+                before = ARCHIVED if stored_at(self.models_dir, version) == self.archive_dir else None
+                events.append(self.journal.commit(new_event(action, ARCHIVED, version, before, after, reason), {}))
             return events
 
     def restore(self, version: str, reason: str | None) -> dict[str, Any]:
         """Bring an archived bundle back among the published ones (with no stage)."""
         with self._changing():
-            if self._stored_at(check_version_name(version)) != self.archive_dir:
+            if stored_at(self.models_dir, check_version_name(version)) != self.archive_dir:
                 raise RegistryError(f"{version} is not archived")
             if (self.models_dir / version).exists():
                 raise RegistryError(f"{self.models_dir / version} already exists")
-            return self._commit(new_event("restore", ARCHIVED, version, ARCHIVED, None, reason), {})
+            return self.journal.commit(new_event("restore", ARCHIVED, version, ARCHIVED, None, reason), {})
 
     def retention_candidates(self, keep: int) -> list[str]:
         """Published bundles beyond the newest ``keep``, not counting the champion, challenger and rollback target."""
@@ -190,67 +176,20 @@ class ModelRegistry:
     def recover(self) -> dict[str, Any] | None:
         """Finish a change a crash interrupted; returns its record, or None when there was none."""
         with model_dir_lock(self.models_dir):
-            return self._finish_journal()
+            return self.journal.finish()
 
     # ---- the change protocol -----------------------------------------------------------------
     @contextmanager
     def _changing(self) -> Iterator[None]:
         with model_dir_lock(self.models_dir):
-            self._finish_journal()
+            self.journal.finish()
             self._record_outside_change()
             yield
-
-    def _commit(self, event: dict[str, Any], pointers: dict[str, str | None]) -> dict[str, Any]:
-        event["pointers"] = pointers
-        write_atomically(self.models_dir / JOURNAL, json.dumps(event))
-        self._apply(event)
-        self._close(event)
-        return event
-
-    def _apply(self, event: dict[str, Any]) -> None:
-        """Bring the directory to the state ``event`` describes; doing it twice changes nothing more."""
-        for name, version in event["pointers"].items():
-            write_pointer_file(self.models_dir, name, version)
-        version, action = event["version"], event["action"]
-        if action == "archive" and (self.models_dir / version).is_dir():
-            self.archive_dir.mkdir(exist_ok=True)
-            move(self.models_dir / version, self.archive_dir / version)
-        elif action == "restore" and (self.archive_dir / version).is_dir():
-            move(self.archive_dir / version, self.models_dir / version)
-        elif action == "delete":
-            trash = self.models_dir / f".deleted-{event['id']}"
-            for place in (self.models_dir / version, self.archive_dir / version):
-                if place.is_dir() and not place.is_symlink():
-                    move(place, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def _close(self, event: dict[str, Any]) -> None:
-        events = self.history()
-        if not events or events[-1].get("id") != event["id"]:
-            append_event(self.models_dir, event)
-        (self.models_dir / JOURNAL).unlink(missing_ok=True)
-        fsync_directory(self.models_dir)
-
-    def _finish_journal(self) -> dict[str, Any] | None:
-        path = self.models_dir / JOURNAL
-        for stray in self.models_dir.glob(f"{JOURNAL}.*.tmp"):
-            stray.unlink(missing_ok=True)  # a journal never completed: its change never started
-        try:
-            event = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, json.JSONDecodeError):
-            path.unlink(missing_ok=True)  # written atomically, so never torn: a stray file, not a change
-            return None
-        event["recovered"] = True
-        self._apply(event)
-        self._close(event)
-        return event
 
     def _record_outside_change(self) -> None:
         """Record it when ``current`` moved without the registry (by hand, an older tool), so rollback stays right."""
         lineage = champion_lineage(self.history())
-        champion = self._pointer_or_none(CURRENT)
+        champion = pointer_or_none(self.models_dir, CURRENT)
         if lineage and champion and lineage[-1] != champion:
             reason = "current was changed outside the registry"
             append_event(self.models_dir, new_event("adopt", CHAMPION, champion, lineage[-1], champion, reason))
@@ -262,24 +201,34 @@ class ModelRegistry:
 
     def _verify_live(self, version: str, doing: str) -> None:
         check_version_name(version)
-        if self._stored_at(version) == self.archive_dir:
+        if stored_at(self.models_dir, version) == self.archive_dir:
             raise RegistryError(f"cannot {doing} {version}: it is archived (restore it first)")
         try:
             verify_bundle(bundle_path(self.models_dir, version))
         except BundleError as exc:
             raise RegistryError(f"cannot {doing} {version}: {exc}") from None
 
-    def _stored_at(self, version: str) -> Path | None:
-        for place in (self.models_dir, self.archive_dir):
-            if (place / version / MANIFEST).is_file() and not (place / version).is_symlink():
-                return place
-        return None
-
     def _protected(self) -> dict[str, str]:
         protected = {self.previous_champion(): "rollback target (previous champion)"}
         protected.update({self.challenger(): CHALLENGER_STAGE, self.champion(): CHAMPION})
         protected.pop(None, None)
         return protected
+
+
+def pointer_or_none(models_dir: Path, name: str) -> str | None:
+    """What pointer file ``name`` names, None when it is absent or unreadable (for listing)."""
+    try:
+        return read_pointer(models_dir, name) if models_dir.is_dir() else None
+    except BundleError:
+        return None
+
+
+def stored_at(models_dir: Path, version: str) -> Path | None:
+    """The directory holding bundle ``version``: the model directory, its archive, or None."""
+    for place in (models_dir, models_dir / ARCHIVE_DIR):
+        if (place / version / MANIFEST).is_file() and not (place / version).is_symlink():
+            return place
+    return None
 
 
 def describe(bundle_dir: Path, stage: str | None) -> BundleEntry:
@@ -306,27 +255,3 @@ def age(entry: BundleEntry) -> tuple[str, int]:
     except OSError:
         written = 0
     return entry.created_at or "", written
-
-
-def move(source: Path, destination: Path) -> None:
-    os.replace(source, destination)
-    fsync_directory(source.parent)
-    fsync_directory(destination.parent)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

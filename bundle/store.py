@@ -278,4 +278,8 @@ def list_bundles(models_dir: Path) -> list[str]:
     """Published bundle versions, oldest first."""
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+    return sorted(
+        p.name
+        for p in models_dir.iterdir()
+        if _VERSION_NAME.fullmatch(p.name) and p.is_dir() and (p / MANIFEST).is_file()  # never a staging directory
+    )

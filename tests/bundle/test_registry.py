@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import bundle.registry as registry_module
+import bundle.stage_journal as journal_module
 from bundle.history import read_history
 from bundle.manifest import BundleError
 from bundle.registry import ModelRegistry, RegistryError
@@ -57,7 +57,7 @@ def test_promote_moves_current_and_records_who_what_when_why(models) -> None:
     assert (recorded["action"], recorded["stage"], recorded["from"], recorded["to"]) == ("promote", "champion", a, b)
     assert recorded["reason"] == "better on last month" and recorded["at"]
     assert set(recorded["who"]) == {"user", "host", "pid"}
-    assert not (models_dir / registry_module.JOURNAL).exists()
+    assert not (models_dir / journal_module.JOURNAL).exists()
 
 
 def test_promoting_the_challenger_clears_it(models) -> None:
@@ -176,7 +176,7 @@ def test_a_crash_after_the_journal_is_finished_by_the_next_change(models, monkey
     def crash(*args, **kwargs):
         raise OSError("power cut")
 
-    monkeypatch.setattr(registry_module, "write_pointer_file", crash)
+    monkeypatch.setattr(journal_module, "write_pointer_file", crash)
     with pytest.raises(OSError, match="power cut"):
         ModelRegistry(models_dir).promote(b, "x")
     monkeypatch.undo()
@@ -194,7 +194,7 @@ def test_a_crash_before_the_history_line_records_the_change_exactly_once(models,
     def crash(*args, **kwargs):
         raise OSError("killed")
 
-    monkeypatch.setattr(registry_module, "append_event", crash)
+    monkeypatch.setattr(journal_module, "append_event", crash)
     with pytest.raises(OSError, match="killed"):
         ModelRegistry(models_dir).promote(b, "x")
     monkeypatch.undo()
@@ -210,9 +210,10 @@ def test_a_process_killed_mid_archive_leaves_a_consistent_directory(models) -> N
         f"""
         import os
         from pathlib import Path
-        import bundle.registry as registry
-        registry.append_event = lambda *args: os._exit(9)  # dies after the move, before the record
-        registry.ModelRegistry(Path({str(models_dir)!r})).archive([{b!r}], "old")
+        import bundle.stage_journal as journal
+        from bundle.registry import ModelRegistry
+        journal.append_event = lambda *args: os._exit(9)  # dies after the move, before the record
+        ModelRegistry(Path({str(models_dir)!r})).archive([{b!r}], "old")
         """
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
