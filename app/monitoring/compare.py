@@ -146,7 +146,10 @@ def compare_models(
 
 
 def probabilities(model: ModelScores) -> np.ndarray:
-    values = np.asarray(model.probabilities, dtype=np.float64).ravel()
+    try:
+        values = np.asarray(model.probabilities, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
     if not np.all(np.isfinite(values)) or np.any((values < 0.0) | (values > 1.0)):
         raise ValueError("probabilities must be finite numbers between 0 and 1")
     if not math.isfinite(model.threshold):

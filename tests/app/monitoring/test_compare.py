@@ -154,6 +154,7 @@ def test_no_outcome_yet_still_compares_decisions() -> None:
         ([0.1, 0.2], [0.1], [0, 1], "row counts differ"),
         ([0.1, 1.2], [0.1, 0.2], [0, 1], "between 0 and 1"),
         ([0.1, float("nan")], [0.1, 0.2], [0, 1], "between 0 and 1"),
+        ([0.1, "high"], [0.1, 0.2], [0, 1], "between 0 and 1"),
         ([0.1, 0.2], [0.1, 0.2], [0, 2], "outcomes must be 0, 1"),
         ([0.1, 0.2], [0.1, 0.2], [0, "yes"], "outcomes must be 0, 1"),
     ],
