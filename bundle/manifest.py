@@ -19,6 +19,8 @@ from bundle.features import FeatureSchema
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "current"
+CHALLENGER = "challenger"  # like current: names the bundle being tried against it
+POINTERS = (CURRENT, CHALLENGER)
 STAGING_PREFIX = ".staging-"
 MODEL_FAMILIES = ("logistic_regression", "random_forest", "xgboost", "lightgbm", "mlp", "soft_vote")
 ARTIFACT_FORMATS = ("joblib", "torchscript")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.locking import STAGING_OWNER, claim, has_live_owner, model_dir_lock
-from bundle.manifest import CURRENT, MANIFEST, STAGING_PREFIX, BundleError, Manifest
+from bundle.manifest import CURRENT, MANIFEST, POINTERS, STAGING_PREFIX, BundleError, Manifest
 
 # A version is one plain path component: no separators, no leading dot, nothing that climbs out.
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -108,7 +108,7 @@ def publish(staged: Path, manifest: Manifest, models_dir: Path, make_current: bo
         os.replace(staged, final)
         _fsync_path(models_dir)
         if make_current:
-            _point_current(models_dir, manifest.version)
+            write_pointer(models_dir, CURRENT, manifest.version)
     return final
 
 
@@ -130,15 +130,23 @@ def verify_staged(staged: Path, manifest: Manifest) -> None:
 def set_current(models_dir: Path, version: str) -> None:
     """Atomically point ``current`` at an existing bundle directly inside ``models_dir``."""
     with model_dir_lock(models_dir):
-        _point_current(models_dir, version)
+        write_pointer(models_dir, CURRENT, version)
 
 
-def _point_current(models_dir: Path, version: str) -> None:
+def write_pointer(models_dir: Path, name: str, version: str | None) -> None:
+    """Atomically make pointer file ``name`` name bundle ``version`` (``None`` removes it); hold the lock.
+
+    The caller holds :func:`bundle.locking.model_dir_lock`, which is not re-entrant.
+    """
+    pointer = models_dir / name
+    if version is None:
+        pointer.unlink(missing_ok=True)
+        _fsync_path(models_dir)
+        return
     bundle = bundle_path(models_dir, version)
     if not (bundle / MANIFEST).is_file():
-        raise BundleError(f"cannot make {version!r} current: {bundle / MANIFEST} does not exist")
-    pointer = models_dir / CURRENT
-    tmp = models_dir / f".{CURRENT}.{uuid.uuid4().hex}.tmp"
+        raise BundleError(f"cannot point {name} at {version!r}: {bundle / MANIFEST} does not exist")
+    tmp = models_dir / f".{name}.{uuid.uuid4().hex}.tmp"
     with tmp.open("w") as handle:
         handle.write(version + "\n")
         handle.flush()
@@ -158,9 +166,10 @@ def discard_staging(models_dir: Path) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         # Pointer files are only ever written under the lock: any found now was left by a crash.
-        for path in models_dir.glob(f".{CURRENT}.*.tmp"):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+        for name in POINTERS:
+            for path in models_dir.glob(f".{name}.*.tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
     return removed
 
 
@@ -198,13 +207,22 @@ def bundle_path(models_dir: Path, version: str) -> Path:
 
 def read_current(models_dir: Path) -> str:
     """The version ``current`` names; BundleError with the reason if it names none."""
-    pointer = models_dir / CURRENT
     if not models_dir.is_dir():
         raise BundleError(f"model directory {models_dir} does not exist: train a model first (python -m training)")
+    version = read_pointer(models_dir, CURRENT)
+    if version is None:
+        pointer = models_dir / CURRENT
+        raise BundleError(f"no current bundle: {pointer} does not exist: train a model first (python -m training)")
+    return version
+
+
+def read_pointer(models_dir: Path, name: str) -> str | None:
+    """The version pointer file ``name`` names, None when there is no such file; BundleError if unreadable."""
+    pointer = models_dir / name
     if pointer.is_symlink():
         raise BundleError(f"{pointer} is a symbolic link; it must be a file holding a bundle version")
     if not pointer.exists():
-        raise BundleError(f"no current bundle: {pointer} does not exist: train a model first (python -m training)")
+        return None
     try:
         fd = os.open(pointer, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as handle:
@@ -260,4 +278,8 @@ def list_bundles(models_dir: Path) -> list[str]:
     """Published bundle versions, oldest first."""
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
+    return sorted(
+        p.name
+        for p in models_dir.iterdir()
+        if _VERSION_NAME.fullmatch(p.name) and p.is_dir() and (p / MANIFEST).is_file()  # never a staging directory
+    )

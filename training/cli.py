@@ -1,5 +1,6 @@
 """Command line: ``python -m training [options]`` trains and publishes a bundle;
-``python -m training generate ...`` writes a synthetic customer table."""
+``python -m training generate ...`` writes a synthetic customer table;
+``python -m training models ...`` lists bundles and changes their stages (:mod:`training.models_cli`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ examples:
   python -m training --data customers.csv --target Churn
   python -m training --data sqlite:///crm.db --table customers --models xgboost,lightgbm --time-budget 60
   python -m training --data customers.parquet --threshold-strategy max_profit --offer-cost 20 --saved-value 300
+  python -m training --data customers.csv --as-challenger
   python -m training generate --schema bank --rows 10000 --out bank.csv
+  python -m training models list
 
 exit status: 0 published; 1 every model family failed or the bundle did not verify; 2 unusable input
 """
@@ -142,7 +145,11 @@ def training_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--model-dir", type=Path, default=Path("models"), metavar="DIR", help="where bundles go (default: models)"
     )
-    output.add_argument("--no-current", action="store_true", help="publish without making the bundle current")
+    staging = output.add_mutually_exclusive_group()
+    staging.add_argument("--no-current", action="store_true", help="publish without making the bundle current")
+    staging.add_argument(
+        "--as-challenger", action="store_true", help="publish as the challenger; the champion (current) stays"
+    )
     output.add_argument("--no-report", action="store_true", help="skip the report and plots")
     output.add_argument("--quiet", action="store_true", help="print only the final summary")
     return parser
@@ -182,7 +189,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         threshold_strategy=args.threshold_strategy,
         offer_cost=args.offer_cost,
         saved_value=args.saved_value,
-        make_current=not args.no_current,
+        make_current=not (args.no_current or args.as_challenger),
+        as_challenger=args.as_challenger,
         report=not args.no_report,
         progress=not args.quiet,
     )
@@ -241,6 +249,8 @@ def train(argv: Sequence[str]) -> int:
         print("interrupted: nothing was published", file=sys.stderr)
         return 130
     print("\n".join(summary_lines(result)))
+    if config.as_challenger:
+        print("stage       challenger; the champion is unchanged (python -m training models --help)")
     return 0
 
 
@@ -273,4 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] == "generate":
         return generate(arguments[1:])
+    if arguments and arguments[0] == "models":
+        from training.models_cli import main as models
+
+        return models(arguments[1:])
     return train(arguments)

@@ -37,6 +37,7 @@ class TrainingConfig:
     offer_cost: float | None = None
     saved_value: float | None = None
     make_current: bool = True
+    as_challenger: bool = False  # published as the challenger; the champion stays
     report: bool = True
     progress: bool = True
 

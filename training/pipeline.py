@@ -25,6 +25,7 @@ import pandas as pd
 
 from bundle.features import FeatureSchema, FeatureSpec, fit_feature
 from bundle.manifest import Manifest, library_versions, new_version, utc_now_iso
+from bundle.registry import ModelRegistry
 from bundle.scoring import load_raw_model
 from bundle.store import discard_staging, publish, staging
 from training.cleaning import (
@@ -360,13 +361,23 @@ def finish_bundle(
             report_path = Path(write_report(stage / "report", context))
     manifest.training = training_info(config, data, selection, decision, importance, search_rows, folds, watch)
     with watch.step("publish", "publishing the bundle"):
-        bundle_dir = publish(stage, manifest, Path(config.model_dir), make_current=config.make_current)
+        bundle_dir = publish(stage, manifest, Path(config.model_dir), make_current=False)
+        assign_stage(config, version)
     if report_path is not None:
         report_path = bundle_dir / report_path.relative_to(stage)
     watch.say(f"done in {watch.total():.1f}s: {bundle_dir}")
     return TrainingResult(
         bundle_dir=bundle_dir, manifest=manifest, report_path=report_path, leaderboard=selection.leaderboard
     )
+
+
+def assign_stage(config: TrainingConfig, version: str) -> None:
+    """Make the new bundle the champion or the challenger, recorded in the model directory's history."""
+    registry = ModelRegistry(Path(config.model_dir))
+    if config.as_challenger:
+        registry.set_challenger(version, "trained with --as-challenger")
+    elif config.make_current:
+        registry.promote(version, "trained and published by python -m training")
 
 
 def report_context(version: str, data: PreparedData, selection: Any, decision: Any) -> dict[str, Any]:

@@ -110,12 +110,22 @@ def test_a_second_publisher_waits_for_the_lock(tmp_path):
     assert switched.is_set() and current_bundle_dir(tmp_path) == published
 
 
-def test_a_pointer_file_left_by_a_crash_is_discarded(tmp_path):
+@pytest.mark.parametrize("pointer", ["current", "challenger"])
+def test_a_pointer_file_left_by_a_crash_is_discarded(tmp_path, pointer):
     published = publish_tiny_bundle(tmp_path)
-    leftover = tmp_path / ".current.0123abcd.tmp"
+    leftover = tmp_path / f".{pointer}.0123abcd.tmp"
     leftover.write_text("half")
     assert discard_staging(tmp_path) == [leftover]
     assert current_bundle_dir(tmp_path) == published
+
+
+def test_a_bundle_being_staged_is_never_listed(tmp_path):
+    published = publish_tiny_bundle(tmp_path)
+    manifest, model = tiny_manifest(seed=1)
+    with staging(tmp_path, manifest.version) as staged:
+        write_bundle_files(staged, model)
+        (staged / "manifest.json").write_text("{}")  # publish writes it before the rename
+        assert list_bundles(tmp_path) == [published.name]
 
 
 def test_this_processs_own_staging_is_live(tmp_path):
