@@ -35,7 +35,7 @@ SHARES = (0.05, 0.2, 0.5)
 
 def model_dir_with_challenger(model_dir: Path, version: str | None, work: Path) -> Path:
     """A copy of ``model_dir`` whose ``challenger`` names ``version`` (default: the current bundle)."""
-    from app.serving.challenger import CHALLENGER
+    from bundle.manifest import CHALLENGER
     from bundle.store import read_current
 
     copy = work / "models"

@@ -25,14 +25,12 @@ from typing import Any, Literal
 from app.serving.predictor import CUSTOMER_ID, Predictor, RecordError, build_predictor
 from app.serving.response import PredictionOutcome
 from app.settings import Settings
-from bundle.manifest import BundleError
-from bundle.store import check_version_name
+from bundle.manifest import CHALLENGER, BundleError
+from bundle.store import read_pointer
 
 Mode = Literal["off", "shadow", "canary"]
 MODES: tuple[str, ...] = ("off", "shadow", "canary")
 _HASH_SPACE = float(2**64)
-CHALLENGER = "challenger"  # the pointer file beside ``current``
-_POINTER_MAX_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -89,20 +87,7 @@ class Challenger:
 
 def challenger_version(models_dir: Path) -> str | None:
     """The version ``challenger`` names, or None when no challenger is set."""
-    pointer = models_dir / CHALLENGER
-    if pointer.is_symlink():
-        raise BundleError(f"{pointer} is a symbolic link; it must be a file holding a bundle version")
-    try:
-        content = pointer.read_bytes()[:_POINTER_MAX_BYTES]
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise BundleError(f"{pointer} cannot be read: {exc.strerror or exc}") from None
-    text = content.decode("utf-8", errors="replace").strip()
-    try:
-        return check_version_name(text)
-    except BundleError:
-        raise BundleError(f"{pointer} does not name a bundle (content {text[:80]!r})") from None
+    return read_pointer(models_dir, CHALLENGER)
 
 
 def load_challenger(settings: Settings, routing: Routing, version: str | None = None) -> Challenger | None:

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from app.serving.challenger import CHALLENGER, Challenger, Routing, canary_position
+from app.serving.challenger import Challenger, Routing, canary_position
+from bundle.manifest import CHALLENGER
 from tests.conftest import API_KEY, build_bundle, customer_record, synthetic_customers
 
 HEADERS = {"X-API-Key": API_KEY}
