@@ -56,6 +56,8 @@ class Manifest:
     threshold_strategy: str = "max_f1"
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out test metrics of the winner
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    # Estimated (CBPE) and realized figures on the test split: what the live estimate is read against.
+    performance_reference: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # data source, fingerprint, rows, seed, params, timings
     libraries: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
@@ -88,6 +90,7 @@ class Manifest:
             "calibration": self.calibration.to_dict(),
             "metrics": self.metrics,
             "leaderboard": self.leaderboard,
+            "performance_reference": self.performance_reference,
             "training": self.training,
             "libraries": self.libraries,
             "schema": self.schema.to_dict(),
@@ -119,6 +122,7 @@ class Manifest:
                 calibration=Calibration(**data.get("calibration", {})),
                 metrics=data.get("metrics", {}),
                 leaderboard=data.get("leaderboard", []),
+                performance_reference=data.get("performance_reference", {}),
                 training=data.get("training", {}),
                 libraries=data.get("libraries", {}),
                 files=data["files"],
