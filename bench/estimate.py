@@ -15,17 +15,22 @@ from scores can see. That run shows the estimate's blind spot.
 
     python -m bench.estimate                       # covariate drift
     python -m bench.estimate --concept-drift 0.6   # concept drift
+
+``--save DIR`` keeps each window's live figures (``windows.json``) and the logged rows with their
+outcomes (``rows.csv``), which ``bench/estimate_nannyml.py`` hands to NannyML's CBPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
+import json
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,7 @@ class WindowResult:
     lower: dict[str, float | None]
     upper: dict[str, float | None]
     realized: dict[str, float | None]
+    rows: Any = None  # the window's logged predictions with their outcomes
 
 
 def train_bundle(model_dir: Path, rows: int, models: tuple[str, ...], seed: int) -> Any:
@@ -148,10 +154,27 @@ def run(args: argparse.Namespace) -> list[WindowResult]:
                 response.raise_for_status()
             with monitor.log.connection() as connection:
                 for result, (start, end, _, _) in zip(windows, pending, strict=True):
-                    realized = realized_performance(labelled_predictions(connection, start, end + 1e-3), start, end)
+                    logged = labelled_predictions(connection, start, end + 1e-3)
+                    realized = realized_performance(logged, start, end)
                     assert realized.labelled_predictions == result.predictions, "window and log disagree"
                     result.realized = {name: getattr(realized, name) for name in METRICS}
+                    result.rows = logged
+    if args.save:
+        save(Path(args.save), windows, manifest.threshold)
     return windows
+
+
+def save(directory: Path, windows: list[WindowResult], threshold: float) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "rows.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["window", "score", "predicted_churn", "churned"])
+        for index, window in enumerate(windows):
+            data = window.rows
+            for score, decision, churned in zip(data.scores, data.decisions, data.actual, strict=True):
+                writer.writerow([index, repr(float(score)), int(decision), int(churned)])
+    figures = [{f.name: getattr(w, f.name) for f in fields(w) if f.name != "rows"} for w in windows]
+    (directory / "windows.json").write_text(json.dumps({"threshold": threshold, "windows": figures}, indent=1))
 
 
 def _cell(value: float | None) -> str:
@@ -198,6 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--training-rows", type=int, default=20_000)
     parser.add_argument("--models", nargs="+", default=["lightgbm"])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--save", help="directory for windows.json and rows.csv")
     return parser.parse_args(argv)
 
 

@@ -61,7 +61,8 @@ class ScoreBins:
 
     def columns(self, scores: np.ndarray) -> np.ndarray:
         """``int64`` counts then scaled score sums per bin, ready to add into a slot-table row."""
-        scores = np.clip(np.asarray(scores, dtype=np.float64).ravel(), 0.0, 1.0)
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        scores = np.clip(scores[np.isfinite(scores)], 0.0, 1.0)
         index = np.searchsorted(self.edges, scores, side="right")
         counts = np.bincount(index, minlength=self.n_bins)
         sums = np.bincount(index, weights=np.rint(scores * SUM_SCALE), minlength=self.n_bins)
