@@ -61,7 +61,7 @@ def main(directory: str) -> int:
     print("| metric | max abs. difference live vs NannyML |")
     print("|---|---:|")
     for name in METRICS:
-        print(f"| {name} | {np.max(gaps[name]):.4f} |")
+        print(f"| {name} | {np.max(gaps[name]):.5f} |")
     return 0
 
 
