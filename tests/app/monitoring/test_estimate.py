@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -112,3 +113,13 @@ def test_a_reload_retires_the_previous_versions_estimate(tmp_path):
     assert metric_value(text, "churn_estimated_roc_auc", model_version=first.version) is None
     assert metric_value(text, "churn_reference_performance", model_version=first.version, metric="f1") is None
     assert metric_value(text, "churn_estimated_roc_auc", model_version=second.version) is not None
+
+
+def test_metadata_shows_the_bundles_reference_and_an_old_bundle_shows_none(serve, bundle_builder, tmp_path):
+    models_dir = tmp_path / "models"
+    bundle_dir = bundle_builder(models_dir, "logistic_regression")
+    assert serve(models_dir).get("/metadata").json()["performance_reference"] == {}
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps(manifest | {"performance_reference": REFERENCE}))
+    assert serve(models_dir).get("/metadata").json()["performance_reference"] == REFERENCE
