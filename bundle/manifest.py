@@ -58,6 +58,8 @@ class Manifest:
     threshold_strategy: str = "max_f1"
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out test metrics of the winner
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    # Estimated (CBPE) and realized figures on the test split: what the live estimate is read against.
+    performance_reference: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # data source, fingerprint, rows, seed, params, timings
     libraries: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
@@ -90,6 +92,7 @@ class Manifest:
             "calibration": self.calibration.to_dict(),
             "metrics": self.metrics,
             "leaderboard": self.leaderboard,
+            "performance_reference": self.performance_reference,
             "training": self.training,
             "libraries": self.libraries,
             "schema": self.schema.to_dict(),
@@ -121,6 +124,7 @@ class Manifest:
                 calibration=Calibration(**data.get("calibration", {})),
                 metrics=data.get("metrics", {}),
                 leaderboard=data.get("leaderboard", []),
+                performance_reference=data.get("performance_reference", {}),
                 training=data.get("training", {}),
                 libraries=data.get("libraries", {}),
                 files=data["files"],

@@ -50,6 +50,12 @@ SERVICE_METRICS: dict[str, str] = {
     "churn_realized_recall": "gauge",
     "churn_realized_f1": "gauge",
     "churn_realized_labelled_predictions": "gauge",
+    "churn_estimated_roc_auc": "gauge",
+    "churn_estimated_precision": "gauge",
+    "churn_estimated_recall": "gauge",
+    "churn_estimated_f1": "gauge",
+    "churn_estimated_performance_bound": "gauge",
+    "churn_reference_performance": "gauge",
     "churn_worker_resident_memory_bytes": "gauge",
 }
 # Series Prometheus itself provides: the scrape health and the state of alert rules.

@@ -25,6 +25,7 @@ import pandas as pd
 
 from bundle.features import FeatureSchema, FeatureSpec, fit_feature
 from bundle.manifest import Manifest, library_versions, new_version, utc_now_iso
+from bundle.performance_estimate import reference_figures
 from bundle.registry import ModelRegistry
 from bundle.scoring import load_raw_model
 from bundle.store import discard_staging, publish, staging
@@ -347,6 +348,7 @@ def finish_bundle(
     oof_scores = calibrate(calibration, winner.cross_validated.oof[0])
     manifest.threshold_strategy = config.threshold_strategy
     manifest.metrics = test_metrics
+    manifest.performance_reference = reference_figures(p_test, y_test, manifest.threshold)
     manifest.leaderboard = selection.leaderboard
     manifest.drift_reference = drift_reference(schema, all_columns, np.concatenate([oof_scores, p_test]))
     manifest.libraries = library_versions()

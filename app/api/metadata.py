@@ -49,6 +49,7 @@ def describe(predictor: Predictor) -> dict[str, Any]:
         "explanation_method": predictor.explainer.method,
         "explanation": predictor.explainer.describe(),
         "metrics": manifest.metrics,
+        "performance_reference": manifest.performance_reference,
         "training": redact_data(manifest.training),  # a bundle trained elsewhere may record a password
         "inputs": [_feature(predictor, spec.name) for spec in schema.features],
         "id_field": CUSTOMER_ID,

@@ -5,14 +5,16 @@ over since the last time with the reference edges (numpy, feature by feature ove
 columns) and adds the counts to its own *slot table*, a small memory-mapped ``int64`` array file
 with one row per time slot (``drift_slot_seconds``) used as a ring buffer: column 0 holds the slot
 number the row currently counts, the other columns the bin counts of every feature, then the
-score, then the decision (no churn / churn). A row holding an older slot is zeroed before reuse,
-so memory and disk stay fixed whatever the traffic.
+score, then the decision (no churn / churn), then the fine score bins (counts and score sums) the
+performance estimate needs (``bundle.performance_estimate``). A row holding an older slot is
+zeroed before reuse, so memory and disk stay fixed whatever the traffic.
 
 At each update it sums the rows of *all* workers' tables whose slot lies inside the window
 (``drift_window_seconds``) and computes PSI and the Jensen-Shannon distance per feature and for the
-score (``app.monitoring.drift_stats``). Every worker sees the same shared counts, so every worker
-exports the same figures. A new model version starts new tables (the file name carries a key of
-the version and its reference), which resets the window to the new reference.
+score (``app.monitoring.drift_stats``), and the estimated performance of the window. Every
+worker sees the same shared counts, so every worker exports the same figures. A new model version
+starts new tables (the file name carries a key of the version and its reference), which resets the
+window to the new reference.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from app.monitoring.drift_stats import DriftSnapshot, compute_snapshot
 from app.monitoring.events import PredictionEvent
 from app.monitoring.metrics import process_exists
 from bundle.drift_reference import DriftReference, FeatureReference
+from bundle.performance_estimate import ScoreBins, ScoreWindow, estimate_performance
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +101,13 @@ class DriftLayout:
     features: list[FeatureBinner]
     score: FeatureBinner
     decision_offset: int  # two columns: predicted no churn, predicted churn
+    estimate: ScoreBins  # fine score bins with the threshold as an edge
+    estimate_offset: int
     width: int  # columns including the slot column
     key: str  # names this version's tables; a different model or reference gets new tables
 
     @classmethod
-    def from_reference(cls, model_version: str, reference: DriftReference) -> DriftLayout:
+    def from_reference(cls, model_version: str, reference: DriftReference, threshold: float) -> DriftLayout:
         offset = 1  # column 0 is the slot number
         features = []
         for feature in reference.features:
@@ -110,9 +115,17 @@ class DriftLayout:
             offset += feature.n_bins
         score = FeatureBinner(reference.score, offset)
         offset += reference.score.n_bins
-        signature = json.dumps([model_version, reference.to_dict()], sort_keys=True, default=str)
+        estimate = ScoreBins.for_threshold(threshold)
+        estimate_offset = offset + 2
+        width = estimate_offset + estimate.width
+        signature = json.dumps([model_version, reference.to_dict(), threshold, width], sort_keys=True, default=str)
         key = hashlib.sha256(signature.encode()).hexdigest()[:16]
-        return cls(model_version, features, score, offset, offset + 2, key)
+        return cls(model_version, features, score, offset, estimate, estimate_offset, width, key)
+
+    def score_window(self, counts: np.ndarray) -> ScoreWindow:
+        """The window's fine score bins, from counts as :func:`window_counts` sums them."""
+        start = self.estimate_offset - 1
+        return self.estimate.window(counts[start : start + self.estimate.width])
 
     def bin_counts(self, events: Sequence[PredictionEvent]) -> np.ndarray:
         """The bin counts (length ``width - 1``) of every record of ``events``, column by column.
@@ -131,7 +144,10 @@ class DriftLayout:
         decisions = np.concatenate([np.asarray(event.decisions, dtype=np.intp).ravel() for event in events])
         parts.append(self.score.bin_numbers(scores) + (self.score.offset - 1))
         parts.append(decisions + (self.decision_offset - 1))
-        return np.bincount(np.concatenate(parts), minlength=self.width - 1)
+        counts = np.bincount(np.concatenate(parts), minlength=self.width - 1)
+        start = self.estimate_offset - 1
+        counts[start : start + self.estimate.width] += self.estimate.columns(scores)
+        return counts
 
 
 # ---- per-worker slot table ----------------------------------------------------------------------
@@ -249,9 +265,10 @@ class DriftTracker:
         window_seconds: int,
         psi_threshold: float,
         min_count: int,
+        threshold: float,
     ) -> None:
         self.directory = directory
-        self.layout = DriftLayout.from_reference(model_version, reference)
+        self.layout = DriftLayout.from_reference(model_version, reference, threshold)
         self.slot_seconds = slot_seconds
         self.window_seconds = window_seconds
         self.base_threshold = psi_threshold
@@ -271,9 +288,11 @@ class DriftTracker:
         return counted
 
     def snapshot(self, now: float) -> DriftSnapshot:
-        """Every worker's window summed and compared with the reference."""
+        """Every worker's window summed, compared with the reference, and its performance estimated."""
         counts = window_counts(self.directory, self.layout, now, self.slot_seconds, self.window_seconds)
-        return compute_snapshot(self.layout, counts, now, self.window_seconds, self.base_threshold, self.min_count)
+        snapshot = compute_snapshot(self.layout, counts, now, self.window_seconds, self.base_threshold, self.min_count)
+        snapshot.estimate = estimate_performance(self.layout.score_window(counts))
+        return snapshot
 
     def remove_stale(self, now: float) -> int:
         return remove_stale_tables(self.directory, now, self.slot_seconds, self.window_seconds, self.table.path)

@@ -1,4 +1,4 @@
-"""Drift of the served model: which tracker counts, and the drift gauges every update publishes."""
+"""Drift of the served model: which tracker counts, and the drift and estimate gauges every update publishes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from app.monitoring.drift import DriftLayout, DriftTracker
 from app.monitoring.drift_stats import DriftSnapshot
+from app.monitoring.estimate import EstimateGauges
 from app.monitoring.events import RecordedEvent
 from app.monitoring.metrics import Metrics
 from app.settings import Settings
@@ -25,6 +26,7 @@ class DriftMonitor:
         self.metrics = metrics
         self.tracker: DriftTracker | None = None
         self.latest: DriftSnapshot | None = None
+        self.estimate_gauges = EstimateGauges(metrics)
         self._features: set[str] = set()
         self._lock = threading.Lock()  # the tracker is switched by a reload while the background counts
         # Shared with the other workers through the multiprocess directory; private otherwise.
@@ -39,7 +41,7 @@ class DriftMonitor:
 
     def model_loaded(self, manifest: Manifest) -> None:
         """Count against ``manifest``'s reference from now on (the same bundle again keeps its window)."""
-        key = DriftLayout.from_reference(manifest.version, manifest.drift_reference).key
+        key = DriftLayout.from_reference(manifest.version, manifest.drift_reference, manifest.threshold).key
         with self._lock:
             current = self.tracker
             if current is not None and current.layout.key == key:
@@ -52,6 +54,7 @@ class DriftMonitor:
                 window_seconds=self.settings.drift_window_seconds,
                 psi_threshold=self.settings.drift_psi_threshold,
                 min_count=self.settings.drift_min_count,
+                threshold=manifest.threshold,
             )
             if current is not None:
                 current.close(remove=True)  # this worker never writes that version again
@@ -65,6 +68,7 @@ class DriftMonitor:
             ):
                 self.metrics.retire_series(gauge, (feature,))
         self._features = new_features
+        self.estimate_gauges.model_loaded(manifest)
 
     def count(self, recorded: Sequence[RecordedEvent]) -> None:
         with self._lock:
@@ -94,6 +98,8 @@ class DriftMonitor:
         m.score_drifting.set(1 if snapshot.score.drifting else 0)
         m.drift_window.set(snapshot.window_predictions)
         m.predicted_churn_rate.set(snapshot.predicted_churn_rate)
+        if snapshot.estimate is not None:
+            self.estimate_gauges.publish(snapshot.model_version, snapshot.estimate)
 
     def remove_stale(self, now: float) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bundle.drift_reference import FeatureReference
+from bundle.performance_estimate import PerformanceEstimate
 
 if TYPE_CHECKING:
     from app.monitoring.drift import DriftLayout, FeatureBinner
@@ -83,9 +84,12 @@ class DriftSnapshot:
     predicted_churn_rate: float
     features: list[FeatureDrift]
     score: FeatureDrift
+    # Reported beside realized performance rather than under drift, so left out of to_dict().
+    estimate: PerformanceEstimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("estimate")
         return _nan_to_none(data)
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from bundle.performance_estimate import CONFIDENCE
+
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -58,6 +60,7 @@ class Metrics:
         self._build_drift()
         self._build_prediction_log()
         self._build_performance()
+        self._build_estimate()
         self._build_challenger()
         self._build_process()
         self._initialise_known_series()
@@ -162,6 +165,33 @@ class Metrics:
         self.realized_f1 = self._gauge("churn_realized_f1", "F1 on labelled predictions", recent)
         self.realized_count = self._gauge(
             "churn_realized_labelled_predictions", "Labelled predictions behind the realized metrics", recent
+        )
+
+    def _build_estimate(self) -> None:
+        recent, version = MOST_RECENT, ("model_version",)
+        self.estimated_auc = self._gauge(
+            "churn_estimated_roc_auc", "ROC-AUC estimated from the drift window's scores (CBPE)", recent, version
+        )
+        self.estimated_precision = self._gauge(
+            "churn_estimated_precision", "Precision at the threshold estimated from the scores", recent, version
+        )
+        self.estimated_recall = self._gauge(
+            "churn_estimated_recall", "Recall at the threshold estimated from the scores", recent, version
+        )
+        self.estimated_f1 = self._gauge(
+            "churn_estimated_f1", "F1 at the threshold estimated from the scores", recent, version
+        )
+        self.estimated_bound = self._gauge(
+            "churn_estimated_performance_bound",
+            f"Band of the realized metric expected on the window's customers ({CONFIDENCE:.0%})",
+            recent,
+            ("model_version", "metric", "bound"),
+        )
+        self.reference_performance = self._gauge(
+            "churn_reference_performance",
+            "Estimated and realized metrics on the held-out test split at training time",
+            recent,
+            ("model_version", "metric", "source"),
         )
 
     def _build_challenger(self) -> None:

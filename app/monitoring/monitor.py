@@ -3,8 +3,8 @@
 The request path pays for the HTTP middlewares (``app.monitoring.http``) and :meth:`Monitor.record`,
 an append to a queue. Everything else runs in background threads started by :meth:`Monitor.start`:
 the recorder's (prediction metrics, drift counts, the prediction log), and a periodic one (drift
-figures every ``drift_update_seconds``, realized performance every ``performance_update_seconds``
-and right after feedback, the memory gauge, dead workers' gauges).
+and estimated-performance figures every ``drift_update_seconds``, realized performance every
+``performance_update_seconds`` and right after feedback, the memory gauge, dead workers' gauges).
 """
 
 from __future__ import annotations
@@ -198,7 +198,9 @@ class Monitor:
         day = day or datetime.fromtimestamp(now, UTC).date()
         self.write_log()
         with self.log.connection() as connection:
-            return daily_report(connection, day, self.drift.latest, self.performance.latest, now)
+            return daily_report(
+                connection, day, self.drift.latest, self.performance.latest, now, self.drift.estimate_gauges.reference
+            )
 
     # ---- background --------------------------------------------------------------------------------------
     def _periodic(self) -> None:

@@ -6,7 +6,8 @@ percentiles are of the latency logged with each prediction (request start to sco
 all predictions and apart for single-record calls and for batch records, whose records share their
 call's latency; they are read from a log-spaced histogram, within a few per cent of the exact
 figure. Drift is the latest sliding-window figure, not the day's: the window is the monitoring view
-of "now".
+of "now"; so is the estimated performance of that window, shown beside the realized performance
+with the bundle's reference figures from training.
 """
 
 from __future__ import annotations
@@ -73,12 +74,25 @@ def _iso(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
+def _estimated(drift: DriftSnapshot | None, reference: dict[str, Any] | None) -> dict[str, Any]:
+    window = None
+    if drift is not None and drift.estimate is not None:
+        window = {
+            "model_version": drift.model_version,
+            "window_seconds": drift.window_seconds,
+            "computed_at": _iso(drift.computed_at),
+            **drift.estimate.to_dict(),
+        }
+    return {"drift_window": window, "reference": reference or None}
+
+
 def daily_report(
     connection: Connection,
     day: date,
     drift: DriftSnapshot | None,
     window_performance: RealizedPerformance | None,
     now: float,
+    estimate_reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     start, end = day_bounds(day)
     volume = aggregates.volume_by_band(connection, start, end)
@@ -99,4 +113,5 @@ def daily_report(
             "predictions_of_the_day": day_performance.model_dump(),
             "performance_window": window_performance.model_dump() if window_performance is not None else None,
         },
+        "estimated_performance": _estimated(drift, estimate_reference),
     }

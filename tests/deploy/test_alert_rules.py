@@ -28,6 +28,7 @@ REQUIRED_ALERTS = {
     "ChurnFeatureDrift",
     "ChurnScoreDrift",
     "ChurnRealizedRocAucLow",
+    "ChurnEstimatedRocAucDrop",
     "ChurnNoTraffic",
     "ChurnServiceNotReady",
 }

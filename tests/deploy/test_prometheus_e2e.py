@@ -280,6 +280,7 @@ def test_realized_metrics_and_the_model_reach_prometheus(stack: Stack) -> None:
     job = f'{{job="{SCRAPE_JOB}"}}'
     assert (stack.value(f"churn_realized_labelled_predictions{job}") or 0) > 0
     assert 0.5 < (stack.value(f"churn_realized_roc_auc{job}") or 0) <= 1.0
+    assert 0.5 < (stack.value(f"max(max_over_time(churn_estimated_roc_auc{job}[10m]))") or 0) <= 1.0
     (info,) = stack.query(f"churn_model_info{job} == 1")
     assert info["metric"]["family"] == "logistic_regression"
     assert stack.value(f"min(churn_model_ready{job})") == 1

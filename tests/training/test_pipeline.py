@@ -106,6 +106,14 @@ def test_test_metrics_come_from_the_model_fitted_without_the_test_rows(trained: 
     assert roc_auc_score(y[split.test], scores) == pytest.approx(manifest.metrics["roc_auc"])
 
 
+def test_manifest_stores_the_performance_estimate_on_the_test_split(trained: TrainingResult) -> None:
+    reference = verify_bundle(trained.bundle_dir).performance_reference
+    assert reference["realized"]["roc_auc"] == pytest.approx(trained.manifest.metrics["roc_auc"])
+    assert reference["realized"]["predictions"] == reference["estimated"]["predictions"] > 0
+    assert 0.5 < reference["estimated"]["roc_auc"] <= 1.0
+    assert reference["threshold"] == trained.manifest.threshold
+
+
 def test_published_model_is_refitted_on_every_labelled_row(trained: TrainingResult) -> None:
     manifest = verify_bundle(trained.bundle_dir)
     table, _ = clean_table(generate_customers(600, seed=7))

@@ -19,6 +19,7 @@ NOW = 1_800_000_000.0  # a fixed instant, so slot arithmetic is reproducible
 
 def tracker_for(directory: Path, manifest, **overrides) -> DriftTracker:
     options = {"slot_seconds": 60, "window_seconds": 600, "psi_threshold": 0.2, "min_count": 200} | overrides
+    options.setdefault("threshold", manifest.threshold)
     return DriftTracker(directory, manifest.version, manifest.drift_reference, **options)
 
 
