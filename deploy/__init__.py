@@ -56,6 +56,11 @@ SERVICE_METRICS: dict[str, str] = {
     "churn_estimated_f1": "gauge",
     "churn_estimated_performance_bound": "gauge",
     "churn_reference_performance": "gauge",
+    "churn_role_predictions_total": "counter",
+    "churn_challenger_errors_total": "counter",
+    "churn_challenger_disagreements_total": "counter",
+    "churn_challenger_duration_seconds": "histogram",
+    "churn_challenger_info": "gauge",
     "churn_worker_resident_memory_bytes": "gauge",
 }
 # Series Prometheus itself provides: the scrape health and the state of alert rules.

@@ -143,6 +143,9 @@ class Monitor:
             self.metrics.retire_series(self.metrics.challenger_info, old)
         if labels is not None:
             self.metrics.challenger_info.labels(*labels).set(1)
+            self.metrics.challenger_disagreements.labels(version)  # read 0 from the start, like the errors
+            for reason in ("failed", "skipped", "refused"):
+                self.metrics.challenger_errors.labels(version, reason)
 
     def model_unavailable(self, reason: str) -> None:
         logger.warning("model unavailable: %s", reason)

@@ -169,6 +169,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             progress=False,
         )
     )
+    run_training(  # a challenger, scored in the champion's shadow
+        TrainingConfig(
+            data=generate_customers(2000, seed=2),
+            model_dir=models,
+            models=("logistic_regression",),
+            trials=3,
+            report=False,
+            progress=False,
+            as_challenger=True,
+        )
+    )
 
     api_port, prometheus_port = _free_port(), _free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("CHURN_", "PROMETHEUS_"))}
@@ -178,6 +189,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         CHURN_PORT=str(api_port),
         CHURN_WORKERS="2",  # as docker-compose runs it: metrics merged across worker processes
         CHURN_API_KEY=API_KEY,
+        CHURN_CHALLENGER_MODE="shadow",
         CHURN_DATABASE_URL=f"sqlite:///{tmp / 'predictions.sqlite3'}",
         CHURN_METRICS_MULTIPROC_DIR=str(tmp / "metrics"),
         CHURN_DRIFT_WINDOW_SECONDS=str(DRIFT_WINDOW_SECONDS),
