@@ -20,11 +20,14 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from app.monitoring.challenger_report import Comparisons, compare_window
+from app.monitoring.compare import ProfitTerms
 from app.monitoring.drift_monitor import DriftMonitor
 from app.monitoring.drift_stats import DriftSnapshot
 from app.monitoring.events import PredictionEvent
 from app.monitoring.feedback import FeedbackResult, OutcomeIn, apply_outcomes, status_counts
 from app.monitoring.http import install_http_metrics, request_started_at
+from app.monitoring.log_store import SECONDS_PER_DAY
 from app.monitoring.metrics import Metrics, multiprocess_directory
 from app.monitoring.performance import PerformanceTracker
 from app.monitoring.prediction_log import PredictionLog
@@ -71,6 +74,7 @@ class Monitor:
             flush_seconds=settings.prediction_log_flush_seconds,
         )
         self.shadow = ShadowLog(self.metrics, self.log)
+        self.comparisons = Comparisons(settings.model_dir, clock)
         self.performance = PerformanceTracker(self.metrics, self.log, settings.performance_window_days, clock)
         self.router: APIRouter = build_router(self)
         self._model_labels: tuple[str, str, str, str] | None = None
@@ -196,14 +200,25 @@ class Monitor:
         result.performance = self.performance.refresh()
         return result
 
+    def compare(self, days: int, profit: ProfitTerms | None = None) -> dict[str, Any]:
+        """Champion against challenger over the last ``days`` (SQLAlchemyError: the log is unavailable)."""
+        self.write_log()
+        self.shadow.write()
+        return self.comparisons.compare(self.log.connection, days, profit)
+
     def daily_report(self, day: date | None = None) -> dict[str, Any]:
         now = self.clock()
         day = day or datetime.fromtimestamp(now, UTC).date()
         self.write_log()
+        self.shadow.write()
         with self.log.connection() as connection:
-            return daily_report(
+            report = daily_report(
                 connection, day, self.drift.latest, self.performance.latest, now, self.drift.estimate_gauges.reference
             )
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+            end = start + SECONDS_PER_DAY
+            report["challenger"] = compare_window(connection, start, end, self.comparisons.threshold, None)
+        return report
 
     # ---- background --------------------------------------------------------------------------------------
     def _periodic(self) -> None:

@@ -1,4 +1,5 @@
-"""Monitoring endpoints: GET /metrics, POST /feedback (API key), GET /monitoring/report (API key when one is set)."""
+"""Monitoring endpoints: GET /metrics, POST /feedback (API key), GET /monitoring/report and
+GET /monitoring/compare (API key when one is set)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.errors import MessageOut
 from app.api.security import API_KEY_HEADER, ApiKeyRequired, require_api_key
+from app.monitoring.compare import ProfitTerms
 from app.monitoring.feedback import FeedbackBody, FeedbackResult, outcomes_of
 
 if TYPE_CHECKING:
@@ -81,6 +83,39 @@ def build_router(monitor: Monitor) -> APIRouter:
             logger.error("monitoring report failed: %s", exc)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=DATABASE_UNAVAILABLE) from exc
 
+    @router.get(
+        "/monitoring/compare",
+        summary="Champion against challenger on the same customers (shadow), and each model's answered traffic",
+        description=(
+            "Agreement of decisions, score shift and latency for every customer a challenger scored in shadow; "
+            "once outcomes arrive through /feedback, each model's ROC-AUC, PR-AUC, precision, recall and (with "
+            "saved_value and offer_cost) expected profit, the paired bootstrap interval of each difference and a "
+            "verdict: better, worse, no clear difference, or not enough labels yet (with how many more are needed)."
+        ),
+        responses={
+            401: {"model": MessageOut, "description": "Missing or wrong X-API-Key (when CHURN_API_KEY is set)"},
+            422: {"model": MessageOut, "description": "Invalid parameters (saved_value and offer_cost go together)"},
+            503: {"model": MessageOut, "description": "The prediction log database is unavailable"},
+        },
+        dependencies=[Depends(api_key_if_configured)],
+    )
+    def compare(
+        days: Annotated[int, Query(ge=1, le=365, description="The window: predictions of the last days")] = 7,
+        saved_value: Annotated[float | None, Query(gt=0, description="What keeping a churner is worth")] = None,
+        offer_cost: Annotated[float | None, Query(ge=0, description="What one retention contact costs")] = None,
+        acceptance_rate: Annotated[float, Query(gt=0, le=1, description="Share of contacted churners kept")] = 1.0,
+    ) -> dict[str, Any]:
+        if (saved_value is None) != (offer_cost is None):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, "give both saved_value and offer_cost, or neither"
+            )
+        profit = None if saved_value is None else ProfitTerms(saved_value, offer_cost or 0.0, acceptance_rate)
+        try:
+            return monitor.compare(days, profit)
+        except SQLAlchemyError as exc:
+            logger.error("champion/challenger comparison failed: %s", exc)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=DATABASE_UNAVAILABLE) from exc
+
     return router
 
 
@@ -92,6 +127,11 @@ def build_disabled_router() -> APIRouter:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=DISABLED_DETAIL)
 
     off: dict[int | str, dict[str, Any]] = {404: {"model": MessageOut, "description": "Monitoring is off"}}
-    for path, method in (("/metrics", "GET"), ("/feedback", "POST"), ("/monitoring/report", "GET")):
+    for path, method in (
+        ("/metrics", "GET"),
+        ("/feedback", "POST"),
+        ("/monitoring/report", "GET"),
+        ("/monitoring/compare", "GET"),
+    ):
         router.add_api_route(path, disabled, methods=[method], summary="Disabled: monitoring is off", responses=off)
     return router

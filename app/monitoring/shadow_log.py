@@ -101,8 +101,8 @@ class ShadowLog:
         return len(rows)
 
 
-def paired_predictions(connection: Connection, start: float, end: float) -> list[tuple[Any, ...]]:
-    """Champion and challenger answers for the same predictions made in [start, end), with outcomes.
+def paired_predictions(connection: Connection, start: float, end: float, limit: int) -> list[tuple[Any, ...]]:
+    """Champion and challenger answers for the newest ``limit`` predictions made in [start, end), with outcomes.
 
     Rows of (challenger version, champion version, champion score, champion decision, challenger
     score, challenger decision, challenger latency, champion latency, churned or None).
@@ -124,5 +124,7 @@ def paired_predictions(connection: Connection, start: float, end: float) -> list
         .join(predictions_table, champion.prediction_id == shadow.prediction_id)
         .outerjoin(outcomes_table, outcome.prediction_id == shadow.prediction_id)
         .where(shadow.predicted_at >= start, shadow.predicted_at < end)
+        .order_by(shadow.predicted_at.desc())
+        .limit(limit)
     )
     return [tuple(row) for row in connection.execute(query)]

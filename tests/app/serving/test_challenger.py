@@ -203,3 +203,47 @@ def test_other_workers_are_told_the_challenger_and_its_routing(tmp_path: Path) -
     read = WorkerSync(tmp_path, pid=12345).read_announcement()
     assert read == announced
     assert (read.challenger, read.routing) == ("challenger-v2", Routing("canary", 0.25))
+
+
+def test_the_comparison_waits_for_labels_then_names_the_better_model(serve: Any, tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    models_dir = tmp_path / "models"
+    degraded = synthetic_customers(seed=11)
+    degraded["Churn"] = degraded["Churn"].sample(frac=1.0, random_state=0).to_numpy()  # labels unrelated to customers
+    champion = build_bundle(models_dir, "logistic_regression", degraded).name
+    challenger = build_bundle(models_dir, "logistic_regression", synthetic_customers(seed=12), make_current=False).name
+    (models_dir / CHALLENGER).write_text(challenger)
+    database = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    client = serve(models_dir, monitoring_enabled=True, database_url=database, challenger_mode="shadow")
+
+    frame = synthetic_customers(n_rows=600, seed=13)
+    customers = [{**customer_record(frame, row), "customer_id": f"K-{row:04d}"} for row in range(len(frame))]
+    answers = []
+    for start in range(0, len(customers), 100):
+        answers += client.post("/predict/batch", json=customers[start : start + 100]).json()["results"]
+    client.app.state.shadow.stop()
+
+    response = client.get("/monitoring/compare", headers=HEADERS)
+    assert response.status_code == 200, response.text
+    early = response.json()["shadow"]
+    assert [(pair["champion"], pair["challenger"], pair["rows"]) for pair in early] == [(champion, challenger, 600)]
+    assert early[0]["verdict"] == "not enough labels yet" and early[0]["labels_needed"] > 0
+
+    churned = (frame["Churn"] == "Yes").tolist()
+    outcomes = [{"prediction_id": a["prediction_id"], "churned": c} for a, c in zip(answers, churned, strict=True)]
+    assert client.post("/feedback", json={"outcomes": outcomes}, headers=HEADERS).status_code == 200
+
+    compared = client.get("/monitoring/compare", params={"saved_value": 300, "offer_cost": 20}, headers=HEADERS).json()
+    (pair,) = compared["shadow"]
+    assert pair["labelled"] == 600 and pair["verdict"] == "better"
+    champion_auc = roc_auc_score(churned, [answer["churn_probability"] for answer in answers])
+    assert pair["metrics"]["roc_auc"]["champion"] == pytest.approx(champion_auc)
+    assert pair["metrics"]["roc_auc"]["difference"] > 0 and pair["metrics"]["expected_profit"]["challenger"] is not None
+    (answered,) = compared["answered"]
+    assert answered["model_version"] == champion and answered["predictions"] == 600
+    assert answered["realized"]["roc_auc"] == pytest.approx(champion_auc)
+    report = client.get("/monitoring/report", headers=HEADERS).json()
+    assert report["challenger"]["shadow"][0]["verdict"] == "better"
+    assert client.get("/monitoring/compare", params={"saved_value": 300}, headers=HEADERS).status_code == 422
+    assert client.get("/monitoring/compare").status_code == 401
