@@ -35,21 +35,31 @@ Thresholds = Callable[[str], float | None]
 
 
 def compare_window(
-    connection: Connection, start: float, end: float, thresholds: Thresholds, profit: ProfitTerms | None
+    connection: Connection,
+    start: float,
+    end: float,
+    thresholds: Thresholds,
+    profit: ProfitTerms | None,
+    answered: bool = True,
 ) -> dict[str, Any]:
-    """Every champion/challenger pair of versions seen in [start, end), and each version's answered traffic."""
+    """Every champion/challenger pair of versions seen in [start, end), and (``answered``) each version's traffic.
+
+    The daily report leaves ``answered`` out: it has each version's volumes from the hourly aggregates.
+    """
     groups: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
     for row in paired_predictions(connection, start, end, limit=MAX_PAIRS):
         groups[row[0], row[1]].append(row)
-    return {
+    compared = {
         "window_start": start,
         "window_end": end,
         "shadow": [
             _compare_pair(champion, challenger, rows, thresholds, profit)
             for (challenger, champion), rows in groups.items()
         ],
-        "answered": answered_by_version(connection, start, end),
     }
+    if answered:
+        compared["answered"] = answered_by_version(connection, start, end)
+    return compared
 
 
 def _compare_pair(

@@ -217,7 +217,7 @@ class Monitor:
             )
             start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
             end = start + SECONDS_PER_DAY
-            report["challenger"] = compare_window(connection, start, end, self.comparisons.threshold, None)
+            report["challenger"] = compare_window(connection, start, end, self.comparisons.threshold, None, False)
         return report
 
     # ---- background --------------------------------------------------------------------------------------
