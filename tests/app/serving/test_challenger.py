@@ -247,3 +247,28 @@ def test_the_comparison_waits_for_labels_then_names_the_better_model(serve: Any,
     assert report["challenger"]["shadow"][0]["verdict"] == "better"
     assert client.get("/monitoring/compare", params={"saved_value": 300}, headers=HEADERS).status_code == 422
     assert client.get("/monitoring/compare").status_code == 401
+
+
+def test_a_worker_follows_the_challenger_and_routing_another_worker_announced(
+    serve: Any, two_models: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    import os
+    import time
+
+    from app.serving.reload import WorkerSync
+
+    models_dir, champion, challenger = two_models
+    reload_dir = tmp_path / "reload"
+    client = serve(models_dir, reload_dir=reload_dir, reload_poll_seconds=0.05)
+    record = records(1)[0]
+    assert client.post("/predict", json=record).json()["model_version"] == champion
+
+    another_worker = WorkerSync(reload_dir, pid=os.getppid())
+    for routing, expected in ((Routing("canary", 1.0), challenger), (Routing("off", 1.0), champion)):
+        with another_worker.service_wide_lock():
+            another_worker.announce(champion, challenger, routing)
+        deadline = time.monotonic() + 10
+        while client.get("/ready").json()["challenger"]["mode"] != routing.mode:
+            assert time.monotonic() < deadline, f"the worker never followed {routing}"
+            time.sleep(0.05)
+        assert client.post("/predict", json=record).json()["model_version"] == expected
