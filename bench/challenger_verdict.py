@@ -7,7 +7,7 @@ them; two challengers are trained: one on 20,000 customers (**more data**), one 
 label was redrawn at random for 60% of them (**degraded**). Each challenger in turn is put beside the
 champion in shadow (``python -m training models challenger``, then ``POST /admin/reload``) in a
 real ``python -m app``; ``deploy.simulator`` sends customers at ``--rate`` per second for ``--seconds``
-and posts each one's true outcome ``--outcomes-after`` seconds after its prediction. Every 31 s
+and posts each one's true outcome ``--outcomes-after`` seconds after its prediction. After 5 s, then every 31 s,
 ``GET /monitoring/compare`` is read: labelled customers, verdict, the ROC-AUC difference and its
 95% interval. Expected: "not enough labels yet" first, then "better" for more data and "worse" for
 the degraded one.
@@ -30,6 +30,7 @@ from bench.loadgen import ServiceProcess, free_port, http_request
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "bench-challenger-verdict-key"
 POLL_SECONDS = 31.0  # the service reuses a comparison for 30 s
+FIRST_READING_SECONDS = 5.0  # before the first outcomes arrive
 
 
 def train_models(models: Path) -> dict[str, str]:
@@ -84,10 +85,11 @@ def run_scenario(name: str, version: str, models: Path, port: int, args: argpars
          "--seed", str(abs(hash(name)) % 1000), "--json"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    started, readings = time.monotonic(), []
+    started, readings, wait = time.monotonic(), [], FIRST_READING_SECONDS
     while True:
         finished = simulator.poll() is not None
-        time.sleep(POLL_SECONDS)  # after the last outcomes too, so the final reading has them all
+        time.sleep(wait)  # after the last outcomes too, so the final reading has them all
+        wait = POLL_SECONDS
         pairs = [pair for pair in compare(port)["shadow"] if pair["challenger"] == version]
         if pairs:
             readings.append(reading(time.monotonic() - started, pairs[0]))
