@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.history import append_event, read_history
+from bundle.store import fsync_path
 from bundle.store import write_pointer as write_pointer_file
 
 ARCHIVE_DIR = ".archive"
@@ -75,13 +76,13 @@ class StageJournal:
         if not events or events[-1].get("id") != event["id"]:
             append_event(self.models_dir, event)
         (self.models_dir / JOURNAL).unlink(missing_ok=True)
-        fsync_directory(self.models_dir)
+        fsync_path(self.models_dir)
 
 
 def move(source: Path, destination: Path) -> None:
     os.replace(source, destination)
-    fsync_directory(source.parent)
-    fsync_directory(destination.parent)
+    fsync_path(source.parent)
+    fsync_path(destination.parent)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -91,12 +92,4 @@ def write_atomically(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)

@@ -70,7 +70,8 @@ def _current_umask() -> int:
     return mask
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or directory's entry to disk (a rename is durable once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -99,14 +100,14 @@ def publish(staged: Path, manifest: Manifest, models_dir: Path, make_current: bo
         }
         manifest_path.write_text(json.dumps(manifest.to_dict(), indent=2, default=_json_default))
         for path in _bundle_files(staged):
-            _fsync_path(path)
+            fsync_path(path)
         verify_staged(staged, manifest)
         final = models_dir / manifest.version
         if final.exists() or final.is_symlink():
             raise BundleError(f"bundle {final} already exists")
         (staged / STAGING_OWNER).unlink()
         os.replace(staged, final)
-        _fsync_path(models_dir)
+        fsync_path(models_dir)
         if make_current:
             write_pointer(models_dir, CURRENT, manifest.version)
     return final
@@ -141,7 +142,7 @@ def write_pointer(models_dir: Path, name: str, version: str | None) -> None:
     pointer = models_dir / name
     if version is None:
         pointer.unlink(missing_ok=True)
-        _fsync_path(models_dir)
+        fsync_path(models_dir)
         return
     bundle = bundle_path(models_dir, version)
     if not (bundle / MANIFEST).is_file():
@@ -152,7 +153,7 @@ def write_pointer(models_dir: Path, name: str, version: str | None) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, pointer)  # replaces a symlink itself, never what it points to
-    _fsync_path(models_dir)
+    fsync_path(models_dir)
 
 
 def discard_staging(models_dir: Path) -> list[Path]:
