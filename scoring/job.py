@@ -21,6 +21,8 @@ from scoring.sinks import open_sink
 from scoring.sources import DEFAULT_PARTITION_ROWS, open_source
 from scoring.summary import RunTotals, write_summary
 
+WORKER_WAIT_SECONDS = 60  # an existing cluster may still be starting its workers
+
 
 class ScoringError(Exception):
     """The job stopped; partitions written so far stay and a rerun skips them."""
@@ -49,6 +51,7 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
 
     if scheduler is not None:
         with Client(scheduler, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
             yield client
         return
     count = workers or os.cpu_count() or 1
