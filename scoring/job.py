@@ -21,6 +21,8 @@ from scoring.sinks import open_sink
 from scoring.sources import DEFAULT_PARTITION_ROWS, open_source
 from scoring.summary import RunTotals, write_summary
 
+# pyarrow's default jemalloc pool keeps a worker process alive for seconds after it is told to exit.
+LOCAL_WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 WORKER_WAIT_SECONDS = 60  # an existing cluster may still be starting its workers
 
 
@@ -56,7 +58,9 @@ def dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         return
     count = workers or os.cpu_count() or 1
     with (
-        LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None, env=LOCAL_WORKER_ENV
+        ) as cluster,
         Client(cluster) as client,
     ):
         yield client
@@ -100,7 +104,7 @@ def run_job(job: ScoringJob, settings: Any) -> dict[str, Any]:
 def run_partitions(
     client: Any, source: Any, skip: set[int], bundle: Any, task: PartitionTask, totals: RunTotals, progress: bool
 ) -> None:
-    from dask import is_dask_collection
+    from dask import delayed, is_dask_collection
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -125,8 +129,11 @@ def run_partitions(
         partition = next(partitions, None)
         if partition is None:
             return None
-        rows = client.compute(partition.rows) if is_dask_collection(partition.rows) else client.scatter(partition.rows)
-        future = client.submit(score_partition, rows, partition.number, shipped, task, pure=False)
+        if is_dask_collection(partition.rows):  # read and scored in one task, where it runs
+            scored = delayed(score_partition, pure=False)(partition.rows, partition.number, shipped, task)
+            future = client.compute(scored)
+        else:
+            future = client.submit(score_partition, client.scatter(partition.rows), partition.number, shipped, task)
         in_flight.add(future)
         return future
 

@@ -47,12 +47,12 @@ class TableSource:
 
 
 class FileSource(TableSource):
-    def __init__(self, description: str, total_rows: int | None, frame: Any) -> None:
+    def __init__(self, description: str, total_rows: int | None, parts: list[Any]) -> None:
         super().__init__(description, total_rows)
-        self.frame = frame  # a dask DataFrame
+        self.parts = parts  # a dask Delayed per partition, each reading its rows where it runs
 
     def partitions(self, skip: set[int]) -> Iterator[Partition]:
-        for number, part in enumerate(self.frame.to_delayed()):
+        for number, part in enumerate(self.parts):
             if number not in skip:
                 yield Partition(number, part)
 
@@ -93,18 +93,36 @@ def open_source(
 
 
 def parquet_source(path: Path) -> FileSource:
-    """A Parquet file (one partition per row group) or a directory of Parquet files."""
-    import dask.dataframe as dd
-    import pyarrow.dataset as ds
+    """A Parquet file or a directory of Parquet files: one partition per row group, in file-name order."""
+    import dask
+    import pyarrow.parquet as pq
 
-    try:
-        rows = ds.dataset(path, format="parquet").count_rows()
-        frame = dd.read_parquet(path, split_row_groups=True, dtype_backend=None)
-    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
-        raise TrainingDataError(f"cannot read {path} as Parquet: {condense(exc)}") from None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if parquet_file(p, path))
+    if not files:
+        raise TrainingDataError(f"{path} holds no Parquet files (*.parquet, *.pq)")
+    pieces, rows = [], 0
+    for file in files:
+        try:
+            metadata = pq.ParquetFile(file).metadata
+        except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+            raise TrainingDataError(f"cannot read {file} as Parquet: {condense(exc)}") from None
+        pieces += [(file, group) for group in range(metadata.num_row_groups)]
+        rows += metadata.num_rows
     if rows == 0:
         raise TrainingDataError(f"{path} has no rows")
-    return FileSource(str(path), rows, frame)
+    return FileSource(str(path), rows, [dask.delayed(read_row_group)(file, group) for file, group in pieces])
+
+
+def parquet_file(path: Path, root: Path) -> bool:
+    """A data file of a Parquet directory; names starting with ``_`` or ``.`` are metadata or temp files."""
+    hidden = any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
+    return path.is_file() and path.suffix.lower() in PARQUET_SUFFIXES and not hidden
+
+
+def read_row_group(path: Path, group: int) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).read_row_group(group).to_pandas()
 
 
 def csv_source(path: Path, partition_rows: int) -> FileSource:
@@ -134,4 +152,4 @@ def csv_source(path: Path, partition_rows: int) -> FileSource:
         )
     except (ValueError, OSError) as exc:
         raise TrainingDataError(f"cannot parse {path} as CSV: {condense(exc)}") from None
-    return FileSource(str(path), max(round(size / bytes_per_row) - 1, 1), frame)
+    return FileSource(str(path), max(round(size / bytes_per_row) - 1, 1), frame.to_delayed())
