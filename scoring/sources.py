@@ -148,7 +148,7 @@ def csv_source(path: Path, partition_rows: int) -> FileSource:
             keep_default_na=False,
             skipinitialspace=False,
             encoding="utf-8-sig" if encoding == "utf-8" else encoding,
-            blocksize=max(int(bytes_per_row * partition_rows), 1 << 16),
+            blocksize=max(int(bytes_per_row * partition_rows), 1024),
         )
     except (ValueError, OSError) as exc:
         raise TrainingDataError(f"cannot parse {path} as CSV: {condense(exc)}") from None

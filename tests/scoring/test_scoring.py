@@ -134,3 +134,18 @@ def test_the_drift_summary_is_written_beside_the_output(
     assert {item["feature"] for item in written["features"]} >= {"tenure", "Contract"}
     assert sum(written["score_distribution"]["counts"]) == summary["scored"] == 30
     assert all(item["psi"] >= 0 for item in written["features"])
+
+
+def test_a_csv_file_is_scored_in_blocks_with_its_text_values(
+    linear_models_dir: Path, scheduler_address: str, tmp_path: Path
+) -> None:
+    table = synthetic_customers(n_rows=300, seed=9)
+    data = tmp_path / "customers.csv"
+    table.to_csv(data, sep=";", index=False)
+
+    summary = score(linear_models_dir, data, tmp_path / "out", scheduler_address, partition_rows=100)
+
+    scores = read_scores(tmp_path / "out")
+    assert summary["partitions"] > 1
+    assert scores["customer_id"].tolist() == table[ID_COLUMN].tolist()
+    assert summary["errors"] == 0
