@@ -157,6 +157,34 @@ def served_bundle(workdir: Path, model_dir: Path | None) -> Path:
     return model_dir
 
 
+def partition_stages(part: Path, model_dir: Path) -> dict[str, float]:
+    """Microseconds per row of each step of one partition, in this process (the bundle loaded first)."""
+    import pandas as pd
+
+    from app.settings import Settings
+    from scoring.partition import customer_records, error_table, scored_table
+    from scoring.shipping import ScoringPolicy, load_shipped, pack_bundle
+
+    settings = Settings(model_dir=model_dir)
+    bundle, _ = pack_bundle(model_dir)
+    predictor = load_shipped(bundle, ScoringPolicy(settings.risk_bands, settings.playbook, settings.top_reasons))
+    started = time.perf_counter()
+    frame = pd.read_parquet(part)
+    read = time.perf_counter()
+    records, _ = customer_records(frame, predictor.cleaner.allowed)
+    built = time.perf_counter()
+    outcome = predictor.predict_records(records, explain=False)
+    predicted = time.perf_counter()
+    scored_table([(0, outcome)], 0, datetime.now(UTC), reasons=False)
+    error_table([(0, outcome)], 0)
+    tabled = time.perf_counter()
+    per_row = 1e6 / len(frame)
+    stages = {"read Parquet": read - started, "raw values to records": built - read}
+    stages |= {f"predictor: {name}": seconds for name, seconds in outcome.stage_seconds.items()}
+    stages |= {"predictor: total": predicted - built, "output tables": tabled - predicted}
+    return {name: round(seconds * per_row, 2) for name, seconds in stages.items()}
+
+
 def verdict(value: float | None, target: float, at_least: bool) -> str:
     if value is None:
         return "n/a"
@@ -206,6 +234,8 @@ def figure_rows(results: dict[str, Any]) -> list[list[str]]:
         table.append(["local cluster, 2 workers: rows/s", f"{two:,}" if two else "failed", "-", "-"])
         if one and two:
             table.append(["speed-up of the second core", f"{two / one:.2f}x", "-", "-"])
+    for stage, micros in results.get("stages", {}).items():
+        table.append([f"one partition in one process: {stage} (µs/row)", f"{micros}", "-", "-"])
     fixed = results.get("fixed_cost")
     if fixed:
         table.append(["fixed cost: the default command on 1,000 rows (s)", f"{fixed['wall_seconds']}", "-", "-"])
@@ -260,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        results["stages"] = partition_stages(data / "part-00000.parquet", model_dir)
         print("scoring ...", file=sys.stderr, flush=True)
         results["fixed_cost"] = score(small, workdir / "out-small", model_dir, 1000, workdir / "small.log")
         results["local"] = score(data, workdir / "out-local", model_dir, options.rows, workdir / "local.log")
