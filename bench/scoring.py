@@ -193,7 +193,9 @@ def verdict(value: float | None, target: float, at_least: bool) -> str:
 
 def figure_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = results["rows"]
-    table = [["generate the Parquet input (s)", f"{results['generate']['wall_seconds']}", "-", "-"]]
+    table = []
+    if "generate" in results:
+        table.append(["generate the Parquet input (s)", f"{results['generate']['wall_seconds']}", "-", "-"])
 
     def add_run(label: str, run: dict[str, Any] | None) -> None:
         if run is None:
@@ -252,6 +254,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_000_000, help="customers to generate (default: 1000000)")
     parser.add_argument("--partition-rows", type=int, default=100_000, help="rows per Parquet file (default: 100000)")
     parser.add_argument("--model-dir", type=Path, help="score with this model directory's current bundle")
+    parser.add_argument("--data", type=Path, help="score this Parquet directory instead of generating one")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where results go")
     parser.add_argument("--skip-separate", action="store_true", help="skip the separately started cluster")
     parser.add_argument("--skip-scaling", action="store_true", help="skip the 1- and 2-worker runs")
@@ -265,24 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as scratch:
         workdir = Path(scratch)
         model_dir = served_bundle(workdir, options.model_dir)
-        data = workdir / "customers"
-        print(f"generating {options.rows:,} customers ...", file=sys.stderr, flush=True)
-        results["generate"] = run_measured(
-            python(
-                "-m",
-                "training",
-                "generate",
-                "--rows",
-                str(options.rows),
-                "--seed",
-                "1",
-                "--partition-rows",
-                str(options.partition_rows),
-                "--out",
-                str(data),
-            ),
-            workdir / "generate.log",
-        )
+        data = options.data or workdir / "customers"
+        if options.data is None:
+            print(f"generating {options.rows:,} customers ...", file=sys.stderr, flush=True)
+            generate = ["--rows", str(options.rows), "--seed", "1", "--partition-rows", str(options.partition_rows)]
+            results["generate"] = run_measured(
+                python("-m", "training", "generate", *generate, "--out", str(data)), workdir / "generate.log"
+            )
+        else:
+            import pyarrow.dataset as ds
+
+            results["rows"] = options.rows = ds.dataset(data, format="parquet").count_rows()
         small = workdir / "small"
         subprocess.run(
             python("-m", "training", "generate", "--rows", "1000", "--partition-rows", "1000", "--out", str(small)),
@@ -290,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        results["stages"] = partition_stages(data / "part-00000.parquet", model_dir)
+        results["stages"] = partition_stages(min(data.glob("*.parquet")), model_dir)
         print("scoring ...", file=sys.stderr, flush=True)
         results["fixed_cost"] = score(small, workdir / "out-small", model_dir, 1000, workdir / "small.log")
         results["local"] = score(data, workdir / "out-local", model_dir, options.rows, workdir / "local.log")

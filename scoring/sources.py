@@ -1,8 +1,9 @@
 """The customer table in partitions, read where the rows are scored, never whole in one place.
 
-Files are read with Dask's readers in the same raw form as ``training.data`` reads them: CSV as
-text with no missing-value guessing (delimiter and encoding detected as training detects them),
-Parquet as stored; ``as_raw_objects`` then makes every partition plain Python values on the worker.
+Files are read in the same raw form as ``training.data`` reads them, by the task that scores the
+partition: CSV with Dask's reader, as text with no missing-value guessing (delimiter and encoding
+detected as training detects them); Parquet one row group at a time, as stored. ``as_raw_objects``
+then makes every partition plain Python values on the worker.
 A database table or query is read by the client in chunks of ``partition_rows`` (one connection,
 the training reader's statement and error handling) and each chunk is sent to a worker.
 """
@@ -25,7 +26,7 @@ from training.data import (
     sql_statement,
 )
 
-# A partition of a file becomes one Dask task; this many bytes is about 100,000 rows of a Telco-like CSV.
+# Rows per partition of a CSV or database source: one Dask task each, a few hundred MB on a worker.
 DEFAULT_PARTITION_ROWS = 100_000
 
 
