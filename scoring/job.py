@@ -79,6 +79,7 @@ def run_job(job: ScoringJob, settings: Any) -> dict[str, Any]:
             "model_version": manifest.version,
             "reasons": job.reasons,
             "partition_rows": job.partition_rows,
+            "risk_bands": dict(settings.risk_bands),
         }
         sink.prepare(signature, scored_schema(job.reasons))
         policy = ScoringPolicy(dict(settings.risk_bands), dict(settings.playbook), settings.top_reasons)

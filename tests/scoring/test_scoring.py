@@ -149,3 +149,34 @@ def test_a_csv_file_is_scored_in_blocks_with_its_text_values(
     assert summary["partitions"] > 1
     assert scores["customer_id"].tolist() == table[ID_COLUMN].tolist()
     assert summary["errors"] == 0
+
+
+def test_when_a_partition_cannot_be_scored_only_its_failing_rows_become_errors(linear_models_dir: Path) -> None:
+    from scoring.partition import error_table, predict
+
+    predictor = build_predictor(service_settings(linear_models_dir))
+    records = pd.DataFrame(synthetic_customers(n_rows=3, seed=10)).astype(str).to_dict("records")
+
+    class FailsOnTheSecondCustomer:
+        """The real predictor, except that a batch holding customer 1 raises."""
+
+        cleaner = predictor.cleaner
+
+        def predict_records(self, batch: list, explain: bool):
+            if records[1] in batch:
+                raise RuntimeError("kernel failure")
+            return predictor.predict_records(batch, explain=explain)
+
+    pieces = predict(FailsOnTheSecondCustomer(), records, reasons=False)
+
+    scored_rows = [offset + index for offset, outcome in pieces if outcome.scored for index in outcome.scored.indices]
+    errors = error_table(pieces, number=4).to_pylist()
+    assert scored_rows == [0, 2]
+    assert errors == [
+        {
+            "customer_id": records[1][ID_COLUMN],
+            "partition": 4,
+            "row": 1,
+            "reason": "could not be scored: RuntimeError: kernel failure",
+        }
+    ]
