@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.quality import tree_rss_kib
 from bench.quality_tables import REPO, TELCO_CSV
+from bench.report import loadavg
 
 RESULTS_DIR = REPO / "bench" / "results"
 TARGET_ROWS_PER_SECOND = 150_000
@@ -264,7 +265,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    results: dict[str, Any] = {"started_at": stamp, "rows": options.rows, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {"started_at": stamp, "rows": options.rows, "cpus": os.cpu_count(), "load": loadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as scratch:
         workdir = Path(scratch)
         model_dir = served_bundle(workdir, options.model_dir)
@@ -309,13 +310,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for n in (1, 2)
             }
+    results["load_after"] = loadavg()
     rows = figure_rows(results)
     results["figures"] = [dict(zip(("figure", "value", "target", "verdict"), row, strict=True)) for row in rows]
     options.results_dir.mkdir(parents=True, exist_ok=True)
     base = options.results_dir / f"scoring-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str))
     table = markdown(rows)
-    base.with_suffix(".md").write_text(f"# Scoring benchmark {stamp} ({options.rows:,} rows)\n\n{table}")
+    load = f"load average {results['load'][:1]} before, {results['load_after'][:1]} after"
+    base.with_suffix(".md").write_text(f"# Scoring benchmark {stamp} ({options.rows:,} rows, {load})\n\n{table}")
+    print(load)
     print(table)
     print(f"results: {base}.json, {base}.md")
     return 0 if results["local"]["exit_code"] == 0 else 1
