@@ -68,7 +68,9 @@ class DatabaseSource(TableSource):
         import pandas as pd
 
         with sql_statement(self.url, table=self.table, query=self.query) as (connection, statement, _):
-            chunks = pd.read_sql(statement, connection, chunksize=self.partition_rows)
+            # A server-side cursor: drivers such as psycopg2 would otherwise fetch the whole result first.
+            streamed = connection.execution_options(stream_results=True)
+            chunks = pd.read_sql(statement, streamed, chunksize=self.partition_rows)
             for number, chunk in enumerate(chunks):
                 if number not in skip:
                     yield Partition(number, chunk)
