@@ -119,7 +119,7 @@ def customer_records(frame: pd.DataFrame, allowed: frozenset[str]) -> tuple[list
     names = list(raw.columns)
     if not names:
         return [{} for _ in range(len(raw))], ignored
-    # Built from column lists: several times faster than DataFrame.to_dict("records").
+    # Zipped from column lists: DataFrame.to_dict("records") does per-cell work that costs more.
     return list(map(dict, map(zip, repeat(names), zip(*(raw[name].tolist() for name in names), strict=True)))), ignored
 
 
