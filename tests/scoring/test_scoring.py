@@ -103,9 +103,11 @@ def test_a_rerun_of_a_different_job_into_the_same_output_is_refused(
 
 
 def test_a_database_table_in_and_out_with_resumable_partitions(
-    linear_models_dir: Path, scheduler_address: str, tmp_path: Path
+    linear_models_dir: Path, scheduler_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sqlalchemy
+
+    monkeypatch.chdir(tmp_path)  # the summary of a database output goes to the current directory
 
     table = synthetic_customers(n_rows=50, seed=4).drop(columns=[TARGET, CONSTANT_COLUMN])
     source = f"sqlite:///{tmp_path / 'crm.db'}"
@@ -122,6 +124,7 @@ def test_a_database_table_in_and_out_with_resumable_partitions(
     assert again["partitions_written_before"] == 3
     assert written["customer_id"].tolist() == table[ID_COLUMN].tolist()
     assert np.isfinite(written["churn_probability"]).all()
+    assert json.loads((tmp_path / "scores_summary.json").read_text())["scored"] == 50
 
 
 def test_the_drift_summary_is_written_beside_the_output(
