@@ -88,8 +88,9 @@ def run_job(job: ScoringJob, settings: Any) -> dict[str, Any]:
         earlier = sink.written()
         for report in earlier.values():
             totals.add(report)
-        with dask_client(job.scheduler, job.workers) as client:
-            run_partitions(client, source, set(earlier), bundle, task, totals, job.progress)
+        if not source.all_in(set(earlier)):
+            with dask_client(job.scheduler, job.workers) as client:
+                run_partitions(client, source, set(earlier), bundle, task, totals, job.progress)
     summary = totals.summary(
         settings.drift_psi_threshold,
         settings.drift_min_count,

@@ -46,11 +46,18 @@ class TableSource:
     def partitions(self, skip: set[int]) -> Iterator[Partition]:
         raise NotImplementedError
 
+    def all_in(self, written: set[int]) -> bool:
+        """Whether ``written`` holds every partition (never known of a database source before reading it)."""
+        return False
+
 
 class FileSource(TableSource):
     def __init__(self, description: str, total_rows: int | None, parts: list[Any]) -> None:
         super().__init__(description, total_rows)
         self.parts = parts  # a dask Delayed per partition, each reading its rows where it runs
+
+    def all_in(self, written: set[int]) -> bool:
+        return set(range(len(self.parts))) <= written
 
     def partitions(self, skip: set[int]) -> Iterator[Partition]:
         for number, part in enumerate(self.parts):

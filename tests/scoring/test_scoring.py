@@ -89,6 +89,10 @@ def test_a_rerun_skips_written_partitions_and_gives_the_same_output(
     assert {key: second[key] for key in ("rows", "scored", "risk_bands", "features")} == {
         key: first[key] for key in ("rows", "scored", "risk_bands", "features")
     }
+    # Nothing left to score: the output stays as it is, without a cluster.
+    third = score(linear_models_dir, data, out, scheduler="tcp://127.0.0.1:9")
+    assert third["partitions_written_before"] == 3
+    pd.testing.assert_frame_equal(read_scores(out), complete)
 
 
 def test_a_rerun_of_a_different_job_into_the_same_output_is_refused(
