@@ -160,7 +160,8 @@ def generate_parser() -> argparse.ArgumentParser:
 
     parser = OneLineParser(
         prog="python -m training generate",
-        description="Write a seeded synthetic customer table (CSV or Parquet, by the file suffix).",
+        description="Write a seeded synthetic customer table (CSV or Parquet, by the file suffix), or with "
+        "--partition-rows a directory of Parquet files generated one partition at a time.",
     )
     parser.add_argument("--schema", choices=SCHEMAS, default="telco", help="column layout (default: telco)")
     parser.add_argument("--rows", type=positive_int, default=7043, help="number of customers (default: 7043)")
@@ -169,6 +170,13 @@ def generate_parser() -> argparse.ArgumentParser:
         "--drift", type=float, default=0.0, help="0..1: shift the population toward riskier customers (default: 0)"
     )
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="output .csv or .parquet file")
+    parser.add_argument(
+        "--partition-rows",
+        type=positive_int,
+        metavar="N",
+        help="write --out as a directory of Parquet files of N rows each (part-00000.parquet ...), for "
+        "tables larger than memory",
+    )
     return parser
 
 
@@ -261,6 +269,8 @@ def generate(argv: Sequence[str]) -> int:
     if not 0.0 <= args.drift <= 1.0:
         print("error: --drift must lie in [0, 1]", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.partition_rows is not None:
+        return generate_partitioned(args)
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         print(f"error: --out must end in .csv or .parquet, got {args.out.name!r}", file=sys.stderr)
@@ -276,6 +286,24 @@ def generate(argv: Sequence[str]) -> int:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {len(frame)} rows x {frame.shape[1]} columns ({args.schema} schema) to {args.out}")
+    return 0
+
+
+def generate_partitioned(args: argparse.Namespace) -> int:
+    """The table as ``--out/part-NNNNN.parquet``, one generated chunk in memory at a time."""
+    from training.synthetic import customer_chunks
+
+    chunks = customer_chunks(args.rows, args.partition_rows, args.seed, drift=args.drift, schema=args.schema)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for stale in args.out.glob("part-*.parquet"):
+            stale.unlink()
+        for number, chunk in enumerate(chunks):
+            chunk.astype(str).to_parquet(args.out / f"part-{number:05d}.parquet", index=False)
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {args.rows} rows in {number + 1} Parquet files ({args.schema} schema) to {args.out}/")
     return 0
 
 

@@ -11,6 +11,8 @@ import csv
 import difflib
 import io
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,17 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 # ---- databases ------------------------------------------------------------------------------
 def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.DataFrame, str]:
+    with sql_statement(url, table=table, query=query) as (connection, statement, description):
+        return pd.read_sql(statement, connection), description
+
+
+@contextmanager
+def sql_statement(url: str, *, table: str | None, query: str | None) -> Iterator[tuple[Any, Any, str]]:
+    """An open connection, the SELECT for ``table`` or ``query`` and a description safe to log.
+
+    Database errors inside the block become TrainingDataError with the reason, so a caller may read
+    the result whole or in chunks.
+    """
     import sqlalchemy
     from sqlalchemy import exc as sa_exc
 
@@ -148,16 +161,15 @@ def read_sql(url: str, *, table: str | None, query: str | None) -> tuple[pd.Data
                 if not sqlalchemy.inspect(connection).has_table(table):
                     raise TrainingDataError(f"table {table!r} does not exist in {safe_url}")
                 statement = sqlalchemy.select(sqlalchemy.text("*")).select_from(sqlalchemy.table(table))
-                frame = pd.read_sql(statement, connection)
             else:
-                frame = pd.read_sql(sqlalchemy.text(query), connection)
+                statement = sqlalchemy.text(query)
+            yield connection, statement, description
     except TrainingDataError:
         raise
     except (sa_exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
         raise TrainingDataError(f"database error for {description}: {condense(exc)}") from None
     finally:
         engine.dispose()
-    return frame, description
 
 
 def missing_sqlite_file(engine: Any) -> str | None:

@@ -11,6 +11,7 @@ realistic, not perfect, ROC-AUC.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,9 @@ TELCO_CONTRACTS = ("Month-to-month", "One year", "Two year")
 TELCO_PAYMENTS = ("Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)")
 
 
-def generate_customers(n_rows: int = 7043, seed: int = 0, *, drift: float = 0.0, schema: str = "telco") -> pd.DataFrame:
+def generate_customers(
+    n_rows: int = 7043, seed: int | list[int] = 0, *, drift: float = 0.0, schema: str = "telco"
+) -> pd.DataFrame:
     """A synthetic churn table of ``n_rows`` customers.
 
     ``drift`` in [0, 1] moves the population toward riskier customers (telco: month-to-month
@@ -39,6 +42,20 @@ def generate_customers(n_rows: int = 7043, seed: int = 0, *, drift: float = 0.0,
     rng = np.random.default_rng(seed)
     generator = {"telco": _telco, "bank": _bank, "subscription": _subscription}[schema]
     return generator(n_rows, rng, drift)
+
+
+def customer_chunks(
+    n_rows: int, chunk_rows: int, seed: int = 0, *, drift: float = 0.0, schema: str = "telco"
+) -> Iterator[pd.DataFrame]:
+    """A table of ``n_rows`` customers as chunks of at most ``chunk_rows``, each generated on its own.
+
+    Chunk ``i`` is seeded by ``(seed, i)``, so any table size needs one chunk's memory and the same
+    arguments give the same chunks.
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    for number, start in enumerate(range(0, n_rows, chunk_rows)):
+        yield generate_customers(min(chunk_rows, n_rows - start), [seed, number], drift=drift, schema=schema)
 
 
 def _churn_draw(rng: np.random.Generator, logit: np.ndarray, noise: float) -> np.ndarray:

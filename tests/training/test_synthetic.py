@@ -131,3 +131,19 @@ def test_subscription_schema_quirks() -> None:
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         generate_customers(**kwargs)
+
+
+def test_a_partitioned_table_is_written_chunk_by_chunk_and_reproducibly(tmp_path) -> None:
+    from training.cli import main
+
+    for name in ("a", "b"):
+        assert (
+            main(["generate", "--rows", "250", "--partition-rows", "100", "--seed", "3", "--out", str(tmp_path / name)])
+            == 0
+        )
+    files = sorted(path.name for path in (tmp_path / "a").iterdir())
+    assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    first, second = pd.read_parquet(tmp_path / "a"), pd.read_parquet(tmp_path / "b")
+    assert len(first) == 250
+    assert [len(pd.read_parquet(tmp_path / "a" / name)) for name in files] == [100, 100, 50]
+    pd.testing.assert_frame_equal(first, second)
