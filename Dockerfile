@@ -22,6 +22,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
 COPY bundle ./bundle
 COPY app ./app
 COPY training ./training
+COPY scoring ./scoring
 
 RUN useradd --create-home --uid 10001 churn \
     && mkdir -p /app/models /data \

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # The bundle directory for both training and serving: CHURN_MODEL_DIR when set, else models/.
 MODEL_DIR ?= $(or $(CHURN_MODEL_DIR),models)
 
-.PHONY: run serve train setup setup-dev test lint bench bench-quality bench-training bench-serving clean
+.PHONY: run serve train setup setup-dev test lint bench bench-quality bench-training bench-serving bench-scoring clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -56,6 +56,9 @@ bench-training: setup-dev
 
 bench-serving: setup-dev
 	$(BIN)/python -m bench.serving
+
+bench-scoring: setup-dev
+	$(BIN)/python -m bench.scoring $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
