@@ -91,7 +91,7 @@ def score_partition(frame: pd.DataFrame, number: int, bundle: ShippedBundle, tas
     scored_at = datetime.now(UTC)
     scored = scored_table(pieces, number, scored_at, task.reasons)
     errors = error_table(pieces, number)
-    layout = DriftLayout.from_reference(predictor.version, predictor.manifest.drift_reference)
+    layout = DriftLayout.from_reference(predictor.version, predictor.manifest.drift_reference, predictor.threshold)
     events = [outcome.event for _, outcome in pieces if outcome.event is not None]
     counts = layout.bin_counts(events) if events else np.zeros(layout.width - 1, dtype=np.int64)
     bands = pd.Series(scored.column("risk_category").to_pylist(), dtype=object).value_counts()

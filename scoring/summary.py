@@ -26,7 +26,7 @@ class RunTotals:
     """The sum of the partition reports of one job (those written by earlier runs included)."""
 
     def __init__(self, manifest: Manifest) -> None:
-        self.layout = DriftLayout.from_reference(manifest.version, manifest.drift_reference)
+        self.layout = DriftLayout.from_reference(manifest.version, manifest.drift_reference, manifest.threshold)
         self.manifest = manifest
         self.partitions = 0
         self.rows = 0
