@@ -2,7 +2,8 @@
 
 Partition reports carry the service's drift bin counts (``DriftLayout.bin_counts``); summed over the
 whole run they give PSI and Jensen-Shannon distance per feature and for the score exactly as the
-service computes them for its window (``compute_snapshot``), with the service's thresholds.
+service computes them for its window (``compute_snapshot``), with the service's thresholds, and the
+performance the scores let one expect (the service's live estimate, docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from app.monitoring.drift import DriftLayout
 from app.monitoring.drift_stats import compute_snapshot
 from bundle.manifest import Manifest
+from bundle.performance_estimate import estimate_performance
 from scoring.partition import PartitionReport
 
 
@@ -74,6 +76,9 @@ class RunTotals:
             },
             "drifting_features": drifting,
             "features": snapshot["features"],
+            # What the model's calibrated scores say its performance on this population is likely to be.
+            "estimated_performance": estimate_performance(self.layout.score_window(self.counts)).to_dict(),
+            "performance_reference": self.manifest.performance_reference or None,
         }
 
 

@@ -141,6 +141,11 @@ def test_the_drift_summary_is_written_beside_the_output(
     assert {item["feature"] for item in written["features"]} >= {"tenure", "Contract"}
     assert sum(written["score_distribution"]["counts"]) == summary["scored"] == 30
     assert all(item["psi"] >= 0 for item in written["features"])
+    estimate = written["estimated_performance"]
+    assert estimate["predictions"] == 30
+    assert 0.0 <= estimate["expected_churn_rate"] <= 1.0
+    auc = estimate["roc_auc"]
+    assert auc["lower"] <= auc["value"] <= auc["upper"]
 
 
 def test_a_csv_file_is_scored_in_blocks_with_its_text_values(
