@@ -26,6 +26,7 @@ from training.config import TrainingConfig
 from training.data import TrainingDataError, load_table
 from training.log_table import CUSTOMER_KEY, PREDICTED_AT, LogTable, read_log_table
 from training.pipeline import run_training
+from training.retrain_lock import exclusive_retrain, require_due
 
 SECONDS_PER_DAY = 86_400
 DEFAULT_HOLDOUT_SHARE = 0.2
@@ -50,6 +51,7 @@ class RetrainConfig:
     holdout_share: float = DEFAULT_HOLDOUT_SHARE
     min_labels: int = DEFAULT_MIN_LABELS
     promote_if_better: bool = False
+    cool_down_hours: float | None = None  # skip when the last retraining is more recent than this
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -65,7 +67,15 @@ class RetrainResult:
 
 
 def run_retrain(config: RetrainConfig) -> RetrainResult:
-    """Build the table, train, compare on the holdout, publish; RetrainRefused / TrainingDataError on bad input."""
+    """Build the table, train, compare on the holdout, publish; RetrainRefused / TrainingDataError on bad
+    input, RetrainSkipped when another retraining runs or the cool-down has not passed."""
+    with exclusive_retrain(config.model_dir):
+        if config.cool_down_hours is not None:
+            require_due(config.model_dir / REPORTS_DIR, config.cool_down_hours)
+        return retrain_now(config)
+
+
+def retrain_now(config: RetrainConfig) -> RetrainResult:
     cutoff = time.time() if config.cutoff is None else config.cutoff
     registry = ModelRegistry(config.model_dir)
     champion = registry.champion()

@@ -19,6 +19,8 @@ from training.cli import (
 )
 from training.config import ALL_FAMILIES, THRESHOLD_STRATEGIES, TrainingConfig
 
+EXIT_SKIPPED = 3
+
 DESCRIPTION = """\
 Retrain from what the service saw. The training table is the prediction log's labelled predictions
 (the outcomes received through /feedback) known at the cut-off: predictions made before it, with an
@@ -39,8 +41,12 @@ examples:
   python -m training retrain --database-url sqlite:///predictions.sqlite3
   python -m training retrain --database-url postgresql://churn@db/churn --data customers.csv --promote-if-better
   python -m training retrain --database-url sqlite:///predictions.sqlite3 --cutoff 2026-11-30 --holdout-days 14
+  python -m training retrain --database-url sqlite:///predictions.sqlite3 --if-due 24 --promote-if-better
 
-exit status: 0 published; 1 training failed or the bundle did not verify; 2 unusable input or too few labels
+Only one retraining of a model directory runs at a time: a second one is skipped (exit 3) at once.
+
+exit status: 0 published; 1 training failed or the bundle did not verify; 2 unusable input or too few
+labels; 3 skipped (another retraining is running, or --if-due and the last one is too recent)
 """
 
 
@@ -116,6 +122,12 @@ def retrain_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make the new bundle the champion when the verdict is 'better' (the ROC-AUC interval lies above zero)",
     )
+    output.add_argument(
+        "--if-due",
+        type=positive_float,
+        metavar="HOURS",
+        help="skip (exit 3) unless the last retraining of this model directory finished at least HOURS ago",
+    )
     output.add_argument("--no-report", action="store_true", help="skip the training report and plots")
     output.add_argument("--quiet", action="store_true", help="print only the final summary")
     return parser
@@ -128,6 +140,7 @@ def main(argv: Sequence[str]) -> int:
     from training.data import TrainingDataError
     from training.pipeline import TrainingError
     from training.retrain import RetrainConfig, run_retrain
+    from training.retrain_lock import RetrainSkipped
     from training.retrain_report import summary_lines
 
     config = RetrainConfig(
@@ -139,6 +152,7 @@ def main(argv: Sequence[str]) -> int:
         holdout_share=args.holdout_share,
         min_labels=args.min_labels,
         promote_if_better=args.promote_if_better,
+        cool_down_hours=args.if_due,
         training=TrainingConfig(
             table=args.table,
             query=args.query,
@@ -155,6 +169,9 @@ def main(argv: Sequence[str]) -> int:
     )
     try:
         result = run_retrain(config)
+    except RetrainSkipped as exc:
+        print(f"skipped: {exc}", file=sys.stderr)
+        return EXIT_SKIPPED
     except TrainingDataError as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT

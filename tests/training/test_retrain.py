@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ from training.cli import main as cli_main
 from training.config import TrainingConfig
 from training.log_table import read_log_table
 from training.pipeline import run_training
-from training.retrain import RetrainConfig, run_retrain
+from training.retrain import RetrainConfig, run_retrain, split_holdout
+from training.retrain_lock import exclusive_retrain
 from training.synthetic import generate_customers
 
 START = 1_780_000_000.0  # UNIX seconds of the first logged prediction
@@ -95,6 +98,8 @@ def test_log_table_keeps_each_customers_latest_outcome_known_at_the_cutoff(model
     later_ids = log_customers(model_dir, url, again, start=START + 100 * HOUR)
     cutoff = START + 100 * HOUR + 1.5 * HOUR  # after the first re-prediction's outcome, before the second's
     table = read_log_table(url, schema_of(model_dir), cutoff).frame
+    in_small_chunks = read_log_table(url, schema_of(model_dir), cutoff, chunk_rows=2).frame
+    pd.testing.assert_frame_equal(table, in_small_chunks)
     assert len(table) == 6
     by_customer = table.set_index("customer_id")
     first, second = customers["customerID"].iloc[0], customers["customerID"].iloc[1]
@@ -220,3 +225,39 @@ def test_no_champion_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code = cli_main(["retrain", "--database-url", "sqlite://", "--model-dir", str(tmp_path / "none")])
     assert code == 2
     assert "no champion" in capsys.readouterr().err
+
+
+def test_holdout_by_days_takes_the_predictions_of_the_last_days() -> None:
+    frame = pd.DataFrame({"predicted_at": [START + day * 86_400 for day in range(10)], "Churn": ["No", "Yes"] * 5})
+    cutoff = START + 10 * 86_400
+    training, holdout = split_holdout(frame, cutoff, RetrainConfig("sqlite://", holdout_days=3))
+    assert list(holdout["predicted_at"]) == [START + day * 86_400 for day in (7, 8, 9)]
+    assert len(training) == 7
+    _, by_share = split_holdout(frame, cutoff, RetrainConfig("sqlite://", holdout_share=0.25))
+    assert list(by_share["predicted_at"]) == [START + day * 86_400 for day in (7, 8, 9)]
+
+
+def test_a_second_retraining_is_skipped_while_one_runs(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    with exclusive_retrain(model_dir):
+        code = cli_main(["retrain", "--database-url", url, "--model-dir", str(model_dir)])
+    assert code == 3
+    assert "another retraining" in capsys.readouterr().err
+    assert ModelRegistry(model_dir).challenger() is None
+
+
+def test_if_due_skips_within_the_cool_down(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    log_customers(model_dir, url, generate_customers(20, seed=53))
+    reports = model_dir / "retrain-reports"
+    reports.mkdir()
+    (reports / "earlier.json").write_text("{}")
+    command = ["retrain", "--database-url", url, "--model-dir", str(model_dir), "--if-due", "24"]
+    assert cli_main(command) == 3
+    assert "cool-down is 24 h" in capsys.readouterr().err
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(reports / "earlier.json", (two_days_ago, two_days_ago))
+    assert cli_main(command) == 2  # due: it reads the log, which holds too few labels
+    assert "labelled customers" in capsys.readouterr().err
