@@ -261,3 +261,26 @@ def test_if_due_skips_within_the_cool_down(model_dir: Path, tmp_path: Path, caps
     os.utime(reports / "earlier.json", (two_days_ago, two_days_ago))
     assert cli_main(command) == 2  # due: it reads the log, which holds too few labels
     assert "labelled customers" in capsys.readouterr().err
+
+
+def test_a_log_of_another_schema_is_refused(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    engine = make_engine(url)
+    create_tables(engine)
+    rows = [
+        (f"p{i}", START + i, "v1", f"c{i}", json.dumps({"balance": i, "region": "north"}), 0.5, False, "all", 0.01, 1)
+        for i in range(30)
+    ]
+    outcomes = [
+        {"prediction_id": f"p{i}", "churned": i % 2 == 0, "received_at": START + 100, "updated_at": START + 100}
+        for i in range(30)
+    ]
+    with engine.begin() as connection:
+        insert_rows(connection, rows)
+        connection.execute(insert(outcomes_table), outcomes)
+    engine.dispose()
+    code = cli_main(["retrain", "--database-url", url, "--model-dir", str(model_dir), "--min-labels", "10"])
+    assert code == 2
+    assert "share no feature with the champion's schema" in capsys.readouterr().err
