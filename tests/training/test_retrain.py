@@ -284,3 +284,31 @@ def test_a_log_of_another_schema_is_refused(
     code = cli_main(["retrain", "--database-url", url, "--model-dir", str(model_dir), "--min-labels", "10"])
     assert code == 2
     assert "share no feature with the champion's schema" in capsys.readouterr().err
+
+
+def test_retrains_from_what_a_running_service_logged(model_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import API_KEY, service_settings
+
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    customers = generate_customers(300, seed=61)
+    records = customers.drop(columns=["Churn"]).to_dict("records")
+    settings = service_settings(model_dir, monitoring_enabled=True, database_url=url)
+    with TestClient(create_app(settings)) as client:
+        for start in range(0, len(records), 100):
+            assert client.post("/predict/batch", json=records[start : start + 100]).status_code == 200
+        outcomes = [
+            {"customer_id": customer, "churned": churned == "Yes"}
+            for customer, churned in zip(customers["customerID"], customers["Churn"], strict=True)
+        ]
+        response = client.post("/feedback", json={"outcomes": outcomes}, headers={"X-API-Key": API_KEY})
+        assert response.status_code == 200, response.text
+    time.sleep(0.01)  # outcomes received strictly before the default cut-off, now
+    result = run_retrain(RetrainConfig(url, model_dir, min_labels=100, training=fast_training()))
+    assert result.report["data"]["log"]["labelled_customers"] == 300
+    assert result.report["holdout"]["rows"] == 60
+    assert result.comparison["labelled"] == 60
+    assert result.comparison["unscored"] == {"champion": 0, "challenger": 0}
+    assert ModelRegistry(model_dir).challenger() == result.version
