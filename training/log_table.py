@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bundle.features import FeatureSchema
@@ -24,7 +24,6 @@ from training.data import TrainingDataError
 
 CHUNK_ROWS = 50_000
 PREDICTED_AT = "predicted_at"
-PREDICTION_ID = "prediction_id"
 CUSTOMER_KEY = "customer_id"  # the log's own customer column, whatever the table called it
 # Labels for "stayed" when only the churn label is known: the target vector only compares with the
 # churn label, so any other text reads as "stayed"; a matching pair keeps the table readable.
@@ -36,9 +35,9 @@ class LogTable:
     """The log's labelled, de-duplicated rows (features, target, ``predicted_at``, ``customer_id``)."""
 
     frame: pd.DataFrame
-    labelled: int  # labelled predictions before de-duplication
+    labelled: int  # labelled predictions known at the cut-off, before de-duplication
     duplicates: int  # older labelled predictions of a customer dropped for their latest one
-    late_outcomes: int  # outcomes received or corrected after the cut-off, left out
+    late_outcomes: int  # outcomes of earlier predictions received or corrected after the cut-off, left out
     versions: list[str]  # model versions that made the kept predictions
 
 
@@ -48,73 +47,83 @@ def negative_label(positive: Any) -> str:
 
 
 def read_log_table(database_url: str, schema: FeatureSchema, cutoff: float, chunk_rows: int = CHUNK_ROWS) -> LogTable:
-    """The labelled log rows known at ``cutoff`` (UNIX seconds); TrainingDataError when unreadable."""
-    from app.monitoring.log_store import make_engine, outcomes_table, predictions_table
+    """The labelled log rows known at ``cutoff`` (UNIX seconds); TrainingDataError when unreadable.
 
-    log, outcome = predictions_table, outcomes_table
-    before = (log.c.predicted_at < cutoff) & (outcome.c.received_at < cutoff)
-    query = (
-        select(log.c.prediction_id, log.c.predicted_at, log.c.customer_id, log.c.model_version, log.c.inputs)
-        .add_columns(outcome.c.churned, outcome.c.updated_at)
-        .join(outcome, outcome.c.prediction_id == log.c.prediction_id)
-        .where(before)
-    )
-    kept = pd.DataFrame()
-    labelled = late = 0
+    The database keeps each customer's latest labelled prediction (a window function, in SQLite and
+    PostgreSQL alike), so only the kept rows travel, and each chunk is expanded into columns as it arrives.
+    """
+    from app.monitoring.log_store import make_engine
+
+    chunks: list[pd.DataFrame] = []
+    versions: set[str] = set()
     try:
         engine = make_engine(database_url)
         with engine.connect() as connection:
+            labelled, late = counts(connection, cutoff)
+            query = latest_labelled(cutoff)
             result = connection.execution_options(stream_results=True, yield_per=chunk_rows).execute(query)
             for rows in result.partitions(chunk_rows):
                 chunk = pd.DataFrame(rows, columns=list(result.keys()))
-                corrected_late = chunk["updated_at"] >= cutoff
-                late += int(corrected_late.sum())
-                chunk = chunk[~corrected_late]
-                labelled += len(chunk)
-                kept = latest_per_customer(pd.concat([kept, chunk], ignore_index=True))
-        late += count_late_outcomes(engine, cutoff)
+                versions.update(chunk["model_version"])
+                chunks.append(expand(chunk, schema))
         engine.dispose()
     except SQLAlchemyError as exc:
         raise TrainingDataError(f"cannot read the prediction log: {redact_text(condensed(exc))}") from None
-    versions = sorted(set(kept["model_version"])) if len(kept) else []
+    frame = pd.concat(chunks, ignore_index=True) if chunks else expand(pd.DataFrame(), schema)
     return LogTable(
-        frame=expand(kept, schema),
-        labelled=labelled,
-        duplicates=labelled - len(kept),
-        late_outcomes=late,
-        versions=versions,
+        frame=frame, labelled=labelled, duplicates=labelled - len(frame), late_outcomes=late, versions=sorted(versions)
     )
 
 
-def count_late_outcomes(engine: Any, cutoff: float) -> int:
-    """Outcomes of predictions made before the cut-off that arrived after it."""
-    from sqlalchemy import func
-
+def known_at(cutoff: float) -> Any:
+    """Predictions made before the cut-off whose outcome was received and last corrected before it."""
     from app.monitoring.log_store import outcomes_table, predictions_table
 
-    log, outcome = predictions_table, outcomes_table
-    query = (
-        select(func.count())
-        .select_from(log.join(outcome, outcome.c.prediction_id == log.c.prediction_id))
-        .where((log.c.predicted_at < cutoff) & (outcome.c.received_at >= cutoff))
+    return (predictions_table.c.predicted_at < cutoff) & (outcomes_table.c.updated_at < cutoff)
+
+
+def joined() -> Any:
+    from app.monitoring.log_store import outcomes_table, predictions_table
+
+    return predictions_table.join(outcomes_table, outcomes_table.c.prediction_id == predictions_table.c.prediction_id)
+
+
+def counts(connection: Any, cutoff: float) -> tuple[int, int]:
+    """(labelled predictions known at the cut-off, outcomes of earlier predictions that came later)."""
+    from app.monitoring.log_store import outcomes_table, predictions_table
+
+    late = (predictions_table.c.predicted_at < cutoff) & (outcomes_table.c.updated_at >= cutoff)
+    labelled = connection.execute(select(func.count()).select_from(joined()).where(known_at(cutoff))).scalar_one()
+    after = connection.execute(select(func.count()).select_from(joined()).where(late)).scalar_one()
+    return int(labelled), int(after)
+
+
+def latest_labelled(cutoff: float) -> Any:
+    """Each customer's latest labelled prediction known at the cut-off (ties: the larger prediction id),
+    and every labelled prediction without a customer id, oldest first."""
+    from app.monitoring.log_store import outcomes_table, predictions_table
+
+    log = predictions_table
+    rank = func.row_number().over(
+        partition_by=log.c.customer_id, order_by=(log.c.predicted_at.desc(), log.c.prediction_id.desc())
     )
-    with engine.connect() as connection:
-        return int(connection.execute(query).scalar_one())
+    ranked = (
+        select(log.c.prediction_id, log.c.predicted_at, log.c.customer_id, log.c.model_version, log.c.inputs)
+        .add_columns(outcomes_table.c.churned, rank.label("recency"))
+        .select_from(joined())
+        .where(known_at(cutoff))
+        .subquery()
+    )
+    return (
+        select(*(column for column in ranked.c if column.name != "recency"))
+        .where((ranked.c.recency == 1) | ranked.c.customer_id.is_(None))
+        .order_by(ranked.c.predicted_at, ranked.c.prediction_id)
+    )
 
 
 def condensed(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def latest_per_customer(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each customer's latest prediction (ties broken by prediction id); rows without an id all kept."""
-    if frame.empty:
-        return frame
-    frame = frame.sort_values([PREDICTED_AT, PREDICTION_ID], kind="stable", ignore_index=True)
-    anonymous = frame[CUSTOMER_KEY].isna()
-    known = frame[~anonymous].drop_duplicates(CUSTOMER_KEY, keep="last")
-    return pd.concat([known, frame[anonymous]]).sort_values([PREDICTED_AT, PREDICTION_ID], ignore_index=True)
 
 
 def expand(rows: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
