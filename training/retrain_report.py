@@ -57,5 +57,8 @@ def summary_lines(report: dict[str, Any], report_path: Path, bundle_dir: Path) -
     if report["action"].startswith("promoted"):
         lines.append("next        POST /admin/reload makes the running service serve the new champion")
     else:
-        lines.append("next        python -m training models promote VERSION when you decide to serve it")
+        lines.append(
+            f"next        python -m training models promote {report['version']} --reason ... to serve it; "
+            "then POST /admin/reload"
+        )
     return lines
