@@ -171,18 +171,27 @@ def test_promote_if_better_promotes_a_clearly_better_model(tmp_path: Path) -> No
     assert "ROC-AUC" in reason
 
 
-def test_promote_if_better_keeps_a_worse_model_as_challenger(model_dir: Path, tmp_path: Path) -> None:
+def test_promote_if_better_keeps_a_worse_model_as_challenger(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
     customers = generate_customers(1500, seed=41)
     # Older outcomes are noise, the newest (the holdout) are real: the new model learns nothing.
     noisy = pd.concat([shuffled_labels(customers.iloc[:1200], seed=2), customers.iloc[1200:]], ignore_index=True)
     log_customers(model_dir, url, noisy)
     champion = ModelRegistry(model_dir).champion()
-    config = RetrainConfig(url, model_dir, cutoff=CUTOFF, promote_if_better=True, training=fast_training())
-    result = run_retrain(config)
-    assert result.comparison["verdict"] == "worse"
+    command = ["retrain", "--database-url", url, "--model-dir", str(model_dir), "--promote-if-better"]
+    options = ["--cutoff", "2026-12-31T00:00:00Z", "--models", "logistic_regression", "--trials", "2", "--quiet"]
+    assert cli_main([*command, *options, "--no-report", "--seed", "3"]) == 0
+    challenger = ModelRegistry(model_dir).challenger()
     assert ModelRegistry(model_dir).champion() == champion
-    assert ModelRegistry(model_dir).challenger() == result.version
+    assert challenger not in (None, champion)
+    report = json.loads((model_dir / "retrain-reports" / f"{challenger}.json").read_text())
+    assert report["comparison"]["verdict"] == "worse"
+    assert report["action"] == "published as challenger"
+    summary = capsys.readouterr().out
+    assert "verdict     worse" in summary
+    assert f"models promote {challenger}" in summary
 
 
 @pytest.mark.parametrize(
