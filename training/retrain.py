@@ -27,6 +27,7 @@ from training.data import TrainingDataError, load_table
 from training.log_table import CUSTOMER_KEY, PREDICTED_AT, LogTable, read_log_table
 from training.pipeline import run_training
 from training.retrain_lock import exclusive_retrain, require_due
+from training.retrain_report import write_report
 
 SECONDS_PER_DAY = 86_400
 DEFAULT_HOLDOUT_SHARE = 0.2
@@ -115,8 +116,6 @@ def retrain_now(config: RetrainConfig) -> RetrainResult:
         "promotion_rule": PROMOTION_RULE,
         "action": action,
     }
-    from training.retrain_report import write_report
-
     path = write_report(config.model_dir / REPORTS_DIR, version, report)
     return RetrainResult(version, trained.bundle_dir, champion, action, head_to_head, report, path)
 
@@ -183,6 +182,8 @@ def training_table(
         in_log = original[schema.id_column].astype(str).isin(logged)
         sources["original_replaced_by_log"] = int(in_log.sum())
         original = original[~in_log]
+    else:  # nothing to match customers by: a held-out customer may also be in the original table
+        sources["original_without_customer_ids"] = len(original)
     sources["original"] = len(original)
     return pd.concat([table, original], ignore_index=True), sources
 
