@@ -1,6 +1,7 @@
 """Command line: ``python -m training [options]`` trains and publishes a bundle;
 ``python -m training generate ...`` writes a synthetic customer table;
-``python -m training models ...`` lists bundles and changes their stages (:mod:`training.models_cli`)."""
+``python -m training models ...`` lists bundles and changes their stages (:mod:`training.models_cli`);
+``python -m training retrain ...`` retrains from the prediction log (:mod:`training.retrain_cli`)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ examples:
   python -m training --data customers.csv --as-challenger
   python -m training generate --schema bank --rows 10000 --out bank.csv
   python -m training models list
+  python -m training retrain --database-url sqlite:///predictions.sqlite3 --promote-if-better
 
 exit status: 0 published; 1 every model family failed or the bundle did not verify; 2 unusable input
 """
@@ -315,4 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.models_cli import main as models
 
         return models(arguments[1:])
+    if arguments and arguments[0] == "retrain":
+        from training.retrain_cli import main as retrain
+
+        return retrain(arguments[1:])
     return train(arguments)
