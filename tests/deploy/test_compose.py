@@ -99,7 +99,9 @@ def test_docker_compose_config_validates_the_file(tmp_path: Path) -> None:
     assert str(api_env["CHURN_WORKERS"]) == "3"
     assert api_env["CHURN_API_KEY"] == "s3cret"
     assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "g3cret"
-    assert set(resolved["services"]) == {"trainer", "churn-api", "nginx", "prometheus", "grafana"}
+    services = {"trainer", "churn-api", "nginx", "prometheus", "alertmanager", "retrainer", "grafana"}
+    assert set(resolved["services"]) == services
+    assert resolved["services"]["retrainer"]["environment"]["CHURN_API_KEY"] == "s3cret"
 
 
 @pytest.mark.parametrize("missing", ["CHURN_API_KEY", "GRAFANA_ADMIN_PASSWORD"])
@@ -202,9 +204,46 @@ def test_no_secret_has_a_default() -> None:
 
 def test_every_long_running_service_has_a_healthcheck_and_published_port() -> None:
     services = _compose()["services"]
-    for name in ("churn-api", "nginx", "prometheus", "grafana"):
+    for name in ("churn-api", "nginx", "prometheus", "grafana", "alertmanager", "retrainer"):
         assert services[name]["healthcheck"]["test"], name
         assert services[name]["restart"] == "unless-stopped"
-    for name, container_port in (("nginx", 8080), ("prometheus", 9090), ("grafana", 3000)):
+    for name, container_port in (("nginx", 8080), ("prometheus", 9090), ("grafana", 3000), ("alertmanager", 9093)):
         assert any(str(port).endswith(f":{container_port}") for port in services[name]["ports"]), name
-    assert set(_compose()["volumes"]) == {"models", "data", "prometheus-data", "grafana-data"}
+    assert set(_compose()["volumes"]) == {"models", "data", "prometheus-data", "alertmanager-data", "grafana-data"}
+
+
+def test_alerts_reach_the_retrainer_through_alertmanager() -> None:
+    services = _compose()["services"]
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (target,) = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093"
+    retrainer = services["retrainer"]
+    assert retrainer["command"][:3] == ["python", "-m", "training.retrainer"]
+    assert "--reload-url=http://churn-api:8000/admin/reload" in retrainer["command"]
+    # It reads the API's prediction log and publishes into the models volume the API serves from.
+    assert _named_volumes(retrainer) == _named_volumes(services["churn-api"]) == {"data", "models"}
+    config = yaml.safe_load((ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text())
+    (hook,) = next(r for r in config["receivers"] if r["name"] == "retrainer")["webhook_configs"]
+    assert hook["url"] == "http://retrainer:9095/alerts"
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="needs amtool (Debian's prometheus-alertmanager package)")
+@pytest.mark.parametrize(
+    ("alertname", "receiver"),
+    [
+        ("ChurnFeatureDrift", "retrainer"),
+        ("ChurnScoreDrift", "retrainer"),
+        ("ChurnEstimatedRocAucDrop", "retrainer"),
+        ("ChurnRealizedRocAucLow", "retrainer"),
+        ("ChurnHighP99Latency", "null"),
+        ("ChurnChallengerFailing", "null"),
+    ],
+)
+def test_alertmanager_routes_only_staleness_alerts_to_the_retrainer(alertname: str, receiver: str) -> None:
+    config = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+    assert subprocess.run(["amtool", "check-config", str(config)], capture_output=True, check=False).returncode == 0
+    routed = subprocess.run(
+        ["amtool", "config", "routes", "test", f"--config.file={config}", f"alertname={alertname}", "job=churn-api"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert routed.stdout.strip() == receiver
