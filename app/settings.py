@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # leaves, so a worker killed with -9 loses nothing it answered (see app.monitoring.journal); it costs
     # each request a serialisation and a system call. "flush": a kill loses up to one flush interval.
     prediction_log_durability: Literal["flush", "journal"] = "flush"
+    # "host": the workers of one host share the drift window through files; "database": every process
+    # also keeps its counts in the log database, so replicas on several hosts compute drift as one service.
+    drift_sharing: Literal["host", "database"] = "host"
     drift_window_seconds: int = Field(default=3600, ge=10)
     drift_slot_seconds: int = Field(default=60, ge=1)
     drift_min_count: int = Field(default=200, ge=1)

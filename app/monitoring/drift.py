@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
+from app.monitoring.drift_sharing import SharedWindow
 from app.monitoring.drift_stats import DriftSnapshot, compute_snapshot
 from app.monitoring.events import PredictionEvent
 from app.monitoring.metrics import process_exists
@@ -191,6 +193,16 @@ class SlotTable:
             table[row, 1:] += counts
         return True
 
+    def rows(self, slots: Sequence[int]) -> list[tuple[int, np.ndarray]]:
+        """This worker's counts of each of ``slots`` it still holds."""
+        with self._lock:
+            table = self._counts
+            return [
+                (slot, np.array(table[slot % self.n_slots, 1:]))
+                for slot in slots
+                if int(table[slot % self.n_slots, SLOT_COLUMN]) == slot
+            ]
+
     def close(self, remove: bool = False) -> None:
         with self._lock:
             self._counts.flush()
@@ -266,8 +278,11 @@ class DriftTracker:
         psi_threshold: float,
         min_count: int,
         threshold: float,
+        shared: SharedWindow | None = None,
     ) -> None:
         self.directory = directory
+        self.shared = shared  # replicas on other hosts: the window in the log database
+        self._unpublished: set[int] = set()
         self.layout = DriftLayout.from_reference(model_version, reference, threshold)
         self.slot_seconds = slot_seconds
         self.window_seconds = window_seconds
@@ -285,16 +300,35 @@ class DriftTracker:
         for slot, group in by_slot.items():
             if self.table.add_counts(slot, self.layout.bin_counts(group)):
                 counted += sum(event.size for event in group)
+                self._unpublished.add(slot)
         return counted
 
     def snapshot(self, now: float) -> DriftSnapshot:
         """Every worker's window summed, compared with the reference, and its performance estimated."""
-        counts = window_counts(self.directory, self.layout, now, self.slot_seconds, self.window_seconds)
+        counts = self._window(now)
         snapshot = compute_snapshot(self.layout, counts, now, self.window_seconds, self.base_threshold, self.min_count)
         snapshot.estimate = estimate_performance(self.layout.score_window(counts))
         return snapshot
 
+    def _window(self, now: float) -> np.ndarray:
+        """The window's counts: of every replica when they share it, else of this host's workers."""
+        if self.shared is not None:
+            current = int(now // self.slot_seconds)
+            first = current - max(1, math.ceil(self.window_seconds / self.slot_seconds)) + 1
+            try:
+                unpublished, self._unpublished = self._unpublished, set()
+                self.shared.publish(self.layout.key, self.table.rows(sorted(unpublished)))
+                return self.shared.window(self.layout.key, first, current, self.layout.width - 1)
+            except SQLAlchemyError as exc:  # published next time; meanwhile this host's figures
+                self._unpublished |= unpublished
+                logger.warning("drift window of the other replicas unavailable, this host's only: %s", exc)
+        return window_counts(self.directory, self.layout, now, self.slot_seconds, self.window_seconds)
+
     def remove_stale(self, now: float) -> int:
+        if self.shared is not None:
+            oldest = int(now // self.slot_seconds) - max(1, math.ceil(self.window_seconds / self.slot_seconds))
+            with contextlib.suppress(SQLAlchemyError):
+                self.shared.remove_before(oldest)
         return remove_stale_tables(self.directory, now, self.slot_seconds, self.window_seconds, self.table.path)
 
     def close(self, remove: bool = False) -> None:

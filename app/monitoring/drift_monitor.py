@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.monitoring.drift import DriftLayout, DriftTracker
+from app.monitoring.drift_sharing import SharedWindow
 from app.monitoring.drift_stats import DriftSnapshot
 from app.monitoring.estimate import EstimateGauges
 from app.monitoring.events import RecordedEvent
@@ -21,9 +22,10 @@ from bundle.manifest import Manifest
 class DriftMonitor:
     """Counts predictions of the served model against its reference and exports the window's figures."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, shared: SharedWindow | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.shared = shared  # replicas on several hosts: the window in the log database
         self.tracker: DriftTracker | None = None
         self.latest: DriftSnapshot | None = None
         self.estimate_gauges = EstimateGauges(metrics)
@@ -54,6 +56,7 @@ class DriftMonitor:
                 window_seconds=self.settings.drift_window_seconds,
                 psi_threshold=self.settings.drift_psi_threshold,
                 min_count=self.settings.drift_min_count,
+                shared=self.shared,
                 threshold=manifest.threshold,
             )
             if current is not None:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -88,6 +89,19 @@ shadow_table = Table(
     Column("risk_band", String(64), nullable=False),
     Column("latency_seconds", Float, nullable=False),  # the challenger's scoring time for the call
     Index("ix_shadow_log_predicted_at", "predicted_at"),
+)
+
+# Drift counts of every service process per time slot, when replicas share the window through the
+# log database (CHURN_DRIFT_SHARING=database; app.monitoring.drift_sharing).
+drift_slots_table = Table(
+    "drift_window_slots",
+    metadata,
+    Column("layout_key", String(64), primary_key=True),  # the model version and its reference
+    Column("source", String(128), primary_key=True),  # one service process (host, pid, start)
+    Column("slot", Integer, primary_key=True),
+    Column("counts", LargeBinary, nullable=False),  # the slot's bin counts, little-endian int64
+    Column("updated_at", Float, nullable=False),
+    Index("ix_drift_window_slots_slot", "slot"),
 )
 
 # Per UTC hour (UNIX seconds // 3600): what the daily report needs, at a cost that does not grow with traffic.

@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI
 from app.monitoring.challenger_report import Comparisons, compare_window
 from app.monitoring.compare import ProfitTerms
 from app.monitoring.drift_monitor import DriftMonitor
+from app.monitoring.drift_sharing import SharedWindow
 from app.monitoring.drift_stats import DriftSnapshot
 from app.monitoring.events import PredictionEvent
 from app.monitoring.feedback import FeedbackResult, OutcomeIn, apply_outcomes, status_counts
@@ -53,7 +54,9 @@ class Monitor:
         self.settings = settings
         self.clock = clock
         self.metrics = Metrics(multiprocess_directory())
-        self.drift = DriftMonitor(settings, self.metrics)
+        # Replicas on several hosts share the drift window through the log database.
+        shared = SharedWindow(lambda: self.log.engine) if settings.drift_sharing == "database" else None
+        self.drift = DriftMonitor(settings, self.metrics, shared)
         self.log = PredictionLog(
             settings.database_url,
             self.metrics,
