@@ -11,15 +11,10 @@ import pytest
 
 from training.calibration import calibration_summary, fit_calibration
 from training.evaluation import evaluate
-from training.report import (
-    bootstrap_auc_interval,
-    comparison_sentence,
-    hanley_mcneil_interval,
-    rank_auc,
-    wilson_interval,
-    winner_entry,
-    write_report,
-)
+from training.report import write_report
+from training.report.context import winner_entry
+from training.report.selection_sections import comparison_sentence
+from training.report.statistics import bootstrap_auc_interval, hanley_mcneil_interval, rank_auc, wilson_interval
 from training.threshold import choose_threshold
 
 CHARTS = (

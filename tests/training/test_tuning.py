@@ -69,15 +69,14 @@ def test_trial_budget_is_respected_exactly(trials: int, data: tuple[np.ndarray, 
 def test_time_budget_stops_the_search(data: tuple[np.ndarray, np.ndarray]) -> None:
     X, y = data
     evaluate = RecordingLogisticEvaluate(X, y, cross_validation_folds(y, 0, n_folds=3), sleep_seconds=0.05)
-    started = time.perf_counter()
     result = tune("logistic_regression", evaluate, trials=1000, seconds=0.6, seed=0)
-    elapsed = time.perf_counter() - started
+    folds = len(evaluate.folds.splits)
 
     assert 1 <= result.trials < 1000
-    # A running trial is abandoned between folds, so the overrun is at most one fit plus bookkeeping.
-    assert elapsed < 0.6 + 1.0
     # Abandoned trials are not counted: every counted trial fitted every fold.
-    assert len(evaluate.calls) >= len(evaluate.folds.splits) * result.trials
+    assert len(evaluate.calls) >= folds * result.trials
+    # A running trial is abandoned between folds: at most one trial stops part-way, and none starts after it.
+    assert len(evaluate.calls) < folds * (result.trials + 1)
 
 
 def test_default_configuration_is_always_the_first_trial_even_without_time(data: tuple[np.ndarray, np.ndarray]) -> None:
