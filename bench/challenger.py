@@ -4,9 +4,10 @@
 
 1. **Real HTTP.** One worker of ``python -m app`` (SQLite log) in interleaved rounds: the champion
    alone, then with a challenger in shadow on every call (``CHURN_CHALLENGER_MODE=shadow``), each
-   loaded with ``wrk -t1 -c16`` on one Telco record: requests per second, p99 and the server's CPU
-   per request, and the shadow's throughput as a share of the champion alone. The challenger is
-   ``--challenger`` (a version in DIR), by default the champion's own bundle again: the same work.
+   loaded with ``wrk -t1`` and 16 connections (saturating the worker), then 4, on one Telco record:
+   requests per second, p99 and the server's CPU per request, and the shadow's throughput as a share
+   of the champion alone. The challenger is ``--challenger`` (a version in DIR), by default the
+   champion's own bundle again: the same work.
 2. **In process** (ASGI calls, no sockets): p99 of ``/predict`` with no challenger, with one that
    sleeps 1 s per call and one that raises on every call, and how many calls failed.
 3. **Canary split**: the share of 100,000 distinct customer ids the challenger answers, per configured share.
@@ -44,17 +45,18 @@ def model_dir_with_challenger(model_dir: Path, version: str | None, work: Path) 
     return copy
 
 
-def http_figures(models: Path, work: Path, seconds: int, rounds: int, data: Path) -> None:
+def http_figures(models: Path, work: Path, seconds: int, rounds: int, data: Path, connections: int) -> None:
     (work / "one.json").write_text(json.dumps(telco_records(data, 1)[0]))
     script = work / "one.lua"
     script.write_text(wrk_lua_script(work / "one.json"))
     settings = {"champion alone": {}, "challenger in shadow, every call": {"CHURN_CHALLENGER_MODE": "shadow"}}
+    print(f"\n{connections} connections:\n")
     print("| setting | round | /predict req/s | p99 ms | server CPU µs/request | throughput vs alone |")
     print("|---|---|---|---|---|---|")
     for round_number in range(1, rounds + 1):
         alone = None
         for name, extra in settings.items():
-            rps, p99, cpu = measure(name, extra, models, work, script, seconds)
+            rps, p99, cpu = measure(name, extra, models, work, script, seconds, connections)
             alone = alone or rps
             print(f"| {name} | {round_number} | {rps:,.0f} | {p99:.1f} | {cpu:.0f} | {rps / alone:.2f} |", flush=True)
 
@@ -123,11 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=3000, help="in-process /predict calls per challenger")
+    parser.add_argument(
+        "--connections", default="16,4", help="wrk connections, one table each (16 saturates one worker)"
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="churn-bench-challenger-"))
     models = model_dir_with_challenger(args.model_dir, args.challenger, work)
     os.environ.setdefault("CHURN_PREDICTION_LOG_SPOOL_DIR", str(work / "spool"))
-    http_figures(models, work, args.seconds, args.rounds, args.data)
+    for connections in (int(number) for number in args.connections.split(",")):
+        http_figures(models, work, args.seconds, args.rounds, args.data, connections)
     asyncio.run(in_process_figures(models, json.dumps(telco_records(args.data, 1)[0]).encode(), args.calls))
     canary_split()
 

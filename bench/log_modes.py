@@ -32,7 +32,9 @@ SETTINGS = {
 }
 
 
-def measure(name: str, extra: dict[str, str], model_dir: Path, work: Path, script: Path, seconds: int) -> tuple:
+def measure(
+    name: str, extra: dict[str, str], model_dir: Path, work: Path, script: Path, seconds: int, connections: int = 16
+) -> tuple:
     port, slug = free_port(), str(abs(hash((name, time.time_ns()))))
     env = {
         **os.environ,
@@ -44,10 +46,10 @@ def measure(name: str, extra: dict[str, str], model_dir: Path, work: Path, scrip
     with ServiceProcess(name, command, port, work / "service.log", env=env, cwd=REPO) as service:
         service.wait_ready("/ready")
         url = f"http://127.0.0.1:{port}/predict"
-        run_wrk(url, script, duration_s=2, connections=16, threads=1)  # warm-up
+        run_wrk(url, script, duration_s=2, connections=connections, threads=1)  # warm-up
         pids = [service.pid, *descendants(service.pid)]
         before = sum(cpu_seconds(pid) or 0.0 for pid in pids)
-        result, _ = run_wrk(url, script, duration_s=seconds, connections=16, threads=1)
+        result, _ = run_wrk(url, script, duration_s=seconds, connections=connections, threads=1)
         time.sleep(1.5)  # the monitor thread writes what the load left queued
         used = sum(cpu_seconds(pid) or 0.0 for pid in pids) - before
     requests = result.requests_per_s * seconds

@@ -10,7 +10,8 @@ never runs inside the API workers nor inside this server's event loop. One retra
 a start while one runs is declined, and the command itself refuses a second run on the same model
 directory (its lock) and one within ``--cool-down-hours`` of the last (``--if-due``). After a
 successful run, ``--reload-url`` (with ``CHURN_API_KEY``) asks the service to load what is now
-current and challenger. ``GET /status`` says what ran, when, why and how it ended.
+current and challenger: every replica, when the URL's host name resolves to several addresses.
+``GET /status`` says what ran, when, why and how it ended.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -99,13 +101,28 @@ class Retrainer:
         logger.info("retraining %s (exit %s, %s)", run.outcome, run.exit_code, run.trigger)
 
     def _reload(self) -> str:
+        """Ask every address the reload URL's host resolves to (each replica) to reload; their answers."""
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
-        try:
-            response = httpx.post(self.reload_url or "", headers=headers, timeout=180)
-        except httpx.HTTPError as exc:
-            logger.error("the service could not be asked to reload: %s", exc)
-            return f"failed: {exc}"
-        return f"{response.status_code}: {response.text[:200]}"
+        url = httpx.URL(self.reload_url or "")
+        answers = []
+        for address in replica_addresses(url.host, url.port or 80):
+            try:
+                response = httpx.post(str(url.copy_with(host=address)), headers=headers, timeout=180)
+            except httpx.HTTPError as exc:
+                logger.error("replica %s could not be asked to reload: %s", address, exc)
+                answers.append(f"{address}: failed: {exc}")
+                continue
+            answers.append(f"{address}: {response.status_code}: {response.text[:200]}")
+        return "; ".join(answers) if len(answers) != 1 else answers[0].split(": ", 1)[1]
+
+
+def replica_addresses(host: str, port: int) -> list[str]:
+    """Every IPv4 address ``host`` resolves to (one per replica behind a service name), in a stable order."""
+    try:
+        found = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return [host]  # let the request itself report the failure
+    return sorted({info[4][0] for info in found}) or [host]
 
 
 # ---- Alertmanager's webhook ------------------------------------------------------------------------

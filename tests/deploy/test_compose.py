@@ -247,3 +247,45 @@ def test_alertmanager_routes_only_staleness_alerts_to_the_retrainer(alertname: s
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert routed.stdout.strip() == receiver
+
+
+REPLICAS_FILE = ROOT / "docker-compose.replicas.yml"
+
+
+def test_the_replicas_overlay_makes_one_service_of_several_api_containers(tmp_path: Path) -> None:
+    command = _compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env = {**os.environ, "CHURN_API_KEY": "s3cret", "GRAFANA_ADMIN_PASSWORD": "g3cret", "POSTGRES_PASSWORD": "p4ss"}
+    env.pop("COMPOSE_FILE", None)
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    files = ["-f", str(COMPOSE_FILE), "-f", str(REPLICAS_FILE)]
+    result = subprocess.run(
+        [*command, *files, "--env-file", str(empty), "config"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    api = services["churn-api"]
+    assert int(api["deploy"]["replicas"]) == 3
+    assert api["environment"]["CHURN_DATABASE_URL"] == "postgresql://churn:p4ss@postgres:5432/churn"
+    assert api["environment"]["CHURN_DRIFT_SHARING"] == "database"
+    assert "--database-url=postgresql://churn:p4ss@postgres:5432/churn" in services["retrainer"]["command"]
+    mounts = [volume if isinstance(volume, str) else f"{volume['source']}:{volume['target']}" for volume in
+              services["prometheus"]["volumes"]]  # fmt: skip
+    assert any("prometheus-replicas.yml:/etc/prometheus/prometheus.yml" in mount for mount in mounts), mounts
+    missing = subprocess.run(
+        [*command, *files, "--env-file", str(empty), "config"],
+        capture_output=True, text=True, env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}, check=False,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+def test_prometheus_finds_every_replica_by_dns() -> None:
+    single = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    replicas = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus-replicas.yml").read_text())
+    (job,) = [job for job in replicas["scrape_configs"] if job["job_name"] == "churn-api"]
+    assert job["dns_sd_configs"] == [{"names": ["churn-api"], "type": "A", "port": 8000, "refresh_interval": "10s"}]
+    # Everything else as in the single-container configuration.
+    for key in ("global", "rule_files", "alerting"):
+        assert replicas[key] == single[key]

@@ -206,3 +206,46 @@ def _posted(httpx: Any, url: str, alerts: list[dict[str, Any]]) -> bool:
         return httpx.post(url, json=alerts, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_every_replica_behind_a_service_name_is_asked_to_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket as socket_module
+
+    calls: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append(self.server.server_address[0])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = first.server_address[1]
+    second = http.server.ThreadingHTTPServer(("127.0.0.2", port), Handler)  # another replica, same port
+    for server in (first, second):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = socket_module.getaddrinfo
+
+    def resolve(host: str, *args: Any, **kwargs: Any) -> Any:  # Docker's DNS: one address per replica
+        if host == "churn-api":
+            return [
+                (socket_module.AF_INET, socket_module.SOCK_STREAM, 6, "", (ip, port))
+                for ip in ("127.0.0.2", "127.0.0.1")
+            ]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket_module, "getaddrinfo", resolve)
+    try:
+        retrainer = Retrainer(fake_command(tmp_path / "ran"), reload_url=f"http://churn-api:{port}/admin/reload")
+        run = retrainer.start("manual")
+        wait_until(lambda: run.finished_at is not None)
+    finally:
+        first.shutdown()
+        second.shutdown()
+    assert sorted(calls) == ["127.0.0.1", "127.0.0.2"]
+    assert run.reload == "127.0.0.1: 200: ; 127.0.0.2: 200: "
