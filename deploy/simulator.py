@@ -49,6 +49,7 @@ class SimulatorConfig:
     duration: float | None = None  # seconds; None with requests=None means until interrupted
     requests: int | None = None  # calls to /predict or /predict/batch
     drift: float = 0.0
+    concept_drift: float = 0.0  # other reasons to leave: outcomes a model trained before ranks worse
     batch_size: int = 0  # records per call; 0 chooses from the rate
     outcomes_after: float | None = None  # seconds after a prediction that its outcome is posted
     api_key: str | None = None
@@ -63,6 +64,8 @@ class SimulatorConfig:
             raise ValueError("rate must be positive")
         if not 0.0 <= self.drift <= 1.0:
             raise ValueError("drift must lie in [0, 1]")
+        if not 0.0 <= self.concept_drift <= 1.0:
+            raise ValueError("concept drift must lie in [0, 1]")
         if not 0.0 <= self.invalid <= 1.0:
             raise ValueError("invalid must lie in [0, 1]")
         if self.duration is not None and self.duration <= 0:
@@ -135,13 +138,15 @@ class Summary:
         return "\n".join(lines)
 
 
-def customer_stream(seed: int, drift: float, chunk: int = GENERATION_CHUNK) -> Iterator[tuple[dict[str, Any], bool]]:
+def customer_stream(
+    seed: int, drift: float, chunk: int = GENERATION_CHUNK, concept_drift: float = 0.0
+) -> Iterator[tuple[dict[str, Any], bool]]:
     """Endless (request record, churned) pairs: seeded synthetic customers, label removed from the record."""
     from training.synthetic import generate_customers
 
     part = 0
     while True:
-        frame = generate_customers(chunk, seed=seed * 100_003 + part, drift=drift)
+        frame = generate_customers(chunk, seed=seed * 100_003 + part, drift=drift, concept_drift=concept_drift)
         labels = (frame[LABEL_COLUMN].astype(str) == "Yes").tolist()
         frame = frame.drop(columns=[LABEL_COLUMN]).astype(object)
         frame = frame.where(frame.notna(), None)
@@ -166,7 +171,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.summary = Summary(url=config.url, drift=config.drift)
-        self._customers = customer_stream(config.seed, config.drift)
+        self._customers = customer_stream(config.seed, config.drift, concept_drift=config.concept_drift)
         self._rng = np.random.default_rng(config.seed + 7)
         self._statuses: Counter[str] = Counter()
         self._bands: Counter[str] = Counter()
@@ -307,6 +312,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, bool]:
     parser.add_argument("--requests", type=int, help="stop after this many calls")
     parser.add_argument("--drift", type=float, default=0.0, help="0 = training population, 1 = strongly drifted")
     parser.add_argument(
+        "--concept-drift", type=float, default=0.0, help="0 = the reasons to leave of training, 1 = strongly changed"
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=0, help="records per call; 0 = one per /predict up to 50/s, else batches"
     )
     parser.add_argument("--outcomes-after", type=float, help="post true outcomes to /feedback after this many seconds")
@@ -327,6 +335,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimulatorConfig, bool]:
             duration=args.duration,
             requests=args.requests,
             drift=args.drift,
+            concept_drift=args.concept_drift,
             batch_size=args.batch_size,
             outcomes_after=args.outcomes_after,
             api_key=args.api_key,

@@ -25,13 +25,20 @@ TELCO_PAYMENTS = ("Electronic check", "Mailed check", "Bank transfer (automatic)
 
 
 def generate_customers(
-    n_rows: int = 7043, seed: int | list[int] = 0, *, drift: float = 0.0, schema: str = "telco"
+    n_rows: int = 7043,
+    seed: int | list[int] = 0,
+    *,
+    drift: float = 0.0,
+    schema: str = "telco",
+    concept_drift: float = 0.0,
 ) -> pd.DataFrame:
     """A synthetic churn table of ``n_rows`` customers.
 
     ``drift`` in [0, 1] moves the population toward riskier customers (telco: month-to-month
     fibre customers with higher charges and shorter tenure; the other schemas: their own
-    riskier segments), for drift-detection demos.
+    riskier segments), for drift-detection demos. ``concept_drift`` in [0, 1] (telco only) changes
+    why customers leave rather than who they are: fibre customers stay more and DSL and mailed-check
+    customers leave more, long tenure protects less, so a model trained before goes stale.
     """
     if schema not in SCHEMAS:
         raise ValueError(f"unknown synthetic schema {schema!r}; choose from {', '.join(SCHEMAS)}")
@@ -39,8 +46,12 @@ def generate_customers(
         raise ValueError("n_rows must be at least 1")
     if not 0.0 <= drift <= 1.0:
         raise ValueError("drift must lie in [0, 1]")
+    if not 0.0 <= concept_drift <= 1.0 or (concept_drift and schema != "telco"):
+        raise ValueError("concept_drift must lie in [0, 1], and only the telco schema has one")
     rng = np.random.default_rng(seed)
-    generator = {"telco": _telco, "bank": _bank, "subscription": _subscription}[schema]
+    if schema == "telco":
+        return _telco(n_rows, rng, drift, concept_drift)
+    generator = {"bank": _bank, "subscription": _subscription}[schema]
     return generator(n_rows, rng, drift)
 
 
@@ -97,7 +108,7 @@ def _telco_tenure(rng: np.random.Generator, contract: np.ndarray, drift: float) 
     return tenure
 
 
-def _telco(n: int, rng: np.random.Generator, drift: float) -> pd.DataFrame:
+def _telco(n: int, rng: np.random.Generator, drift: float, concept: float = 0.0) -> pd.DataFrame:
     gender = _choice(rng, ("Male", "Female"), [0.505, 0.495], n)
     senior = (rng.random(n) < 0.16).astype(int)
     partner = rng.random(n) < 0.48
@@ -147,6 +158,13 @@ def _telco(n: int, rng: np.random.Generator, drift: float) -> pd.DataFrame:
         + 0.20 * paperless
         - 0.20 * dependents
         - 2.05
+    )
+    # Concept drift: the same customers, other reasons to leave (a competitor's fibre offer, say).
+    logit = logit + concept * (
+        -1.6 * (internet == "Fiber optic")
+        + 1.2 * (internet == "DSL")
+        + 0.9 * (payment == "Mailed check")
+        + 0.05 * (tenure - 24)
     )
     churn = _churn_draw(rng, logit, noise=0.8)
 
