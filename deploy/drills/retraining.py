@@ -10,8 +10,9 @@
 3. ``deploy.simulator`` sends a drifted population whose reasons to leave changed too
    (``--drift 0.8 --concept-drift 1.0``), and posts every outcome a second after its prediction.
 4. The drift alert fires, Alertmanager calls the retrainer, which retrains from the prediction log
-   and compares the new model with the stale champion on the newest labelled customers, promotes it
-   if it is clearly better and asks the service to reload.
+   (refusing while fewer than 1,500 customers are labelled; Alertmanager repeats the alert every 10 s)
+   and compares the new model with the stale champion on the newest 30% of labelled customers,
+   promotes it if it is clearly better and asks the service to reload.
 
 It prints, as JSON, when each step happened and the head-to-head figures. Needs ``prometheus`` and
 ``prometheus-alertmanager`` (Debian's packages). Exit status 0 when a better model was promoted and
@@ -129,7 +130,9 @@ def prometheus_config(path: Path, rules: Path, api_port: int, alertmanager_port:
 def alertmanager_config(path: Path, retrainer_port: int) -> None:
     """The repository's routing, the retrainer on loopback, without the waits meant for a real service."""
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
-    config["route"].update(group_wait="1s", group_interval="1s")
+    config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="10s")
+    for route in config["route"].get("routes", []):
+        route["repeat_interval"] = "10s"  # a refused retraining (too few labels yet) is retried soon
     for receiver in config["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = f"http://127.0.0.1:{retrainer_port}/alerts"
@@ -137,6 +140,7 @@ def alertmanager_config(path: Path, retrainer_port: int) -> None:
 
 
 def run(work: Path, seconds: float, rate: float) -> dict[str, Any]:
+    """The drill's steps; its figures (times in seconds from the start, the retraining's report)."""
     models, started = work / "models", time.monotonic()
     elapsed: Callable[[], float] = lambda: round(time.monotonic() - started, 1)  # noqa: E731
     champion = train_champion(models)
@@ -161,7 +165,8 @@ def run(work: Path, seconds: float, rate: float) -> dict[str, Any]:
             [sys.executable, "-m", "training.retrainer", "--port", str(retrainer), "--model-dir", str(models),
              "--database-url", database, "--schedule-hours", "0", "--cool-down-hours", "1", "--promote-if-better",
              "--reload-url", f"http://127.0.0.1:{api}/admin/reload",
-             "--", "--models", "logistic_regression", "--trials", "2", "--no-report", "--min-labels", "300"],
+             "--", "--models", "logistic_regression", "--trials", "2", "--no-report", "--min-labels", "1500",
+             "--holdout-share", "0.3"],
             base | {"CHURN_API_KEY": API_KEY},
         )  # fmt: skip
         processes.start(
@@ -188,10 +193,12 @@ def run(work: Path, seconds: float, rate: float) -> dict[str, Any]:
         wait_for(lambda: firing(prometheus), seconds + 60, "a drift alert to fire")
         figures["drift_alert_firing_s"] = elapsed()
         wait_for(lambda: httpx.get(status).json()["runs"], 60, "Alertmanager to start a retraining")
-        figures["retraining_started_s"] = elapsed()
+        figures["retraining_started_s"] = elapsed()  # the first start; it may be refused for too few labels
         run = wait_for(lambda: finished_run(status), 600, "the retraining to finish")
         figures["retraining_finished_s"] = elapsed()
         simulator.wait(timeout=seconds + 120)
+        runs = httpx.get(status).json()["runs"]
+        figures["retraining_attempts"] = [(attempt["outcome"], attempt["trigger"]) for attempt in reversed(runs)]
         figures.update(retraining=run, report=retrain_report(models))
         figures["served_version"] = httpx.get(f"http://127.0.0.1:{api}/ready").json()["model_version"]
     finally:
@@ -209,7 +216,7 @@ def firing(prometheus_port: int) -> list[str]:
 
 def finished_run(status_url: str) -> dict[str, Any] | None:
     runs = httpx.get(status_url, timeout=5).json()["runs"]
-    done = [run for run in runs if run["finished_at"] is not None and run["outcome"] != "skipped"]
+    done = [run for run in runs if run["finished_at"] is not None and run["outcome"] in ("published", "failed")]
     return done[-1] if done else None
 
 
@@ -222,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, help="keep everything here (default: a new temp directory)")
     parser.add_argument("--seconds", type=float, default=60.0, help="drifted traffic")
-    parser.add_argument("--rate", type=float, default=60.0, help="customers per second")
+    parser.add_argument("--rate", type=float, default=80.0, help="customers per second")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="churn-retraining-drill-"))
     work.mkdir(parents=True, exist_ok=True)

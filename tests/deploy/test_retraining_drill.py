@@ -19,7 +19,7 @@ pytestmark = [
 
 
 def test_a_stale_model_is_replaced_by_a_retrained_one_after_drift(tmp_path: Path) -> None:
-    figures = run(tmp_path, seconds=45, rate=60)
+    figures = run(tmp_path, seconds=60, rate=80)
 
     report = figures["report"]
     assert figures["retraining"]["outcome"] == "published", figures["retraining"]
