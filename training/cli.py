@@ -153,6 +153,12 @@ def training_parser() -> argparse.ArgumentParser:
         "--as-challenger", action="store_true", help="publish as the challenger; the champion (current) stays"
     )
     output.add_argument("--no-report", action="store_true", help="skip the report and plots")
+    output.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log the run, its metrics and the bundle to MLflow and register it (also on with MLFLOW_TRACKING_URI; "
+        "needs requirements-mlflow.txt)",
+    )
     output.add_argument("--quiet", action="store_true", help="print only the final summary")
     return parser
 
@@ -201,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         saved_value=args.saved_value,
         make_current=not (args.no_current or args.as_challenger),
         as_challenger=args.as_challenger,
+        mlflow=args.mlflow,
         report=not args.no_report,
         progress=not args.quiet,
     )
@@ -239,6 +246,11 @@ def summary_lines(result: TrainingResult) -> list[str]:
 def train(argv: Sequence[str]) -> int:
     args = training_parser().parse_args(list(argv))
     config = config_from_args(args)
+    from training.tracking import MLFLOW_INSTALL, tracking_available
+
+    if config.mlflow and not tracking_available():  # before hours of training, not after
+        print(f"error: --mlflow needs MLflow, which is not installed: {MLFLOW_INSTALL}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from bundle.manifest import BundleError
     from bundle.redaction import redact_text
     from training.data import TrainingDataError

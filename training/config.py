@@ -38,6 +38,7 @@ class TrainingConfig:
     saved_value: float | None = None
     make_current: bool = True
     as_challenger: bool = False  # published as the challenger; the champion stays
+    mlflow: bool = False  # log the run to MLflow (also when MLFLOW_TRACKING_URI is set): training.tracking
     report: bool = True
     progress: bool = True
 

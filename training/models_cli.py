@@ -15,6 +15,7 @@ from typing import Any
 from bundle.manifest import BundleError
 from bundle.registry import BundleEntry, ModelRegistry
 from training.cli import OneLineParser, positive_int
+from training.tracking import mirror_stage
 
 EXIT_REFUSED = 1
 RELOAD_HINT = "serve it: curl -X POST <service>/admin/reload -H 'X-API-Key: <key>' (every worker)"
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace, registry: ModelRegistry) -> tuple[Any, str]:
         event = registry.set_challenger(args.version, args.reason)
     else:
         event = registry.restore(args.version, args.reason)
+    mirror_stage(event)  # the MLflow aliases follow, when tracking is on
     return event, change_text(event)
 
 

@@ -42,6 +42,7 @@ from training.config import SYNTHETIC_DEFAULT_ROWS, SYNTHETIC_DEFAULT_SEED, Trai
 from training.data import LoadedTable, TrainingDataError, as_raw_objects, load_table
 from training.roles import RoleSet, infer_feature_roles, infer_target, target_vector
 from training.split import HoldoutSplit, cross_validation_folds, holdout_split, search_sample
+from training.tracking import tracking_enabled
 
 IMPORTANCE_ROWS = 20_000
 
@@ -367,10 +368,21 @@ def finish_bundle(
         assign_stage(config, version)
     if report_path is not None:
         report_path = bundle_dir / report_path.relative_to(stage)
+    if tracking_enabled(config.mlflow):
+        with watch.step("track", "logging the run to MLflow"):
+            from training.tracking import log_training
+
+            log_training(config, manifest, bundle_dir, published_stage(config))
     watch.say(f"done in {watch.total():.1f}s: {bundle_dir}")
     return TrainingResult(
         bundle_dir=bundle_dir, manifest=manifest, report_path=report_path, leaderboard=selection.leaderboard
     )
+
+
+def published_stage(config: TrainingConfig) -> str | None:
+    if config.as_challenger:
+        return "challenger"
+    return "champion" if config.make_current else None
 
 
 def assign_stage(config: TrainingConfig, version: str) -> None:

@@ -28,6 +28,7 @@ from training.log_table import CUSTOMER_KEY, PREDICTED_AT, LogTable, read_log_ta
 from training.pipeline import run_training
 from training.retrain_lock import exclusive_retrain, require_due
 from training.retrain_report import write_report
+from training.tracking import mirror_stage
 
 SECONDS_PER_DAY = 86_400
 DEFAULT_HOLDOUT_SHARE = 0.2
@@ -103,7 +104,7 @@ def retrain_now(config: RetrainConfig) -> RetrainResult:
     verdict = head_to_head["verdict"]
     action = CHALLENGER
     if config.promote_if_better and verdict == "better":
-        registry.promote(version, promotion_reason(head_to_head, champion))
+        mirror_stage(registry.promote(version, promotion_reason(head_to_head, champion)))
         action = PROMOTED
     report = {
         "version": version,
