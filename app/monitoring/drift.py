@@ -314,7 +314,7 @@ class DriftTracker:
         """The window's counts: of every replica when they share it, else of this host's workers."""
         if self.shared is not None:
             current = int(now // self.slot_seconds)
-            first = current - max(1, math.ceil(self.window_seconds / self.slot_seconds)) + 1
+            first = current - self.table.window_slots + 1
             try:
                 unpublished, self._unpublished = self._unpublished, set()
                 self.shared.publish(self.layout.key, self.table.rows(sorted(unpublished)))
@@ -326,7 +326,7 @@ class DriftTracker:
 
     def remove_stale(self, now: float) -> int:
         if self.shared is not None:
-            oldest = int(now // self.slot_seconds) - max(1, math.ceil(self.window_seconds / self.slot_seconds))
+            oldest = int(now // self.slot_seconds) - self.table.window_slots
             with contextlib.suppress(SQLAlchemyError):
                 self.shared.remove_before(oldest)
         return remove_stale_tables(self.directory, now, self.slot_seconds, self.window_seconds, self.table.path)

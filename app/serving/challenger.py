@@ -19,13 +19,12 @@ import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from app.serving.predictor import CUSTOMER_ID, Predictor, RecordError, build_predictor
 from app.serving.response import PredictionOutcome
 from app.settings import Settings
-from bundle.manifest import CHALLENGER, BundleError
+from bundle.manifest import CHALLENGER
 from bundle.store import read_pointer
 
 Mode = Literal["off", "shadow", "canary"]
@@ -85,11 +84,6 @@ class Challenger:
         return self.routing.share >= 1.0 or random.random() < self.routing.share
 
 
-def challenger_version(models_dir: Path) -> str | None:
-    """The version ``challenger`` names, or None when no challenger is set."""
-    return read_pointer(models_dir, CHALLENGER)
-
-
 def load_challenger(settings: Settings, routing: Routing, version: str | None = None) -> Challenger | None:
     """The challenger to serve beside the champion, or None (mode off, or none set).
 
@@ -98,13 +92,8 @@ def load_challenger(settings: Settings, routing: Routing, version: str | None = 
     """
     if routing.mode == "off":
         return None
-    version = version or challenger_version(settings.model_dir)
-    if version is None:
-        return None
-    predictor = build_predictor(settings, version)
-    if predictor.version != version:
-        raise BundleError(f"bundle directory {version} holds version {predictor.version}")
-    return Challenger(predictor, routing)
+    version = version or read_pointer(settings.model_dir, CHALLENGER)
+    return None if version is None else Challenger(build_predictor(settings, version), routing)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from bundle.features import FeatureSchema
 from bundle.manifest import BundleError, Manifest
 from bundle.records import CUSTOMER_ID, CleanBatch, FieldError, RecordCleaner, RecordError
 from bundle.scoring import EnsembleModel, RawModel, Scorer, apply_calibration, load_raw_model
-from bundle.store import current_bundle_dir, verify_bundle
+from bundle.store import bundle_path, current_bundle_dir, verify_bundle
 
 __all__ = ["CUSTOMER_ID", "FieldError", "Predictor", "RecordError", "build_predictor", "compiled", "example_record"]
 
@@ -79,8 +79,10 @@ class Predictor:
         """Load the bundle ``model_dir/current`` names (or exactly ``version``); BundleError with the reason."""
         started = time.perf_counter()
         try:
-            bundle_dir = current_bundle_dir(model_dir) if version is None else model_dir / version
+            bundle_dir = current_bundle_dir(model_dir) if version is None else bundle_path(model_dir, version)
             manifest = verify_bundle(bundle_dir)  # every SHA-256 checked before anything is unpickled
+            if version is not None and manifest.version != version:
+                raise BundleError(f"bundle directory {version} holds version {manifest.version}")
             native = load_raw_model(bundle_dir, manifest)
             model = compiled(manifest.model_family, native, manifest.schema.n_encoded)
             scorer = Scorer(model, manifest.calibration)

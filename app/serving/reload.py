@@ -38,7 +38,6 @@ from app.serving.challenger import Challenger, Routing, load_challenger
 from app.serving.predictor import Predictor, build_predictor
 from app.settings import Settings
 from bundle.manifest import BundleError
-from bundle.store import bundle_path
 
 logger = logging.getLogger("app")
 
@@ -188,15 +187,6 @@ def parse_report(data: dict[str, Any] | None) -> WorkerReport | None:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def load_version(settings: Settings, version: str) -> Predictor:
-    """Load, verify and warm exactly ``version``, whatever ``current`` names by now."""
-    bundle_path(settings.model_dir, version)
-    predictor = build_predictor(settings, version)
-    if predictor.version != version:
-        raise BundleError(f"bundle directory {version} holds version {predictor.version}")
-    return predictor
-
-
 @dataclass(frozen=True)
 class Loaded:
     """What a reload loaded: the champion, the challenger (or why not), and its generation."""
@@ -328,7 +318,7 @@ async def apply_announcement(app: FastAPI, announcement: Announcement) -> None:
     error = None
     if serving is None or serving.version != announcement.version:
         try:
-            predictor = await run_in_threadpool(load_version, state.settings, announcement.version)
+            predictor = await run_in_threadpool(build_predictor, state.settings, announcement.version)
         except BundleError as exc:
             error = str(exc)
             keep_serving_after_failed_follow(app, announcement, error)
