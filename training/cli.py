@@ -243,6 +243,22 @@ def summary_lines(result: TrainingResult) -> list[str]:
     return lines
 
 
+def failure_status(exc: Exception, bundle_failed: str) -> int:
+    """A failed training run's exit status, its reason on stderr (a data URL's password left out)."""
+    from bundle.redaction import redact_text
+    from training.data import TrainingDataError
+
+    reason = redact_text(str(exc))
+    if isinstance(exc, TrainingDataError):
+        print(f"error: {reason}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from training.pipeline import TrainingError
+
+    label = "training failed" if isinstance(exc, TrainingError) else bundle_failed
+    print(f"{label}: {reason}", file=sys.stderr)
+    return EXIT_TRAINING_FAILED
+
+
 def train(argv: Sequence[str]) -> int:
     args = training_parser().parse_args(list(argv))
     config = config_from_args(args)
@@ -252,21 +268,13 @@ def train(argv: Sequence[str]) -> int:
         print(f"error: --mlflow needs MLflow, which is not installed: {MLFLOW_INSTALL}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from bundle.manifest import BundleError
-    from bundle.redaction import redact_text
     from training.data import TrainingDataError
     from training.pipeline import TrainingError, run_training
 
     try:
         result = run_training(config)
-    except TrainingDataError as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as exc:
-        print(f"training failed: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
-    except BundleError as exc:
-        print(f"publishing failed, nothing was published: {exc}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
+    except (TrainingDataError, TrainingError, BundleError) as exc:
+        return failure_status(exc, bundle_failed="publishing failed, nothing was published")
     except KeyboardInterrupt:
         print("interrupted: nothing was published", file=sys.stderr)
         return 130

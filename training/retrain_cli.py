@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from training.cli import (
-    EXIT_BAD_INPUT,
-    EXIT_TRAINING_FAILED,
     OneLineParser,
+    failure_status,
     model_list,
     non_negative_float,
     positive_float,
@@ -136,7 +135,6 @@ def retrain_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = retrain_parser().parse_args(list(argv))
     from bundle.manifest import BundleError
-    from bundle.redaction import redact_text
     from training.data import TrainingDataError
     from training.pipeline import TrainingError
     from training.retrain import RetrainConfig, run_retrain
@@ -172,15 +170,8 @@ def main(argv: Sequence[str]) -> int:
     except RetrainSkipped as exc:
         print(f"skipped: {exc}", file=sys.stderr)
         return EXIT_SKIPPED
-    except TrainingDataError as exc:
-        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as exc:
-        print(f"training failed: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
-    except BundleError as exc:
-        print(f"bundle error: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
+    except (TrainingDataError, TrainingError, BundleError) as exc:
+        return failure_status(exc, bundle_failed="bundle error")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
